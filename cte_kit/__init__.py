@@ -1,0 +1,9 @@
+"""cte_kit: rank pre-trained segmentation models on unlabelled data by consistency under perturbation.
+
+Data flows one way: ``cte_kit.data`` (images) -> ``cte_kit.models`` (adapters, predictions)
+-> ``cte_kit.consistency`` / ``cte_kit.metrics`` (per-image scores) -> ``cte_kit.ranking``
+-> ``cte_kit.plots``. ``cte_kit.estimator`` runs a bank over a target; ``cte_kit.cli`` is the
+command line.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,16 @@
+"""Model adapters: one protocol (:class:`SegmentationModel`), one class per framework."""
+
+from .bank import BankEntry, load_bank, load_model, read_bank, write_bank
+from .base import NotGreyBoxError, Prediction, PredictionPair, SegmentationModel
+
+__all__ = [
+    "BankEntry",
+    "NotGreyBoxError",
+    "Prediction",
+    "PredictionPair",
+    "SegmentationModel",
+    "load_bank",
+    "load_model",
+    "read_bank",
+    "write_bank",
+]

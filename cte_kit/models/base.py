@@ -1,0 +1,261 @@
+"""The protocol every model adapter implements.
+
+An adapter wraps one pre-trained segmentation model (a kit U-Net, StarDist, Cellpose, a
+bioimage.io model) and answers three questions the estimator asks:
+
+* :meth:`SegmentationModel.predict` - clean predictions for a list of 2D images;
+* :meth:`SegmentationModel.predict_pairs` - for each image the clean prediction and
+  ``n_pert`` perturbed ones, under an input perturbation (any model) or feature dropout (grey
+  box only);
+* what the model is: black or grey box, which layer is its bottleneck, which layers can be
+  perturbed.
+
+Subclasses implement :meth:`SegmentationModel._predict_normalised` (a batch of normalised
+images in, predictions out) and, for grey boxes, :meth:`SegmentationModel.feature_modules`
+(torch modules for layer names). Everything else - validation, normalisation, seeding,
+batching of equal shapes - is shared here.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from ..data.images import check_image, normalize_percentile, to_grey
+from ..perturb import FeatureDropout, InputPerturbation, Perturbation, feature_dropout
+
+__all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_seed"]
+
+
+class NotGreyBoxError(TypeError):
+    """Feature perturbation was asked of a model whose internals are not accessible."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What a model says about one image.
+
+    Attributes
+    ----------
+    probability : (H, W) float32 ndarray or None
+        Foreground probability in [0, 1] (semantic output; StarDist's object probability,
+        Cellpose's sigmoid of cell probability).
+    labels : (H, W) int32 ndarray or None
+        Instance labels, 0 = background.
+    """
+
+    probability: np.ndarray | None = None
+    labels: np.ndarray | None = None
+
+    def __post_init__(self):
+        if self.probability is None and self.labels is None:
+            raise ValueError("a Prediction needs a probability map, instance labels or both")
+
+
+@dataclass(frozen=True)
+class PredictionPair:
+    """The clean prediction of one image and its perturbed predictions (one per draw)."""
+
+    clean: Prediction
+    perturbed: tuple[Prediction, ...]
+
+
+def image_seed(seed: int, image_id: int, draw: int) -> int:
+    """A 63-bit seed for one (run seed, image, draw), independent of batching and order."""
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(image_id) & 0xFFFFFFFF, int(draw)])
+    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass
+class SegmentationModel(abc.ABC):
+    """Base class of all model adapters.
+
+    Parameters
+    ----------
+    name : str
+        Name in the bank and in results.
+    percentiles : (float, float)
+        Per-image percentile normalisation applied before the model (and before any input
+        perturbation). ``None`` leaves the image to the model's own preprocessing.
+    threshold : float
+        Foreground probability threshold for binarisation (hard consistency, F1).
+    channels : {1, 3}
+        Image channels the model takes.
+    rgb : {'error', 'grey'}
+        What to do with colour images for a grey model: refuse them, or convert to luminance.
+    batch_size : int
+        Images per forward pass (images of equal shape are batched together).
+    """
+
+    name: str
+    percentiles: tuple[float, float] | None = (1.0, 99.8)
+    threshold: float = 0.5
+    channels: int = 1
+    rgb: str = "error"
+    batch_size: int = 4
+    #: Layer names accepted by :class:`~cte_kit.perturb.FeatureDropout` (empty for black boxes).
+    layers: tuple[str, ...] = field(default=(), init=False)
+
+    # -- what the model is ------------------------------------------------------------------
+    @property
+    def grey_box(self) -> bool:
+        """True when feature perturbation is possible."""
+        return bool(self.layers)
+
+    @property
+    def bottleneck(self) -> str | None:
+        """Name of the layer perturbed by default (``'bottleneck'``), or None for black boxes."""
+        return "bottleneck" if "bottleneck" in self.layers else None
+
+    @property
+    def output(self) -> str:
+        """``'semantic'``, ``'instance'`` or ``'both'``: what :meth:`predict` fills."""
+        return "both"
+
+    def describe(self) -> dict:
+        """A small summary for tables and results files."""
+        return {
+            "name": self.name,
+            "kind": type(self).__name__,
+            "box": "grey" if self.grey_box else "black",
+            "bottleneck": self.bottleneck,
+            "output": self.output,
+        }
+
+    # -- to implement ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+        """Predict a batch of normalised float32 images of one shape."""
+
+    def feature_modules(self, layers: Sequence[str]) -> list:
+        """The torch modules whose outputs stand for ``layers`` (grey boxes override)."""
+        raise NotGreyBoxError(
+            f"model {self.name!r} ({type(self).__name__}) is a black box: feature perturbation is "
+            "not available; use an input perturbation (noise, brightness, contrast, gamma)"
+        )
+
+    def _predict_feature_pairs(
+        self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
+    ) -> tuple[list[Prediction], list[Prediction]]:
+        """Clean and dropout predictions of one batch; adapters may share work between them."""
+        unknown = [layer for layer in dropout.layers if layer not in self.layers]
+        if unknown:
+            raise ValueError(
+                f"model {self.name!r} has no layer(s) {unknown}; available: {list(self.layers)}"
+            )
+        modules = self.feature_modules(dropout.layers)
+        clean = self._predict_normalised(batch)
+        with feature_dropout(modules, dropout.rate, seeds):
+            perturbed = self._predict_normalised(batch)
+        return clean, perturbed
+
+    # -- shared logic ----------------------------------------------------------------------
+    def prepare(self, image, name: str = "image") -> np.ndarray:
+        """Validate, convert and normalise one image as this model expects it."""
+        array = check_image(image, name=name, channels=None)
+        if array.ndim == 3 and self.channels == 1:
+            if self.rgb != "grey":
+                check_image(array, name=name, channels=1)
+            array = to_grey(array)
+        elif array.ndim == 2 and self.channels == 3:
+            array = np.repeat(array[..., None], 3, axis=-1)
+        if self.percentiles is None:
+            return array.astype(np.float32)
+        return normalize_percentile(array, *self.percentiles)
+
+    def _batches(self, arrays: Sequence[np.ndarray]):
+        """Indices of equally shaped images, in chunks of ``batch_size``."""
+        by_shape: dict[tuple, list[int]] = {}
+        for index, array in enumerate(arrays):
+            by_shape.setdefault(array.shape, []).append(index)
+        for indices in by_shape.values():
+            for start in range(0, len(indices), self.batch_size):
+                yield indices[start : start + self.batch_size]
+
+    def predict(self, images: Sequence, names: Sequence[str] | None = None) -> list[Prediction]:
+        """Clean predictions.
+
+        Parameters
+        ----------
+        images : sequence of (H, W) or (H, W, C) arrays
+            Raw images (any real dtype); normalised here.
+        names : sequence of str, optional
+            For error messages.
+
+        Returns
+        -------
+        list of Prediction, one per image, in order
+        """
+        arrays = self._prepare_all(images, names)
+        results: list[Prediction | None] = [None] * len(arrays)
+        for indices in self._batches(arrays):
+            for index, prediction in zip(indices, self._predict_normalised([arrays[i] for i in indices])):
+                results[index] = prediction
+        return results  # type: ignore[return-value]
+
+    def predict_pairs(
+        self,
+        images: Sequence,
+        perturbation: Perturbation,
+        seed: int = 0,
+        n_pert: int = 1,
+        image_ids: Sequence[int] | None = None,
+        names: Sequence[str] | None = None,
+    ) -> list[PredictionPair]:
+        """Clean and perturbed predictions of each image.
+
+        Parameters
+        ----------
+        images : sequence of arrays
+            Raw images.
+        perturbation : InputPerturbation or FeatureDropout
+        seed : int
+            Run seed. Together with the image id and the draw number it fixes every random
+            number, so results do not depend on batching, order or on resuming a sweep.
+        n_pert : int
+            Perturbed predictions per image (``N_pert`` of eq. 3).
+        image_ids : sequence of int, optional
+            Stable ids of the images (default: their positions).
+
+        Returns
+        -------
+        list of PredictionPair, one per image, in order
+        """
+        if n_pert < 1:
+            raise ValueError(f"n_pert must be >= 1, got {n_pert}")
+        arrays = self._prepare_all(images, names)
+        ids = list(range(len(arrays))) if image_ids is None else [int(i) for i in image_ids]
+        if len(ids) != len(arrays):
+            raise ValueError(f"{len(ids)} image ids for {len(arrays)} images")
+        if isinstance(perturbation, FeatureDropout) and not self.grey_box:
+            self.feature_modules(perturbation.layers)  # raises NotGreyBoxError with advice
+        clean: list[Prediction | None] = [None] * len(arrays)
+        perturbed: list[list[Prediction]] = [[] for _ in arrays]
+        for indices in self._batches(arrays):
+            batch = [arrays[i] for i in indices]
+            for draw in range(n_pert):
+                seeds = [image_seed(seed, ids[i], draw) for i in indices]
+                if isinstance(perturbation, FeatureDropout):
+                    batch_clean, batch_perturbed = self._predict_feature_pairs(batch, perturbation, seeds)
+                elif isinstance(perturbation, InputPerturbation):
+                    batch_clean = self._predict_normalised(batch) if draw == 0 else None
+                    shifted = [
+                        perturbation.apply(array, np.random.default_rng(s)) for array, s in zip(batch, seeds)
+                    ]
+                    batch_perturbed = self._predict_normalised(shifted)
+                else:
+                    raise TypeError(f"unknown perturbation {perturbation!r}")
+                for position, index in enumerate(indices):
+                    if draw == 0:
+                        clean[index] = batch_clean[position]
+                    perturbed[index].append(batch_perturbed[position])
+        return [PredictionPair(c, tuple(p)) for c, p in zip(clean, perturbed)]  # type: ignore[arg-type]
+
+    def _prepare_all(self, images: Sequence, names: Sequence[str] | None) -> list[np.ndarray]:
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            raise ValueError("pass a sequence of images, e.g. [image], not a single 2D array")
+        names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
+        return [self.prepare(image, name) for image, name in zip(images, names)]
