@@ -137,16 +137,18 @@ class SegmentationModel(abc.ABC):
             "not available; use an input perturbation (noise, brightness, contrast, gamma)"
         )
 
+    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
+        """Return ``layers`` if this model has them all, else raise a ValueError listing its layers."""
+        unknown = [layer for layer in layers if layer not in self.layers]
+        if unknown:
+            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {list(self.layers)}")
+        return layers
+
     def _predict_feature_pairs(
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
     ) -> tuple[list[Prediction], list[Prediction]]:
         """Clean and dropout predictions of one batch; adapters may share work between them."""
-        unknown = [layer for layer in dropout.layers if layer not in self.layers]
-        if unknown:
-            raise ValueError(
-                f"model {self.name!r} has no layer(s) {unknown}; available: {list(self.layers)}"
-            )
-        modules = self.feature_modules(dropout.layers)
+        modules = self.feature_modules(self.check_layers(dropout.layers))
         clean = self._predict_normalised(batch)
         with feature_dropout(modules, dropout.rate, seeds):
             perturbed = self._predict_normalised(batch)

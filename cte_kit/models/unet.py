@@ -1,0 +1,226 @@
+"""The kit's own PyTorch U-Nets as a grey-box model adapter, and their checkpoints.
+
+A checkpoint is one ``torch.save`` file holding the architecture arguments, the state dict and
+the kit settings (normalisation, threshold, instance method), so a model reloads from its path
+alone::
+
+    model = UNetModel.from_checkpoint("bank/bbbc039.pt")
+    pairs = model.predict_pairs(images, FeatureDropout(0.2))
+
+Feature perturbation forks the batch at the first perturbed layer (see
+:func:`cte_kit.perturb.feature_dropout`): the encoder runs once, the decoder twice in one
+batched call, so a grey-box CTE pair costs well under two forward passes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..perturb import FeatureDropout, feature_dropout
+from .base import Prediction, SegmentationModel
+from .instances import INSTANCE_METHODS, instances_from_probability
+from .unet_arch import UNet
+
+__all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "CHECKPOINT_FORMAT"]
+
+CHECKPOINT_FORMAT = "cte_kit.unet/1"
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture and output conventions of a kit U-Net.
+
+    Attributes
+    ----------
+    in_channels : int
+    levels : {3, 4}
+    width : int
+        Channels at the first level.
+    output : {'foreground', 'foreground+boundary'}
+        Semantic foreground only, or foreground plus a boundary channel for instance splitting.
+    dropout : float
+        Training-time channel dropout at the bottleneck.
+    """
+
+    in_channels: int = 1
+    levels: int = 3
+    width: int = 16
+    output: str = "foreground"
+    dropout: float = 0.1
+
+    def __post_init__(self):
+        if self.output not in ("foreground", "foreground+boundary"):
+            raise ValueError(f"output must be 'foreground' or 'foreground+boundary', got {self.output!r}")
+        if self.levels not in (2, 3, 4, 5):
+            raise ValueError(f"levels must be 2..5, got {self.levels}")
+
+    @property
+    def out_channels(self) -> int:
+        return 1 if self.output == "foreground" else 2
+
+    def build(self) -> UNet:
+        return UNet(self.in_channels, self.out_channels, self.levels, self.width, self.dropout)
+
+
+def save_checkpoint(network: UNet, config: UNetConfig, path: str | Path, settings: dict | None = None, history: dict | None = None) -> Path:
+    """Write a self-describing checkpoint (architecture, weights, kit settings, training history).
+
+    The file is written to a temporary name and renamed, so an interrupted save never leaves a
+    truncated checkpoint under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "config": asdict(config),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "settings": dict(settings or {}),
+        "history": dict(history or {}),
+    }
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    partial.replace(path)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> tuple[UNet, UNetConfig, dict, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Returns
+    -------
+    network : UNet (eval mode, CPU)
+    config : UNetConfig
+    settings : dict
+        Kit settings stored with the model (percentiles, threshold, instances, ...).
+    history : dict
+        Training record (source, epochs, losses).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"U-Net checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"cannot read U-Net checkpoint {path}: the file is corrupt or not a torch file ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path} is not a cte_kit U-Net checkpoint (format {payload.get('format') if isinstance(payload, dict) else None!r}, "
+            f"expected {CHECKPOINT_FORMAT!r}); train one with `cte-kit train`"
+        )
+    config = UNetConfig(**payload["config"])
+    network = config.build()
+    try:
+        network.load_state_dict(payload["state_dict"])
+    except RuntimeError as error:
+        raise ValueError(f"weights in {path} do not fit the stored architecture: {error}") from None
+    network.eval()
+    return network, config, payload.get("settings", {}), payload.get("history", {})
+
+
+@dataclass
+class UNetModel(SegmentationModel):
+    """Grey-box adapter for a kit :class:`~cte_kit.models.unet_arch.UNet`.
+
+    Parameters
+    ----------
+    network : UNet
+    config : UNetConfig
+    instances : {'components', 'watershed'}
+        How instance labels are derived from the semantic output.
+    min_size : int
+        Smallest object kept in instance labels (pixels).
+    device : str
+        Torch device.
+    """
+
+    network: UNet | None = None
+    config: UNetConfig = field(default_factory=UNetConfig)
+    instances: str = "components"
+    min_size: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.network is None:
+            raise ValueError("UNetModel needs a network; use UNetModel.from_checkpoint(path)")
+        if self.instances not in INSTANCE_METHODS:
+            raise ValueError(f"unknown instance method {self.instances!r}; choose from {INSTANCE_METHODS}")
+        self.channels = self.config.in_channels
+        self.network = self.network.to(self.device).eval()
+        self.layers = self.network.layer_names()
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, name: str | None = None, **settings: Any) -> "UNetModel":
+        """Load a checkpoint; ``settings`` override those stored in it."""
+        network, config, stored, _ = load_checkpoint(path)
+        merged = {**stored, **settings}
+        if merged.get("percentiles") is not None:
+            merged["percentiles"] = tuple(merged["percentiles"])
+        known = {f for f in cls.__dataclass_fields__ if f not in ("network", "config", "name", "layers")}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {sorted(known)}")
+        return cls(name=name or Path(path).stem, network=network, config=config, **merged)
+
+    @property
+    def output(self) -> str:
+        return "both"
+
+    def feature_modules(self, layers: Sequence[str]) -> list:
+        return [self.network.layer(layer) for layer in layers]
+
+    def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        stack = np.stack(batch)
+        if stack.ndim == 3:
+            stack = stack[:, None]
+        else:
+            stack = np.moveaxis(stack, -1, 1)
+        height, width = stack.shape[-2:]
+        divisor = self.network.divisor
+        pad_h, pad_w = (-height) % divisor, (-width) % divisor
+        tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)).to(self.device)
+        if pad_h or pad_w:
+            # reflect keeps image statistics at the border; pad only bottom/right so crops are trivial
+            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
+            tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
+        return tensor, (height, width)
+
+    def _to_predictions(self, logits: torch.Tensor, size: tuple[int, int]) -> list[Prediction]:
+        maps = torch.sigmoid(logits[..., : size[0], : size[1]]).cpu().numpy().astype(np.float32)
+        predictions = []
+        for sample in maps:
+            boundary = sample[1] if sample.shape[0] > 1 else None
+            labels = instances_from_probability(sample[0], boundary, self.instances, self.threshold, self.min_size)
+            predictions.append(Prediction(probability=sample[0], labels=labels))
+        return predictions
+
+    def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+        tensor, size = self._to_tensor(batch)
+        with torch.inference_mode():
+            logits = self.network(tensor)
+        return self._to_predictions(logits, size)
+
+    def _predict_feature_pairs(self, batch, dropout: FeatureDropout, seeds):
+        modules = self.feature_modules(self.check_layers(dropout.layers))
+        tensor, size = self._to_tensor(batch)
+        with torch.inference_mode(), feature_dropout(modules, dropout.rate, seeds, fork=True):
+            logits = self.network(tensor)
+        predictions = self._to_predictions(logits, size)
+        half = len(batch)
+        return predictions[:half], predictions[half:]
+
+
+def from_bank_entry(entry) -> UNetModel:
+    """Bank loader: ``path`` is a checkpoint; ``pretrained`` names a model of the embedded demo bank."""
+    if entry.pretrained is not None:
+        from ..demo import demo_checkpoint
+
+        path = demo_checkpoint(entry.pretrained)
+    else:
+        path = entry.path
+    return UNetModel.from_checkpoint(path, name=entry.name, **entry.settings)

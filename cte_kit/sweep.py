@@ -1,0 +1,306 @@
+"""Rank a whole model bank on a target, writing results as they are computed.
+
+A sweep visits every (model, perturbation) of the bank, predicts the images that are not yet in
+the results file, and appends one CSV row per (model, image, perturbation, consistency). Rows
+are flushed to disk after every batch, so a crash loses at most the batch in flight, and a rerun
+with the same file resumes where it stopped. A model that fails (missing weights, an image it
+cannot process) is reported and skipped; the others go on.
+
+:func:`summarize_results` turns the rows into per-model scores, ranks and the correlation
+between CTE and true performance (when labels were given).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .consistency import summarize
+from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
+from .models.bank import BankEntry, load_model
+from .models.base import SegmentationModel
+from .perturb import Perturbation
+from .ranking import bootstrap_scores, correlations, rank_scores
+
+__all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "run_sweep", "read_results", "summarize_results"]
+
+RESULT_COLUMNS = ("model", "image", "perturbation", "consistency", "seed", "n_pert", "cte", *PERFORMANCE_METRICS)
+_KEY = ("model", "image", "perturbation", "consistency", "seed", "n_pert")
+
+
+@dataclass(frozen=True)
+class SweepFailure:
+    """A model that could not be scored, and why."""
+
+    model: str
+    perturbation: str
+    error: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep did: the results file, the rows computed now and the failures."""
+
+    path: Path
+    n_new_rows: int
+    n_skipped_rows: int
+    failures: tuple[SweepFailure, ...] = field(default_factory=tuple)
+
+
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    return str(value)
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a results CSV, numbers as floats.
+
+    A last line cut short by a crash is ignored (it is rewritten on resume).
+
+    Raises
+    ------
+    ValueError
+        The file is not a cte_kit results file (different columns).
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    text = path.read_text()
+    if not text.strip():
+        return []
+    lines = text.splitlines(keepends=True)
+    header = next(csv.reader([lines[0]]))
+    if tuple(header) != RESULT_COLUMNS:
+        raise ValueError(
+            f"{path} is not a cte_kit results file (columns {header}); choose another --out or delete it"
+        )
+    complete = lines[1:] if text.endswith("\n") else lines[1:-1]
+    rows = []
+    for values in csv.reader(complete):
+        if len(values) != len(RESULT_COLUMNS):
+            continue
+        row = dict(zip(RESULT_COLUMNS, values))
+        for column in ("cte", *PERFORMANCE_METRICS):
+            row[column] = float(row[column]) if row[column] != "" else math.nan
+        row["seed"], row["n_pert"] = int(row["seed"]), int(row["n_pert"])
+        rows.append(row)
+    return rows
+
+
+def _open_for_append(path: Path) -> io.TextIOBase:
+    """Open the results file for appending, writing the header or dropping a torn last line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and path.stat().st_size:
+        text = path.read_text()
+        if not text.endswith("\n"):
+            path.write_text(text[: text.rfind("\n") + 1])
+        return path.open("a", newline="")
+    handle = path.open("w", newline="")
+    csv.writer(handle).writerow(RESULT_COLUMNS)
+    return handle
+
+
+def run_sweep(
+    bank: Sequence[BankEntry | SegmentationModel],
+    images: Sequence[np.ndarray],
+    names: Sequence[str],
+    out: str | Path,
+    perturbations: Sequence[Perturbation],
+    consistencies: Sequence[str] = ("hard",),
+    labels: Sequence[np.ndarray] | None = None,
+    seed: int = 0,
+    n_pert: int = 1,
+    boundary: int = 1,
+    progress: bool = True,
+    load: Callable[[BankEntry], SegmentationModel] = load_model,
+) -> SweepResult:
+    """Score every model of a bank on a target and append the rows to ``out``.
+
+    Parameters
+    ----------
+    bank : sequence of BankEntry or SegmentationModel
+        Entries are loaded one at a time (only if they still have work), models are used as given.
+    images : sequence of arrays
+        The target images.
+    names : sequence of str
+        One unique name per image (the results key, so keep them stable across reruns).
+    out : path
+        Results CSV; created, or resumed if it exists.
+    perturbations : sequence of InputPerturbation / FeatureDropout
+    consistencies : sequence of {'hard', 'soft', 'instance'}
+    labels : sequence of arrays, optional
+        Target labels; only used to fill the performance columns.
+    seed, n_pert, boundary : see :func:`cte_kit.estimator.estimate`
+    progress : bool
+    load : callable
+        Turns a BankEntry into a model (tests inject failures here).
+
+    Returns
+    -------
+    SweepResult
+    """
+    if len(images) != len(names):
+        raise ValueError(f"{len(images)} images but {len(names)} names")
+    if len(set(names)) != len(names):
+        raise ValueError("image names must be unique (they key the results file)")
+    if labels is not None and len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} label images")
+    if not perturbations:
+        raise ValueError("give at least one perturbation")
+    path = Path(out)
+    done = {tuple(str(row[k]) for k in _KEY) for row in read_results(path)}
+    image_ids = {name: index for index, name in enumerate(names)}
+    failures: list[SweepFailure] = []
+    n_new = n_skipped = 0
+    handle = _open_for_append(path)
+    writer = csv.writer(handle)
+    try:
+        for item in tqdm(bank, desc="models", disable=not progress):
+            model_name = item.name
+            todo = []
+            for perturbation in perturbations:
+                remaining = [
+                    name for name in names
+                    if any((model_name, name, perturbation.label, kind, str(seed), str(n_pert)) not in done for kind in consistencies)
+                ]
+                n_skipped += (len(names) - len(remaining)) * len(consistencies)
+                if remaining:
+                    todo.append((perturbation, remaining))
+            if not todo:
+                continue
+            try:
+                model = item if isinstance(item, SegmentationModel) else load(item)
+            except Exception as error:  # a broken entry must not stop the bank
+                failures.extend(SweepFailure(model_name, p.label, f"could not load: {error}") for p, _ in todo)
+                warnings.warn(f"model {model_name!r} skipped: could not load it ({error})", stacklevel=2)
+                continue
+            for perturbation, remaining in todo:
+                try:
+                    n_new += _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies,
+                                          seed, n_pert, boundary, writer, handle, progress)
+                except Exception as error:
+                    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+                    failures.append(SweepFailure(model_name, perturbation.label, detail))
+                    warnings.warn(f"model {model_name!r} failed under {perturbation.label}: {detail}; "
+                                  "rows written so far are kept, rerun to retry", stacklevel=2)
+    finally:
+        handle.close()
+    return SweepResult(path, n_new, n_skipped, tuple(failures))
+
+
+def _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies, seed, n_pert, boundary,
+                 writer, handle, progress) -> int:
+    written = 0
+    chunk = max(1, model.batch_size)
+    bar = tqdm(total=len(remaining), desc=f"{model.name} {perturbation.label}", disable=not progress, leave=False)
+    for start in range(0, len(remaining), chunk):
+        batch_names = remaining[start : start + chunk]
+        ids = [image_ids[name] for name in batch_names]
+        pairs = model.predict_pairs([images[i] for i in ids], perturbation, seed=seed, n_pert=n_pert,
+                                    image_ids=ids, names=batch_names)
+        scores = pair_scores(pairs, consistencies, threshold=model.threshold, boundary=boundary)
+        truth = (performance([p.clean for p in pairs], [labels[i] for i in ids], model.threshold)
+                 if labels is not None else {m: np.full(len(ids), np.nan) for m in PERFORMANCE_METRICS})
+        for position, name in enumerate(batch_names):
+            for kind in consistencies:
+                row = [model.name, name, perturbation.label, kind, seed, n_pert, float(scores[kind][position]),
+                       *(float(truth[m][position]) for m in PERFORMANCE_METRICS)]
+                writer.writerow([_format(v) for v in row])
+                written += 1
+        handle.flush()
+        os.fsync(handle.fileno())
+        bar.update(len(batch_names))
+    bar.close()
+    return written
+
+
+def summarize_results(
+    rows: Sequence[dict],
+    statistic: str = "median",
+    n_boot: int = 1000,
+    seed: int = 0,
+    models: Sequence[str] | None = None,
+) -> list[dict]:
+    """Per-setting rankings from result rows.
+
+    Parameters
+    ----------
+    rows : sequence of dict
+        From :func:`read_results`.
+    statistic : {'median', 'mean', 'trimmed'}
+        Aggregation of CTE_i over images.
+    n_boot : int
+        Bootstrap replicates over images for the score intervals (0 disables them).
+    models : sequence of str, optional
+        Restrict to these models (in this order).
+
+    Returns
+    -------
+    list of dict, one per (perturbation, consistency)
+        Each with ``perturbation``, ``consistency``, ``performance_metric``, ``models`` (a list
+        of per-model dicts: ``name``, ``cte``, ``cte_median``, ``cte_mean``, ``cte_low``,
+        ``cte_high``, ``n_images``, ``n_empty``, ``rank_cte``, and with labels ``performance``,
+        ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top``, and with labels
+        ``kendall``, ``spearman``, ``pearson``, ``weighted_kendall`` and their p-values.
+    """
+    settings = sorted({(row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows},
+                      key=lambda s: (s[0], s[1], s[2], s[3]))
+    summaries = []
+    for perturbation, consistency, run_seed, n_pert in settings:
+        selected = [r for r in rows if (r["perturbation"], r["consistency"], r["seed"], r["n_pert"]) ==
+                    (perturbation, consistency, run_seed, n_pert)]
+        names = list(models) if models is not None else list(dict.fromkeys(r["model"] for r in selected))
+        image_names = list(dict.fromkeys(r["image"] for r in selected))
+        column = {name: index for index, name in enumerate(image_names)}
+        table = {metric: np.full((len(names), len(image_names)), np.nan) for metric in ("cte", *PERFORMANCE_METRICS)}
+        for row in selected:
+            if row["model"] in names:
+                for metric in table:
+                    table[metric][names.index(row["model"]), column[row["image"]]] = row[metric]
+        metric = performance_metric_for(consistency)
+        cte_summaries = [summarize(table["cte"][i], statistic) for i in range(len(names))]
+        cte = np.array([s.score for s in cte_summaries])
+        has_labels = bool(np.isfinite(table[metric]).any())
+        entry = {"perturbation": perturbation, "consistency": consistency, "seed": run_seed, "n_pert": n_pert,
+                 "statistic": statistic, "performance_metric": metric, "n_images": len(image_names)}
+        boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
+        ranks = rank_scores(cte)
+        model_rows = []
+        for i, name in enumerate(names):
+            item = {"name": name, "cte": float(cte[i]), "cte_median": cte_summaries[i].median,
+                    "cte_mean": cte_summaries[i].mean, "n_images": cte_summaries[i].n_images,
+                    "n_empty": cte_summaries[i].n_empty, "rank_cte": float(ranks[i])}
+            if boot is not None:
+                item.update(cte_low=float(boot.low[i]), cte_high=float(boot.high[i]), p_top=float(boot.p_top[i]))
+            model_rows.append(item)
+        if boot is not None:
+            entry["p_best_is_top"] = float(boot.p_best_is_top)
+        entry["tied_at_top"] = int(np.sum(cte == np.nanmax(cte))) if np.isfinite(cte).any() else 0
+        if has_labels:
+            perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
+                             for i in range(len(names))])
+            perf_ranks = rank_scores(perf)
+            for i, item in enumerate(model_rows):
+                item["performance"] = float(perf[i])
+                item["rank_performance"] = float(perf_ranks[i])
+                for extra in ("f1", "map"):
+                    values = table[extra][i]
+                    item[extra] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+            stats = correlations(cte, perf, seed=seed)
+            entry.update(kendall=stats.kendall, kendall_p=stats.kendall_p, spearman=stats.spearman,
+                         spearman_p=stats.spearman_p, pearson=stats.pearson, pearson_p=stats.pearson_p,
+                         weighted_kendall=stats.weighted_kendall)
+        entry["models"] = model_rows
+        summaries.append(entry)
+    return summaries

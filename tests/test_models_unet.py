@@ -1,0 +1,225 @@
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from cte_kit.data.synthetic import SyntheticDomain, generate
+from cte_kit.models import NotGreyBoxError, Prediction, SegmentationModel, read_bank, load_bank
+from cte_kit.models.instances import connected_components, seeded_watershed
+from cte_kit.models.training import TrainingConfig, train_unet, training_targets
+from cte_kit.models.unet import UNetConfig, UNetModel, load_checkpoint, save_checkpoint
+from cte_kit.perturb import FeatureDropout, InputPerturbation
+
+
+def _random_unet(levels=3, output="foreground", seed=0):
+    torch.manual_seed(seed)
+    config = UNetConfig(levels=levels, width=8, output=output)
+    network = config.build()
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 1.5)
+    return UNetModel(name=f"random{levels}", network=network, config=config)
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 4000, size=(60, 90)).astype(np.uint16) for _ in range(3)]
+
+
+@pytest.mark.parametrize("levels", [3, 4])
+def test_layers_and_bottleneck(levels):
+    model = _random_unet(levels)
+    assert model.grey_box and model.bottleneck == "bottleneck"
+    assert model.layers == tuple(f"encoder{i}" for i in range(levels - 1)) + ("bottleneck",) + tuple(f"decoder{i}" for i in range(levels - 1))
+    bottleneck_channels = model.network.layer("bottleneck")[-2].num_features
+    assert bottleneck_channels == 8 * 2 ** (levels - 1)
+
+
+@pytest.mark.parametrize("levels", [3, 4])
+def test_dropout_p0_reproduces_plain_prediction_exactly(images, levels):
+    model = _random_unet(levels)
+    plain = model.predict(images)
+    for layers in (("bottleneck",), ("encoder0", "decoder1")):
+        pairs = model.predict_pairs(images, FeatureDropout(0.0, layers))
+        for pair, reference in zip(pairs, plain):
+            assert np.array_equal(pair.clean.probability, reference.probability)
+            assert np.array_equal(pair.perturbed[0].probability, reference.probability)
+            assert np.array_equal(pair.perturbed[0].labels, reference.labels)
+
+
+def test_dropout_changes_prediction_and_is_seeded(images):
+    model = _random_unet()
+    first = model.predict_pairs(images, FeatureDropout(0.3), seed=1)
+    again = model.predict_pairs(images, FeatureDropout(0.3), seed=1)
+    other = model.predict_pairs(images, FeatureDropout(0.3), seed=2)
+    for a, b, c in zip(first, again, other):
+        assert not np.array_equal(a.clean.probability, a.perturbed[0].probability)
+        assert np.array_equal(a.perturbed[0].probability, b.perturbed[0].probability)
+        assert not np.array_equal(a.perturbed[0].probability, c.perturbed[0].probability)
+
+
+def test_results_do_not_depend_on_batching_or_order(images):
+    model = _random_unet()
+    batched = model.predict_pairs(images, FeatureDropout(0.3), seed=4)
+    model.batch_size = 1
+    reversed_pairs = model.predict_pairs(images[::-1], FeatureDropout(0.3), seed=4, image_ids=[2, 1, 0])[::-1]
+    for a, b in zip(batched, reversed_pairs):
+        assert np.allclose(a.perturbed[0].probability, b.perturbed[0].probability, atol=1e-6)
+
+
+def test_forked_pass_equals_hooked_full_pass(images):
+    """Encoder-once/decoder-twice gives the same perturbed output as a separate perturbed forward."""
+    model = _random_unet()
+    forked = model.predict_pairs(images[:1], FeatureDropout(0.4), seed=0)[0]
+    generic = SegmentationModel._predict_feature_pairs(model, [model.prepare(images[0])], FeatureDropout(0.4),
+                                                        [forked_seed(0, 0)])[1][0]
+    assert np.allclose(forked.perturbed[0].probability, generic.probability, atol=1e-5)
+
+
+def forked_seed(seed, image_id):
+    from cte_kit.models.base import image_seed
+
+    return image_seed(seed, image_id, 0)
+
+
+@pytest.mark.parametrize("kind, neutral", [("noise", 0.0), ("brightness", 0.0), ("contrast", 1.0), ("gamma", 1.0)])
+def test_neutral_input_perturbation_reproduces_prediction(images, kind, neutral):
+    model = _random_unet()
+    for pair in model.predict_pairs(images, InputPerturbation(kind, neutral)):
+        assert np.array_equal(pair.clean.probability, pair.perturbed[0].probability)
+
+
+def test_n_pert_draws_differ(images):
+    model = _random_unet()
+    pair = model.predict_pairs(images[:1], FeatureDropout(0.3), n_pert=3)[0]
+    assert len(pair.perturbed) == 3
+    assert not np.array_equal(pair.perturbed[0].probability, pair.perturbed[1].probability)
+
+
+def test_unknown_layer_and_bad_inputs(images):
+    model = _random_unet()
+    with pytest.raises(ValueError, match="no layer"):
+        model.predict_pairs(images, FeatureDropout(0.2, ("decoder7",)))
+    with pytest.raises(ValueError, match=r"shape \(H, W\)"):
+        model.predict([np.zeros((2, 30, 30, 30))])
+    with pytest.raises(ValueError, match="grey image"):
+        model.predict([np.zeros((30, 30, 3), np.uint8)])
+    with pytest.raises(ValueError, match="NaN"):
+        model.predict([np.full((30, 30), np.nan, np.float32)])
+    with pytest.raises(ValueError, match="sequence of images"):
+        model.predict(np.zeros((30, 30)))
+    with pytest.raises(TypeError, match="numeric"):
+        model.predict([np.zeros((30, 30), bool)])
+
+
+def test_rgb_can_be_converted_when_asked():
+    model = _random_unet()
+    model.rgb = "grey"
+    colour = np.random.default_rng(0).integers(0, 255, (32, 32, 3)).astype(np.uint8)
+    assert model.predict([colour])[0].probability.shape == (32, 32)
+
+
+class _BlackBox(SegmentationModel):
+    def _predict_normalised(self, batch):
+        return [Prediction(probability=np.clip(image, 0, 1)) for image in batch]
+
+
+def test_black_box_refuses_feature_dropout_but_takes_input_perturbation(images):
+    model = _BlackBox(name="bb")
+    assert not model.grey_box and model.bottleneck is None
+    with pytest.raises(NotGreyBoxError, match="black box"):
+        model.predict_pairs(images, FeatureDropout(0.2))
+    pairs = model.predict_pairs(images, InputPerturbation("brightness", 0.1))
+    assert np.allclose(pairs[0].perturbed[0].probability, np.clip(model.prepare(images[0]) + 0.1, 0, 1))
+
+
+def test_checkpoint_roundtrip_and_errors(tmp_path, images):
+    model = _random_unet(output="foreground+boundary")
+    path = save_checkpoint(model.network, model.config, tmp_path / "m.pt", settings={"threshold": 0.4, "instances": "watershed"})
+    reloaded = UNetModel.from_checkpoint(path)
+    assert reloaded.threshold == 0.4 and reloaded.instances == "watershed" and reloaded.name == "m"
+    assert np.array_equal(reloaded.predict(images)[0].probability, model.predict(images)[0].probability)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(tmp_path / "bad.pt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match="not a cte_kit U-Net checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(FileNotFoundError):
+        load_checkpoint(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="unknown U-Net setting"):
+        UNetModel.from_checkpoint(path, colour="blue")
+
+
+def test_bank_yaml_loads_unets(tmp_path):
+    model = _random_unet()
+    save_checkpoint(model.network, model.config, tmp_path / "weights" / "a.pt")
+    bank = tmp_path / "bank.yaml"
+    bank.write_text("models:\n  - name: first\n    kind: unet\n    path: weights/a.pt\n    threshold: 0.6\n")
+    entries = read_bank(bank)
+    assert entries[0].path == str((tmp_path / "weights" / "a.pt").resolve())
+    loaded = load_bank(bank)[0]
+    assert loaded.name == "first" and loaded.threshold == 0.6
+    for text, message in [("models: []", "non-empty"), ("models:\n  - {name: a, kind: tf, path: x}", "unknown kind"),
+                          ("models:\n  - {name: a, kind: unet}", "exactly one of"),
+                          ("models:\n  - {name: a, kind: unet, path: x}\n  - {name: a, kind: unet, path: y}", "duplicate")]:
+        bank.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            read_bank(bank)
+
+
+def test_instances_components_and_watershed():
+    probability = np.zeros((40, 60), np.float32)
+    yy, xx = np.mgrid[:40, :60]
+    for cy, cx in ((20, 20), (20, 33)):
+        probability[(yy - cy) ** 2 + (xx - cx) ** 2 <= 64] = 0.9
+    assert connected_components(probability).max() == 1  # touching discs merge
+    split = seeded_watershed(probability)
+    assert split.max() == 2
+    assert np.array_equal(split > 0, probability > 0.5)
+    boundary = np.zeros_like(probability)
+    boundary[:, 26:28] = 0.9
+    assert seeded_watershed(probability, boundary).max() == 2
+    assert seeded_watershed(np.zeros((10, 10))).max() == 0
+
+
+def test_training_targets():
+    labels = np.zeros((10, 10), int)
+    labels[2:5, 2:5] = 1
+    labels[2:5, 5:8] = 2
+    targets = training_targets(labels, "foreground+boundary")
+    assert targets.shape == (2, 10, 10)
+    assert targets[0].sum() == 18
+    assert targets[1][3, 4] == 1 and targets[1][3, 5] == 1 and targets[1][3, 3] == 0
+
+
+def test_training_learns_and_checkpoint_reloads(tmp_path):
+    domain = SyntheticDomain(radius=(5, 7), density=20, snr=20, blur=0.5)
+    data = generate(domain, 6, shape=(64, 64), seed=0)
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    model = train_unet(data.images, data.labels, UNetConfig(width=8), TrainingConfig(steps=60, batch_size=4, patch_size=48),
+                       out=tmp_path / "m.pt", progress=False)
+    assert time.perf_counter() - started < 120
+    test = generate(domain, 2, shape=(64, 64), seed=99)
+    prediction = model.predict(test.images)[0]
+    foreground = test.labels[0] > 0
+    dice = 2 * (prediction.probability > 0.5)[foreground].sum() / ((prediction.probability > 0.5).sum() + foreground.sum())
+    assert dice > 0.6
+    reloaded = UNetModel.from_checkpoint(tmp_path / "m.pt")
+    assert np.array_equal(reloaded.predict(test.images)[0].probability, prediction.probability)
+    _, _, settings, history = load_checkpoint(tmp_path / "m.pt")
+    assert settings["percentiles"] == [1.0, 99.8] and history["n_images"] == 6
+
+
+def test_training_input_errors():
+    with pytest.raises(ValueError, match="no training images"):
+        train_unet([], [], progress=False)
+    with pytest.raises(ValueError, match="label images"):
+        train_unet([np.zeros((64, 64))], [], progress=False)
+    with pytest.raises(ValueError, match="does not match"):
+        train_unet([np.zeros((64, 64))], [np.zeros((32, 32), int)], training=TrainingConfig(steps=1, patch_size=32),
+                   progress=False)
