@@ -159,13 +159,8 @@ def _run_demo(args) -> int:
     return 0
 
 
-def _load_target(args):
-    from .data.folder import load_folder
-
-    return load_folder(args.images, args.labels)
-
-
 def _run_rank(args) -> int:
+    from .data.folder import load_folder
     from .demo import format_table
     from .models.bank import read_bank
     from .perturb import parse_perturbation
@@ -174,7 +169,7 @@ def _run_rank(args) -> int:
     entries = read_bank(args.bank)
     perturbations = [parse_perturbation(text) for text in (args.perturbation or ["dropout:0.2"])]
     consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
-    target = _load_target(args)
+    target = load_folder(args.images, args.labels)
     if args.plot and target.labels is None:
         raise ValueError("--plot needs --labels (it shows CTE against true performance)")
     print(f"{len(entries)} models x {len(target.images)} images x {len(perturbations)} perturbation(s)")

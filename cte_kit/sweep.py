@@ -30,7 +30,7 @@ from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performanc
 from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
 from .perturb import Perturbation
-from .ranking import bootstrap_scores, correlations, rank_scores
+from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 
 __all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "run_sweep", "read_results", "summarize_results"]
 
@@ -170,11 +170,10 @@ def run_sweep(
             model_name = item.name
             todo = []
             for perturbation in perturbations:
-                remaining = [
-                    name for name in names
-                    if any((model_name, name, perturbation.label, kind, str(seed), str(n_pert)) not in done for kind in consistencies)
-                ]
-                n_skipped += (len(names) - len(remaining)) * len(consistencies)
+                keys = {(name, kind): (model_name, name, perturbation.label, kind, str(seed), str(n_pert))
+                        for name in names for kind in consistencies}
+                n_skipped += sum(key in done for key in keys.values())
+                remaining = [name for name in names if any(keys[name, kind] not in done for kind in consistencies)]
                 if remaining:
                     todo.append((perturbation, remaining))
             if not todo:
@@ -188,7 +187,7 @@ def run_sweep(
             for perturbation, remaining in todo:
                 try:
                     n_new += _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies,
-                                          seed, n_pert, boundary, writer, handle, progress)
+                                          seed, n_pert, boundary, writer, handle, progress, done)
                 except Exception as error:
                     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
                     failures.append(SweepFailure(model_name, perturbation.label, detail))
@@ -200,7 +199,7 @@ def run_sweep(
 
 
 def _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies, seed, n_pert, boundary,
-                 writer, handle, progress) -> int:
+                 writer, handle, progress, done) -> int:
     written = 0
     chunk = max(1, model.batch_size)
     bar = tqdm(total=len(remaining), desc=f"{model.name} {perturbation.label}", disable=not progress, leave=False)
@@ -214,6 +213,8 @@ def _score_model(model, perturbation, remaining, images, labels, image_ids, cons
                  if labels is not None else {m: np.full(len(ids), np.nan) for m in PERFORMANCE_METRICS})
         for position, name in enumerate(batch_names):
             for kind in consistencies:
+                if (model.name, name, perturbation.label, kind, str(seed), str(n_pert)) in done:
+                    continue
                 row = [model.name, name, perturbation.label, kind, seed, n_pert, float(scores[kind][position]),
                        *(float(truth[m][position]) for m in PERFORMANCE_METRICS)]
                 writer.writerow([_format(v) for v in row])
@@ -254,8 +255,7 @@ def summarize_results(
         ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top``, and with labels
         ``kendall``, ``spearman``, ``pearson``, ``weighted_kendall`` and their p-values.
     """
-    settings = sorted({(row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows},
-                      key=lambda s: (s[0], s[1], s[2], s[3]))
+    settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
     for perturbation, consistency, run_seed, n_pert in settings:
         selected = [r for r in rows if (r["perturbation"], r["consistency"], r["seed"], r["n_pert"]) ==
@@ -286,7 +286,7 @@ def summarize_results(
             model_rows.append(item)
         if boot is not None:
             entry["p_best_is_top"] = float(boot.p_best_is_top)
-        entry["tied_at_top"] = int(np.sum(cte == np.nanmax(cte))) if np.isfinite(cte).any() else 0
+        entry["tied_at_top"] = tied_at_top(cte)
         if has_labels:
             perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])

@@ -164,6 +164,16 @@ class SegmentationModel(abc.ABC):
             array = to_grey(array)
         elif array.ndim == 2 and self.channels == 3:
             array = np.repeat(array[..., None], 3, axis=-1)
+        return self.normalise(array)
+
+    def normalise(self, array: np.ndarray) -> np.ndarray:
+        """Per-image normalisation of a checked (H, W) or (H, W, C) image, before any input perturbation.
+
+        Percentile normalisation with :attr:`percentiles`, or a float32 copy when it is None.
+        Adapters whose library normalises its own way (Cellpose, a bioimage.io model's
+        preprocessing) override this, so that input perturbations still act on the image the
+        network sees.
+        """
         if self.percentiles is None:
             return array.astype(np.float32)
         return normalize_percentile(array, *self.percentiles)

@@ -1,0 +1,406 @@
+"""Per-image consistency between a clean prediction and perturbed ones (paper, section 2.3).
+
+Three measures, each 1 for a perfectly stable model, computed only inside the union ``M`` of
+the clean and the perturbed predicted foregrounds (microscopy images are mostly background,
+which every model trivially keeps):
+
+* ``hard`` - :func:`hard_consistency`: 1 - normalised Hamming distance of the binarised
+  predictions inside ``M``, which equals their IoU (eq. 5);
+* ``soft`` - :func:`soft_consistency`: the Effective Invariance ``sqrt(q(u) q(v))`` of the
+  agreed class, 0 where the classes disagree, averaged over ``M`` (eq. 4);
+* ``instance`` - :func:`instance_consistency`: 1 - adapted Rand error of the label images,
+  inside ``M`` minus a boundary band of the clean labels, background pixels as singletons
+  (eq. 6, as the official implementation computes it).
+
+:func:`image_consistency` averages a measure over the ``N_pert`` perturbed predictions of an
+image (``CTE_i``, eq. 3) and :func:`summarize` aggregates the images of a target (the paper's
+median, or the mean or a trimmed mean).
+
+**No ground truth is used anywhere.** The official implementation drops patches whose
+*ground-truth* foreground fraction is small before summarising; this kit does not filter
+images or patches by labels. It filters on the unperturbed prediction's foreground instead:
+an image whose ``M`` is empty (or, for ``instance``, whose clean labels are empty) gets a NaN
+score, which :func:`image_consistency` and :func:`summarize` skip and count in ``n_empty``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.ndimage import binary_dilation, generate_binary_structure
+
+from .metrics import check_label_image, check_probability, check_threshold, contingency, mask_overlap, rand_pair_counts
+from .models.base import Prediction
+
+__all__ = [
+    "CONSISTENCY_KINDS",
+    "STATISTICS",
+    "CTESummary",
+    "foreground_union",
+    "hard_consistency",
+    "soft_consistency",
+    "boundary_band",
+    "instance_consistency",
+    "pair_consistency",
+    "image_consistency",
+    "nan_statistic",
+    "summarize",
+]
+
+CONSISTENCY_KINDS = ("hard", "soft", "instance")
+STATISTICS = ("median", "mean", "trimmed")
+
+
+# -- semantic consistency ---------------------------------------------------------------------
+def _binarise_pair(u, v, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Validated maps and their foregrounds ``{u > t}``, ``{v > t}``."""
+    u = check_probability(u, name="u")
+    v = check_probability(v, name="v", shape=u.shape)
+    threshold = check_threshold(threshold)
+    return u, v, u > threshold, v > threshold
+
+
+def foreground_union(u, v, threshold: float = 0.5) -> np.ndarray:
+    """The pixels ``M = {u > t} | {v > t}`` over which the semantic consistencies are taken.
+
+    Parameters
+    ----------
+    u, v : (H, W) float ndarray in [0, 1] or bool ndarray
+        Clean and perturbed foreground probabilities (or masks).
+    threshold : float
+
+    Returns
+    -------
+    (H, W) bool ndarray
+    """
+    _, _, fg_u, fg_v = _binarise_pair(u, v, threshold)
+    return fg_u | fg_v
+
+
+def hard_consistency(u, v, threshold: float = 0.5) -> float:
+    """1 - normalised Hamming distance of the binarised maps inside ``M`` (eq. 5).
+
+    The pixels of ``M`` that flip are the symmetric difference of the foregrounds ``U`` and
+    ``V``, so the score is ``|U & V| / |U | V|``, the IoU of the binarised predictions.
+
+    Parameters
+    ----------
+    u, v : (H, W) float ndarray in [0, 1] or bool ndarray
+        Clean and perturbed foreground probabilities (or masks); same shape.
+    threshold : float
+        Foreground is ``> threshold``.
+
+    Returns
+    -------
+    float
+        In [0, 1]; NaN when neither map has foreground (``M`` empty).
+    """
+    _, _, fg_u, fg_v = _binarise_pair(u, v, threshold)
+    intersection, union = mask_overlap(fg_u, fg_v)
+    return intersection / union if union else float("nan")
+
+
+def soft_consistency(u, v, threshold: float = 0.5) -> float:
+    """Mean Effective Invariance over ``M`` (eq. 4).
+
+    Per pixel, ``sqrt(q_c(u) q_c(v))`` for the class ``c`` both maps agree on, with
+    ``q_1(x) = x`` and ``q_0(x) = 1 - x``, and 0 where the classes disagree. Inside ``M`` the
+    two maps cannot agree on background, so only agreed foreground pixels contribute
+    ``sqrt(u v)``.
+
+    Parameters
+    ----------
+    u, v : (H, W) float ndarray in [0, 1] or bool ndarray
+        Clean and perturbed foreground probabilities; same shape.
+    threshold : float
+
+    Returns
+    -------
+    float
+        In [0, 1] (at most the hard consistency); NaN when ``M`` is empty.
+    """
+    u, v, fg_u, fg_v = _binarise_pair(u, v, threshold)
+    both, union = fg_u & fg_v, np.count_nonzero(fg_u | fg_v)
+    if not union:
+        return float("nan")
+    agreed = np.sqrt(u[both].astype(np.float64) * v[both].astype(np.float64))
+    return float(agreed.sum()) / union
+
+
+# -- instance consistency ---------------------------------------------------------------------
+def boundary_band(labels, width: int = 1) -> np.ndarray:
+    """Pixels near a label change: grey dilation != grey erosion, each applied ``width`` times.
+
+    With the cross-shaped (4-connected) footprint, the default of
+    ``skimage.morphology.dilation``, and reflected image borders. Covers instance-instance
+    and instance-background contours on both sides.
+
+    Parameters
+    ----------
+    labels : (H, W) int ndarray
+    width : int
+        Number of dilations/erosions; 0 gives an empty band.
+
+    Returns
+    -------
+    (H, W) bool ndarray
+    """
+    return _band(check_label_image(labels), _check_width(width))
+
+
+def _check_width(width) -> int:
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 0:
+        raise ValueError(f"boundary width must be a non-negative integer, got {width!r}")
+    return int(width)
+
+
+def _band(labels: np.ndarray, width: int) -> np.ndarray:
+    band = np.zeros(labels.shape, dtype=bool)
+    if width == 0:
+        return band
+    # Max != min over a neighbourhood containing the pixel means some neighbour differs from
+    # it; for width 1 that is a 4-neighbour, found by comparing shifted copies (no filter).
+    differs = labels[1:, :] != labels[:-1, :]
+    band[1:, :] |= differs
+    band[:-1, :] |= differs
+    differs = labels[:, 1:] != labels[:, :-1]
+    band[:, 1:] |= differs
+    band[:, :-1] |= differs
+    if width > 1:
+        # A differing pixel within L1 distance w lies one step beyond a width-1 band pixel
+        # within distance w - 1, so the band grows by binary dilation (borders add nothing).
+        band = binary_dilation(band, structure=generate_binary_structure(2, 1), iterations=width - 1)
+    return band
+
+
+def instance_consistency(labels_u, labels_v, boundary: int = 1) -> float:
+    """1 - adapted Rand error of clean and perturbed label images, foreground-restricted.
+
+    The pixels compared are ``M = ({L_u > 0} | {L_v > 0})`` minus
+    ``boundary_band(L_u, boundary)``. Inside ``M`` every background pixel of either image is
+    a segment of its own (a singleton, which pairs with nothing). With the contingency table
+    ``n_ij`` of ``L_u[M]`` against ``L_v[M]`` and its row and column sums ``a_i``, ``b_j``::
+
+        F = sum n_ij (n_ij - 1) / (1/2 sum a_i (a_i - 1) + 1/2 sum b_j (b_j - 1))
+
+    the adapted Rand F-score with alpha = 0.5, equal to ``1 - skimage.metrics.
+    adapted_rand_error(L_u[M], L_v[M], ignore_labels=None)[0]`` on arrays whose background
+    pixels were given fresh ids. Label ids are never cast to a type too narrow for them, so
+    large ids cannot wrap around (the official uint16 cast can).
+
+    Parameters
+    ----------
+    labels_u, labels_v : (H, W) int ndarray
+        Clean and perturbed instance labels (0 = background), any non-negative integer dtype.
+    boundary : int
+        Width of the boundary band of ``L_u`` left out (0: none; 1 as the official code).
+
+    Returns
+    -------
+    float
+        In [0, 1]. NaN if ``L_u`` has no foreground or ``M`` is empty (as the official code).
+        1.0 when no two pixels of ``M`` share a segment in either image (the denominator is
+        0): both partitions are then all singletons, i.e. identical.
+    """
+    labels_u = check_label_image(labels_u, name="labels_u")
+    labels_v = check_label_image(labels_v, name="labels_v", shape=labels_u.shape)
+    boundary = _check_width(boundary)
+    if labels_u.max(initial=0) == 0:
+        return float("nan")
+    # Pixels outside M are counted too, but a pixel that is background in both images is a
+    # singleton on both sides and adds to no pair count: only the band must be left out.
+    table = contingency(labels_u, labels_v, keep=~_band(labels_u, boundary) if boundary else None)
+    if not ((table.rows > 0) | (table.cols > 0)).any():  # M is empty
+        return float("nan")
+    joint, pairs_u, pairs_v = rand_pair_counts(table, singleton_background=True)
+    denominator = 0.5 * pairs_u + 0.5 * pairs_v
+    return joint / denominator if denominator else 1.0
+
+
+# -- predictions ------------------------------------------------------------------------------
+def _field(prediction: Prediction, field: str, kind: str, role: str) -> np.ndarray:
+    value = getattr(prediction, field)
+    if value is None:
+        advice = {
+            "probability": "this model gives only instance labels; use --consistency instance or hard",
+            "labels": "this model gives only probability maps; use --consistency hard or soft",
+        }[field]
+        raise ValueError(f"{kind} consistency needs the {role} prediction's {field}: {advice}")
+    return value
+
+
+def _foreground(prediction: Prediction) -> np.ndarray:
+    """Probability map if there is one, else the labels' foreground as a bool mask."""
+    if prediction.probability is not None:
+        return prediction.probability
+    return check_label_image(prediction.labels) > 0
+
+
+def pair_consistency(
+    clean: Prediction, perturbed: Prediction, kind: str, threshold: float = 0.5, boundary: int = 1
+) -> float:
+    """Consistency of one perturbed prediction with the clean one.
+
+    Parameters
+    ----------
+    clean, perturbed : Prediction
+    kind : {'hard', 'soft', 'instance'}
+        ``hard`` uses the probability maps, or the labels' foreground (``labels > 0``) of a
+        prediction without one; ``soft`` needs probability maps; ``instance`` needs labels.
+    threshold : float
+        Foreground threshold of the probability maps (hard, soft).
+    boundary : int
+        Boundary band width (instance).
+
+    Returns
+    -------
+    float
+        NaN when the comparison is empty (see the measures).
+
+    Raises
+    ------
+    ValueError
+        For an unknown kind, or a prediction lacking the field the kind needs.
+    """
+    if kind == "hard":
+        return hard_consistency(_foreground(clean), _foreground(perturbed), threshold)
+    if kind == "soft":
+        u = _field(clean, "probability", kind, "clean")
+        return soft_consistency(u, _field(perturbed, "probability", kind, "perturbed"), threshold)
+    if kind == "instance":
+        labels_u = _field(clean, "labels", kind, "clean")
+        return instance_consistency(labels_u, _field(perturbed, "labels", kind, "perturbed"), boundary)
+    raise ValueError(f"unknown consistency {kind!r}; choose from {CONSISTENCY_KINDS}")
+
+
+def image_consistency(
+    clean: Prediction,
+    perturbed: Sequence[Prediction],
+    kind: str,
+    threshold: float = 0.5,
+    boundary: int = 1,
+) -> float:
+    """``CTE_i``: the mean consistency of the ``N_pert`` perturbed predictions of one image (eq. 3).
+
+    Parameters
+    ----------
+    clean : Prediction
+    perturbed : sequence of Prediction
+        At least one.
+    kind, threshold, boundary
+        As :func:`pair_consistency`.
+
+    Returns
+    -------
+    float
+        Mean over the perturbed predictions whose score is defined; NaN only if none is.
+    """
+    if len(perturbed) == 0:
+        raise ValueError("image_consistency needs at least one perturbed prediction")
+    scores = np.array([pair_consistency(clean, p, kind, threshold, boundary) for p in perturbed])
+    return float(nan_statistic(scores, "mean"))
+
+
+# -- aggregation over images ------------------------------------------------------------------
+def nan_statistic(values, statistic: str = "median", trim: float = 0.1) -> np.ndarray | float:
+    """Median, mean or trimmed mean along the last axis, ignoring NaN, without warnings.
+
+    Parameters
+    ----------
+    values : float ndarray, shape (..., n)
+    statistic : {'median', 'mean', 'trimmed'}
+        ``trimmed`` equals ``scipy.stats.trim_mean(finite_values, trim)``: ``int(trim * k)``
+        of the ``k`` finite values are cut from each end.
+    trim : float
+        Proportion cut from each end, in [0, 0.5).
+
+    Returns
+    -------
+    float ndarray of shape (...), or float for 1D input
+        NaN where a row has no finite value.
+    """
+    if statistic not in STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; choose from {STATISTICS}")
+    if not 0.0 <= trim < 0.5:
+        raise ValueError(f"trim must lie in [0, 0.5), got {trim}")
+    values = np.sort(np.asarray(values, dtype=np.float64), axis=-1)  # NaN sorts last
+    if values.shape[-1] == 0:
+        return _scalar_or_array(np.full(values.shape[:-1], np.nan))
+    count = np.count_nonzero(~np.isnan(values), axis=-1)
+    if statistic == "median":
+        lower = np.take_along_axis(values, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
+        upper = np.take_along_axis(values, np.minimum(count // 2, values.shape[-1] - 1)[..., None], axis=-1)[..., 0]
+        result = (lower + upper) / 2
+    else:
+        cut = np.floor(trim * count).astype(np.int64) if statistic == "trimmed" else np.zeros_like(count)
+        position = np.arange(values.shape[-1])
+        kept = (position >= cut[..., None]) & (position < (count - cut)[..., None])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            result = np.where(kept, values, 0.0).sum(axis=-1) / (count - 2 * cut)
+    return _scalar_or_array(np.where(count > 0, result, np.nan))
+
+
+def _scalar_or_array(result: np.ndarray) -> np.ndarray | float:
+    return float(result) if result.ndim == 0 else result
+
+
+@dataclass(frozen=True)
+class CTESummary:
+    """CTE of one model on one target: per-image scores aggregated over images.
+
+    Attributes
+    ----------
+    score : float
+        The chosen statistic (what models are ranked by).
+    median, mean, std : float
+        Over the images with a defined score (``std`` with ddof = 0).
+    n_images : int
+        All images, empty ones included.
+    n_empty : int
+        Images whose score is NaN (empty foreground union).
+    statistic : str
+    """
+
+    score: float
+    median: float
+    mean: float
+    std: float
+    n_images: int
+    n_empty: int
+    statistic: str
+
+
+def summarize(scores, statistic: str = "median", trim: float = 0.1) -> CTESummary:
+    """Aggregate per-image CTE scores over a target.
+
+    Parameters
+    ----------
+    scores : (n_images,) float array_like
+        ``CTE_i`` of each image, NaN for empty ones.
+    statistic : {'median', 'mean', 'trimmed'}
+        The paper uses the median (robust for small targets).
+    trim : float
+        Proportion cut from each end by ``'trimmed'``.
+
+    Returns
+    -------
+    CTESummary
+        All statistics NaN (and ``n_empty == n_images``) when no image has a score.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 1:
+        raise ValueError(f"scores must be 1D (one per image), got shape {scores.shape}")
+    if np.isinf(scores).any():
+        raise ValueError("scores contain infinite values")
+    finite = scores[~np.isnan(scores)]
+    return CTESummary(
+        score=nan_statistic(scores, statistic, trim),
+        median=nan_statistic(scores, "median"),
+        mean=nan_statistic(scores, "mean"),
+        std=float(finite.std()) if finite.size else float("nan"),
+        n_images=int(scores.size),
+        n_empty=int(scores.size - finite.size),
+        statistic=statistic,
+    )

@@ -1,0 +1,217 @@
+"""Cellpose models as a grey-box adapter (Cellpose 3) or a black-box adapter (Cellpose 4).
+
+A model is a model-zoo name resolved by Cellpose's own download and cache (``cyto3``,
+``nuclei``, ``cyto2``, ``livecell_cp3``, ... under Cellpose 3; ``cpsam`` under Cellpose 4) or
+the path of a trained model file (``cellpose.train.train_seg`` output)::
+
+    model = CellposeModel.from_pretrained("nuclei", cellpose_channels=(0, 0), diameter=17)
+    model = CellposeModel.from_file("models/my_cellpose")
+
+Outputs: the masks of ``CellposeModel.eval`` and the cell probability ``sigmoid(cellprob)``
+(``flows[2]``). The image is normalised by Cellpose's own ``normalize_img`` *before* input
+perturbations, and ``eval`` runs with ``normalize=False``: otherwise Cellpose would undo a
+brightness or contrast perturbation by normalising again.
+
+Grey box (Cellpose 3 only): a forward hook on ``CPnet.downsample``, whose output is the list of
+encoder levels, scales the channels of the deepest level - the bottleneck that feeds the style
+vector and the decoder - by one mask per image, the same for every tile Cellpose cuts.
+
+Cellpose 4 (Cellpose-SAM) keeps ``CellposeModel(pretrained_model=...)`` and the 3-value
+``eval``, so this adapter runs it as a **black box** (input perturbations only): its network is
+a ViT whose features this kit does not perturb, ``channels`` is ignored by Cellpose 4 (it takes
+up to the first three channels) and only ``cpsam`` or a model file can be loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from scipy.special import expit
+
+from ._common import PerImageDropout, PretrainedDownloadError, check_settings
+from .base import NotGreyBoxError, Prediction, SegmentationModel
+
+__all__ = ["CellposeModel", "cellpose_major_version", "from_bank_entry"]
+
+
+def cellpose_major_version() -> int:
+    """Major version of the installed Cellpose (3 or 4)."""
+    try:
+        return int(metadata.version("cellpose").split(".")[0])
+    except metadata.PackageNotFoundError:
+        raise ImportError("the Cellpose adapter needs cellpose: pip install 'cellpose>=3.1.1,<4'") from None
+
+
+def _weights_file(models, name: str) -> tuple[str, str]:
+    """(file name, URL) Cellpose downloads for a zoo name (``cellpose.models.model_path`` naming)."""
+    if cellpose_major_version() >= 4:
+        return "cpsam", models._CPSAM_MODEL_URL
+    basename = f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
+    return basename, f"{models._MODEL_URL}/{basename}"
+
+
+@dataclass
+class CellposeModel(PerImageDropout, SegmentationModel):
+    """Adapter for a ``cellpose.models.CellposeModel``.
+
+    Parameters
+    ----------
+    cellpose : cellpose.models.CellposeModel
+        The loaded model (see :meth:`from_pretrained`, :meth:`from_file`).
+    percentiles : (float, float) or None
+        Percentiles of Cellpose's own per-channel normalisation (its default 1, 99); None when
+        the images are already normalised.
+    threshold : float, optional
+        Foreground threshold of the probability map; default ``sigmoid(cellprob_threshold)``,
+        Cellpose's own foreground rule.
+    cellpose_channels : (int, int)
+        Cellpose's ``channels``: channel to segment and optional nuclear channel (0 = grey,
+        1 = red, 2 = green, 3 = blue). ``(0, 0)`` takes grey images; anything else colour ones.
+        In a bank entry this is the key ``channels``.
+    diameter : float, optional
+        Object diameter in pixels; the image is rescaled by ``diam_mean / diameter``. Default:
+        the model's training diameter (no rescaling for the model's own data).
+    flow_threshold, cellprob_threshold : float
+        Cellpose's mask thresholds.
+    min_size : int
+        Smallest mask kept (pixels).
+    device : str
+        Torch device, e.g. ``'cpu'`` or ``'cuda'``.
+    """
+
+    cellpose: Any = None
+    percentiles: tuple[float, float] | None = (1.0, 99.0)
+    threshold: float | None = None
+    cellpose_channels: tuple[int, int] = (0, 0)
+    diameter: float | None = None
+    flow_threshold: float = 0.4
+    cellprob_threshold: float = 0.0
+    min_size: int = 15
+    device: str = "cpu"
+
+    def __post_init__(self):
+        if self.cellpose is None:
+            raise ValueError("CellposeModel needs a cellpose model; use CellposeModel.from_pretrained(name) or .from_file(path)")
+        channels = tuple(int(c) for c in self.cellpose_channels)
+        if len(channels) != 2 or not all(0 <= c <= 3 for c in channels):
+            raise ValueError(
+                f"cellpose channels must be a pair [channel to segment, nuclear channel] of 0..3, got {self.cellpose_channels!r}"
+            )
+        self.cellpose_channels = channels
+        self.channels = 1 if channels == (0, 0) else 3
+        if self.diameter is not None and not self.diameter > 0:
+            raise ValueError(f"diameter must be > 0 pixels or None, got {self.diameter!r}")
+        if self.threshold is None:
+            self.threshold = float(expit(self.cellprob_threshold))
+        self.version = cellpose_major_version()
+        self.layers = ("bottleneck",) if self.version < 4 else ()
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str, **settings: Any) -> "CellposeModel":
+        """A model-zoo model, downloaded once into Cellpose's model folder.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is not a Cellpose model name (Cellpose itself would silently fall back to
+            its default model).
+        PretrainedDownloadError
+            The download failed; the message names the file, its URL and the folder.
+        """
+        from cellpose import models
+
+        known = list(dict.fromkeys([*models.MODEL_NAMES, *models.get_user_models()]))
+        if name not in known:
+            hint = " (Cellpose 4 has only cpsam; the Cellpose 3 zoo needs cellpose<4)" if cellpose_major_version() >= 4 else ""
+            raise ValueError(f"unknown Cellpose model {name!r}{hint}; known: {known}")
+        file, url = _weights_file(models, name)
+        try:
+            # resolve (and download) the weights here, where a failure can be explained
+            models.cache_CPSAM_model_path() if cellpose_major_version() >= 4 else models.model_path(name)
+        except Exception as error:
+            raise PretrainedDownloadError(
+                "Cellpose", name, {file: url}, str(Path(models.MODEL_DIR) / file),
+                "CELLPOSE_LOCAL_MODELS_PATH replaces the folder ~/.cellpose/models and is read when cellpose is imported",
+                "point the bank entry's `path:` at the downloaded weights file", error,
+            ) from error
+        device = settings.get("device", "cpu")
+        if cellpose_major_version() >= 4:
+            network = models.CellposeModel(device=_torch_device(device), pretrained_model=name)
+        else:
+            network = models.CellposeModel(device=_torch_device(device), model_type=name)
+        return cls(name=settings.pop("name", name), cellpose=network, **settings)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **settings: Any) -> "CellposeModel":
+        """A trained model file (``train_seg`` writes ``<save_path>/models/<model_name>``)."""
+        path = Path(path)
+        if not path.is_file():
+            # Cellpose would fall back to its default model without an error
+            raise FileNotFoundError(f"Cellpose model file {path} does not exist")
+        from cellpose import models
+
+        device = _torch_device(settings.get("device", "cpu"))
+        network = models.CellposeModel(device=device, pretrained_model=str(path))
+        return cls(name=settings.pop("name", path.stem), cellpose=network, **settings)
+
+    # -- prediction -----------------------------------------------------------------------------
+    @property
+    def output(self) -> str:
+        return "both"
+
+    def normalise(self, array: np.ndarray) -> np.ndarray:
+        """Cellpose's channel layout (H, W, nchan) and its own per-channel percentile normalisation."""
+        from cellpose import transforms
+
+        channel_axis = -1 if array.ndim == 3 else None
+        if self.version >= 4:
+            image = transforms.convert_image(array, channel_axis=channel_axis)
+        else:
+            image = transforms.convert_image(array, list(self.cellpose_channels), channel_axis=channel_axis,
+                                             nchan=self.cellpose.nchan)
+        if self.percentiles is not None:
+            image = transforms.normalize_img(image, percentile=tuple(self.percentiles), axis=-1)
+        return np.ascontiguousarray(image, dtype=np.float32)
+
+    def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+        masks, flows, _ = self.cellpose.eval(
+            list(batch), channel_axis=-1, normalize=False, diameter=self.diameter, flow_threshold=self.flow_threshold,
+            cellprob_threshold=self.cellprob_threshold, min_size=self.min_size,
+        )
+        return [
+            Prediction(probability=expit(flow[2]).astype(np.float32), labels=np.asarray(mask, dtype=np.int32))
+            for mask, flow in zip(masks, flows)
+        ]
+
+    # -- grey box -------------------------------------------------------------------------------
+    def feature_modules(self, layers: Sequence[str]) -> list:
+        if self.version >= 4:
+            raise NotGreyBoxError(
+                f"model {self.name!r}: feature dropout needs a Cellpose 3 CPnet (cellpose>=3.1.1,<4); under Cellpose "
+                f"{self.version} (Cellpose-SAM) the adapter is a black box - use an input perturbation"
+            )
+        return [self.cellpose.net.downsample for _ in self.check_layers(layers)]
+
+
+def _torch_device(device):
+    import torch
+
+    return torch.device(device)
+
+
+def from_bank_entry(entry) -> CellposeModel:
+    """Bank loader: ``pretrained`` is a zoo name, ``path`` a model file; ``channels`` is Cellpose's pair."""
+    settings = {**entry.settings, **entry.common_settings()}
+    if "channels" in settings:
+        # in a Cellpose entry `channels` means Cellpose's [segment, nucleus] pair, as in Cellpose itself
+        settings["cellpose_channels"] = settings.pop("channels")
+    settings = check_settings(CellposeModel, {**settings, "name": entry.name}, ("cellpose", "channels"))
+    if entry.pretrained is not None:
+        return CellposeModel.from_pretrained(entry.pretrained, **settings)
+    return CellposeModel.from_file(entry.path, **settings)
+

@@ -1,0 +1,290 @@
+"""StarDist 2D models (TensorFlow / Keras 3) as a grey-box adapter.
+
+A model is a registered pretrained name resolved by StarDist's own download and cache
+(``2D_versatile_fluo``, ``2D_versatile_he``, ``2D_paper_dsb2018``, ``2D_demo`` and their aliases)
+or a model folder written by ``StarDist2D.train`` (``config.json`` + ``weights_best.h5``)::
+
+    model = StarDistModel.from_pretrained("2D_versatile_fluo")
+    model = StarDistModel.from_folder("models/my_stardist")
+
+Outputs: instance labels from ``predict_instances`` and StarDist's object probability map,
+repeated from the grid resolution to the image size the way StarDist's own export does.
+
+Grey box: the Keras functional model is rebuilt with :func:`keras.models.clone_model` around
+the *same* layer objects (hence the same weights) with one extra layer after the bottleneck,
+the output of CSBDeep's ``middle_*`` block, that multiplies its channels by a per-image mask
+(:func:`cte_kit.models._common.channel_scale`). The rebuilt model stands in for
+``keras_model`` while StarDist predicts, so padding, tiling and non-maximum suppression stay
+StarDist's own. ``p = 0`` never touches the network.
+
+TensorFlow and StarDist are imported on first use only; importing :mod:`cte_kit.models` does
+not import them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import math
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ._common import PerImageDropout, PretrainedDownloadError, channel_scale, check_settings
+from .base import Prediction, SegmentationModel
+
+__all__ = ["StarDistModel", "from_bank_entry"]
+
+
+def _import_stardist():
+    """``stardist.models.StarDist2D``, imported with TensorFlow's C++ start-up chatter muted.
+
+    ``TF_CPP_MIN_LOG_LEVEL`` is set only for the import (TensorFlow reads it then) and only if
+    the user has not set it; the user's environment is restored afterwards.
+    """
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    try:
+        from stardist.models import StarDist2D
+    except ImportError as error:
+        raise ImportError(
+            f"the StarDist adapter needs stardist>=0.9.1 with TensorFlow: pip install 'cte_kit[adapters]' ({error})"
+        ) from None
+    finally:
+        if quiet:
+            del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    return StarDist2D
+
+
+@functools.lru_cache(maxsize=None)
+def _channel_scale_layer():
+    """A Keras layer class multiplying the last (channel) axis by a settable, frozen vector."""
+    from csbdeep.utils.tf import keras_import
+
+    Layer = keras_import("layers", "Layer")
+
+    class ChannelScale(Layer):
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", trainable=False, name="scale")
+
+        def call(self, inputs):
+            return inputs * self.scale
+
+    return ChannelScale
+
+
+def _quietly(function, *args, **kwargs):
+    """Call a StarDist loader without its progress prints on stdout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args, **kwargs)
+
+
+def _keras_home() -> Path:
+    # Keras's cache root: KERAS_HOME, read when Keras is imported, else ~/.keras
+    return Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras")
+
+
+@dataclass
+class StarDistModel(PerImageDropout, SegmentationModel):
+    """Grey-box adapter for a ``stardist.models.StarDist2D``.
+
+    Parameters
+    ----------
+    stardist : stardist.models.StarDist2D
+        The loaded model (see :meth:`from_pretrained`, :meth:`from_folder`).
+    percentiles : (float, float)
+        Percentile normalisation, StarDist's convention ``csbdeep.utils.normalize(img, 1, 99.8)``
+        (colour images jointly over all channels, as recommended for the H&E model).
+    threshold : float, optional
+        Foreground threshold of the probability map for hard consistency; default the model's
+        own ``prob_thresh`` (``thresholds.json``, else 0.5).
+    prob_thresh, nms_thresh : float, optional
+        Non-maximum-suppression thresholds for the labels; default the model's own.
+    tile_size : int, optional
+        Predict images larger than this (pixels per side) in ``ceil(size / tile_size)`` tiles
+        per axis, with StarDist's overlapping tiling. Default: whole images (StarDist pads
+        them to a multiple of its divisor itself).
+    bottleneck_layer : str, optional
+        Name of the Keras layer whose output is the bottleneck. Default: found from CSBDeep's
+        U-Net naming, the block feeding the first up-sampling after the ``middle_*`` layers.
+    """
+
+    stardist: Any = None
+    threshold: float | None = None
+    prob_thresh: float | None = None
+    nms_thresh: float | None = None
+    tile_size: int | None = None
+    bottleneck_layer: str | None = None
+
+    def __post_init__(self):
+        if self.stardist is None:
+            raise ValueError("StarDistModel needs a StarDist2D; use StarDistModel.from_pretrained(name) or .from_folder(path)")
+        config = self.stardist.config
+        if config.n_dim != 2 or config.n_channel_in not in (1, 3) or self.stardist._is_multiclass():
+            raise ValueError(
+                f"model {self.name!r}: only single-class 2D StarDist models with 1 or 3 input channels are supported "
+                f"(got n_dim={config.n_dim}, n_channel_in={config.n_channel_in}, n_classes={config.n_classes})"
+            )
+        if self.tile_size is not None and self.tile_size < 16:
+            raise ValueError(f"tile_size must be at least 16 pixels, got {self.tile_size}")
+        self.channels = config.n_channel_in
+        if self.threshold is None:
+            self.threshold = float(self.stardist.thresholds.prob)
+        self.bottleneck_layer = self.bottleneck_layer or _find_bottleneck(self.stardist.keras_model)
+        self.stardist.keras_model.get_layer(self.bottleneck_layer)  # raises ValueError for unknown names
+        self.layers = ("bottleneck",)
+        self._perturbed = None
+        if self.tile_size is not None:
+            # StarDist measures the tile overlap (receptive field) once, with whatever model is
+            # current: measure it now with the plain one, so results never depend on call order.
+            self.stardist._axes_tile_overlap(config.axes)
+
+    # -- loading --------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, name: str, **settings: Any) -> "StarDistModel":
+        """A registered pretrained model, downloaded once into the Keras cache.
+
+        Raises
+        ------
+        ValueError
+            ``name`` is not a registered StarDist2D model or alias.
+        PretrainedDownloadError
+            The download failed; the message says which zip to place where.
+        """
+        StarDist2D = _import_stardist()
+        from csbdeep.models.pretrained import get_model_details, get_registered_models
+
+        try:
+            key, _, details = get_model_details(StarDist2D, name)
+        except ValueError:
+            keys, aliases = get_registered_models(StarDist2D)
+            known = list(keys) + [alias for names in aliases.values() for alias in names]
+            raise ValueError(f"unknown StarDist pretrained model {name!r}; registered: {known}") from None
+        try:
+            stardist = _quietly(StarDist2D.from_pretrained, name)
+        except Exception as error:  # Keras's get_file raises a bare Exception for URL failures
+            place = _keras_home() / "models" / "StarDist2D" / key / f"{key}.zip"
+            raise PretrainedDownloadError(
+                "StarDist", name, {f"{key}.zip": details["url"]}, str(place),
+                "KERAS_HOME moves the cache root ~/.keras and is read when Keras is imported",
+                "unzip it and point the bank entry's `path:` at the unzipped model folder (the one with config.json "
+                "and weights_best.h5)", error,
+            ) from error
+        if stardist is None:  # from_pretrained prints and returns None when the cached zip is unusable
+            raise ValueError(f"StarDist could not load pretrained model {name!r} (a corrupt download in the Keras cache?)")
+        return cls(name=settings.pop("name", name), stardist=stardist, **settings)
+
+    @classmethod
+    def from_folder(cls, path: str | Path, **settings: Any) -> "StarDistModel":
+        """A model folder as written by ``StarDist2D.train`` (``config.json``, ``weights_best.h5``)."""
+        folder = Path(path)
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{folder} is not a StarDist model folder (no config.json); give the folder that "
+                "StarDist2D(config, name, basedir) wrote, i.e. basedir/name"
+            )
+        StarDist2D = _import_stardist()
+        stardist = _quietly(StarDist2D, None, name=folder.name, basedir=str(folder.parent))
+        return cls(name=settings.pop("name", folder.name), stardist=stardist, **settings)
+
+    # -- prediction -----------------------------------------------------------------------------
+    @property
+    def output(self) -> str:
+        return "both"
+
+    def _n_tiles(self, shape: tuple[int, ...]):
+        if self.tile_size is None:
+            return None
+        tiles = [math.ceil(size / self.tile_size) for size in shape[:2]]
+        return tuple(tiles) + ((1,) if len(shape) == 3 else ())
+
+    def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+        predictions = []
+        for image in batch:
+            (labels, _), (prob, _) = self.stardist.predict_instances(
+                image, n_tiles=self._n_tiles(image.shape), prob_thresh=self.prob_thresh, nms_thresh=self.nms_thresh,
+                sparse=False, return_predict=True, show_tile_progress=False,
+            )
+            predictions.append(Prediction(probability=self._to_image_size(prob, image.shape[:2]), labels=labels.astype(np.int32)))
+        return predictions
+
+    def _to_image_size(self, prob: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+        """Repeat a grid-resolution map to pixels, as StarDist's export (a strided ones-kernel transpose conv)."""
+        grid_y, grid_x = self.stardist.config.grid
+        full = np.repeat(np.repeat(prob, grid_y, axis=0), grid_x, axis=1)
+        return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
+
+    # -- grey box -------------------------------------------------------------------------------
+    def _perturbed_model(self):
+        """The Keras model with a channel-scale layer after the bottleneck (built once, weights shared)."""
+        if self._perturbed is None:
+            from csbdeep.utils.tf import keras_import
+
+            clone_model = keras_import("models", "clone_model")
+            scale = _channel_scale_layer()(name="cte_kit_dropout")
+            target = self.bottleneck_layer
+
+            def call(layer, *args, **kwargs):
+                output = layer(*args, **kwargs)
+                return scale(output) if layer.name == target else output
+
+            try:
+                # identity clone_function: reuse every layer object, so weights are shared, not copied
+                rebuilt = clone_model(self.stardist.keras_model, clone_function=lambda layer: layer, call_function=call)
+            except TypeError as error:
+                raise RuntimeError(
+                    f"model {self.name!r}: feature dropout needs Keras 3 (clone_model with call_function); "
+                    f"this Keras cannot rebuild the model ({error})"
+                ) from None
+            self._perturbed = (rebuilt, scale)
+        return self._perturbed
+
+    @contextlib.contextmanager
+    def _dropout(self, layers: Sequence[str], rate: float, seed: int):
+        if rate == 0.0:
+            yield
+            return
+        rebuilt, scale = self._perturbed_model()
+        scale.scale.assign(channel_scale(int(scale.scale.shape[0]), rate, seed).numpy())
+        plain = self.stardist.keras_model
+        self.stardist.keras_model = rebuilt
+        try:
+            yield
+        finally:
+            self.stardist.keras_model = plain
+
+    def feature_modules(self, layers: Sequence[str]) -> list:
+        raise TypeError(
+            "StarDist is a Keras model: its grey-box pass rebuilds the model around the bottleneck instead of "
+            "returning torch modules (see StarDistModel._dropout)"
+        )
+
+
+def _find_bottleneck(keras_model) -> str:
+    """Name of the layer whose output feeds the first up-sampling after CSBDeep's ``middle_*`` layers."""
+    from csbdeep.utils.tf import keras_import
+
+    UpSampling2D = keras_import("layers", "UpSampling2D")
+    layers = keras_model.layers
+    middle = [index for index, layer in enumerate(layers) if re.search(r"middle_\d+$", layer.name)]
+    upsampling = next((layer for layer in layers[middle[-1] + 1 :] if isinstance(layer, UpSampling2D)), None) if middle else None
+    if upsampling is None:
+        raise ValueError(
+            "cannot find the U-Net bottleneck of this StarDist model (no CSBDeep `middle_*` layers followed by an "
+            "up-sampling); set `bottleneck_layer:` to a layer name, one of: " + ", ".join(layer.name for layer in layers)
+        )
+    return next(layer.name for layer in layers if layer.output is upsampling.input)
+
+
+def from_bank_entry(entry) -> StarDistModel:
+    """Bank loader: ``pretrained`` is a registered name or alias, ``path`` a model folder."""
+    settings = check_settings(StarDistModel, {**entry.settings, **entry.common_settings(), "name": entry.name}, ("stardist",))
+    if entry.pretrained is not None:
+        return StarDistModel.from_pretrained(entry.pretrained, **settings)
+    return StarDistModel.from_folder(entry.path, **settings)
