@@ -227,22 +227,23 @@ def bootstrap_scores(
     BootstrapResult
     """
     per_image = np.asarray(per_image, dtype=np.float64)
-    if per_image.ndim != 2 or per_image.shape[1] == 0:
-        raise ValueError(f"per_image must be (n_models, n_images) with n_images >= 1, got shape {per_image.shape}")
+    if per_image.ndim != 2 or 0 in per_image.shape:
+        raise ValueError(f"per_image must be (n_models, n_images), both >= 1, got shape {per_image.shape}")
     if np.isinf(per_image).any():
         raise ValueError("per_image contains infinite values")
-    if int(n_boot) < 1:
+    n_boot = int(n_boot)
+    if n_boot < 1:
         raise ValueError(f"n_boot must be >= 1, got {n_boot}")
     if not 0.0 < ci < 1.0:
         raise ValueError(f"ci must lie in (0, 1), got {ci}")
     n_models, n_images = per_image.shape
-    indices = np.random.default_rng(seed).integers(0, n_images, size=(int(n_boot), n_images))
+    indices = np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
     chunk = max(1, _BOOTSTRAP_CHUNK_VALUES // (n_models * n_images))
-    # (n_boot, n_models): per_image[:, rows] gathers (n_models, chunk, n_images).
+    # per_image[:, indices[a:b]] is (n_models, b - a, n_images); replicates is (n_boot, n_models).
     replicates = np.concatenate(
         [
-            nan_statistic(per_image[:, rows], statistic, trim).T
-            for rows in (indices[start : start + chunk] for start in range(0, int(n_boot), chunk))
+            nan_statistic(per_image[:, indices[start : start + chunk]], statistic, trim).T
+            for start in range(0, n_boot, chunk)
         ]
     )
     alpha = (1.0 - ci) / 2
@@ -254,7 +255,7 @@ def bootstrap_scores(
     full = nan_statistic(per_image, statistic, trim)
     p_best = float(p_top[np.nanargmax(full)]) if np.isfinite(full).any() else float("nan")
     low, high = _nan_quantiles(replicates, (alpha, 1.0 - alpha))
-    return BootstrapResult(low=low, high=high, p_top=p_top, p_best_is_top=p_best, statistic=statistic, n_boot=int(n_boot))
+    return BootstrapResult(low=low, high=high, p_top=p_top, p_best_is_top=p_best, statistic=statistic, n_boot=n_boot)
 
 
 def _nan_quantiles(replicates: np.ndarray, levels) -> tuple[np.ndarray, np.ndarray]:

@@ -589,3 +589,22 @@ def test_patches_tile_volumes_and_keep_small_images_whole():
     small = Sample("small", lambda: (np.ones((100, 90), np.uint8), np.ones((100, 90), np.uint8)))
     [(name, image, mask)] = to_patches(small, 256, "semantic")
     assert name == "small_y0000_x0000" and image.shape == (100, 90) and mask.dtype == np.uint8
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+def test_cli_datasets_and_fetch(env, site, monkeypatch, capsys):
+    from cte_kit.cli import main
+
+    assert main(["datasets"]) == 0
+    assert "bbbc039" in capsys.readouterr().out
+    assert main(["fetch", "dsb2018"]) == 0
+    assert "file(s) ready" in capsys.readouterr().out
+    assert sorted(site.requests) == ["/dsb2018/dsb2018.zip"]
+    assert main(["fetch"]) == 2
+    assert "NAME or --all" in capsys.readouterr().err
+    monkeypatch.setenv(reg.MIRROR_ENV, _closed_port_url())
+    monkeypatch.setenv(reg.DATA_DIR_ENV, str(env.parent / "other_cache"))
+    assert main(["fetch", "dsb2018"]) == 2
+    assert reg.MIRROR_ENV in capsys.readouterr().err

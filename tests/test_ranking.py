@@ -4,7 +4,9 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
+from cte_kit import ranking
 from cte_kit.ranking import BootstrapResult, Correlations, bootstrap_scores, correlations, rank_scores, tied_at_top
 
 
@@ -58,6 +60,16 @@ def test_hand_computed_tau_b_and_rho_with_a_tie():
     assert stats.n_models == 4
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_statistics_agree_with_scipy_on_tied_scores(seed):
+    rng = np.random.default_rng(seed)
+    cte, performance = rng.integers(0, 4, 8) / 4, rng.integers(0, 5, 8) / 5  # many ties
+    stats = correlations(cte, performance)
+    assert stats.kendall == pytest.approx(scipy_stats.kendalltau(cte, performance).statistic, abs=1e-12)
+    assert stats.spearman == pytest.approx(scipy_stats.spearmanr(cte, performance).statistic, abs=1e-12)
+    assert stats.pearson == pytest.approx(np.corrcoef(cte, performance)[0, 1], abs=1e-12)
+
+
 def test_permutation_p_values_are_seeded():
     rng = np.random.default_rng(0)
     cte = rng.random(9)
@@ -70,9 +82,15 @@ def test_permutation_p_values_are_seeded():
 
 
 def test_degenerate_inputs_give_nan_without_error():
-    for cte, performance in (([0.1, 0.2], [0.3, 0.4]), ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]), ([0.1, np.nan, 0.3, 0.2], [0.1, 0.2, np.nan, 0.3])):
+    cases = [
+        ([0.1, 0.2], [0.3, 0.4]),  # two models
+        ([0.5, 0.5, 0.5], [0.1, 0.2, 0.3]),  # constant CTE
+        ([0.1, np.nan, 0.3, 0.2], [0.1, 0.2, np.nan, 0.3]),  # two models left after NaNs
+    ]
+    for cte, performance in cases:
         stats = correlations(cte, performance)
-        assert all(math.isnan(getattr(stats, f)) for f in ("pearson", "spearman", "kendall", "kendall_p", "weighted_kendall"))
+        for field in ("pearson", "pearson_p", "spearman", "spearman_p", "kendall", "kendall_p", "weighted_kendall"):
+            assert math.isnan(getattr(stats, field)), field
     assert correlations([0.1, np.nan, 0.3, 0.2], [0.1, 0.2, np.nan, 0.3]).n_models == 2
     with pytest.raises(ValueError, match="models"):
         correlations([0.1, 0.2, 0.3], [0.1, 0.2])
@@ -96,7 +114,8 @@ def test_bootstrap_is_seeded_and_p_top_sums_to_one():
     assert result.p_top.sum() == pytest.approx(1.0)
     assert result.p_top[2] == 1.0 and result.p_best_is_top == 1.0
     assert result.low[2] > result.high[1]
-    assert np.all(result.low <= np.nanmedian(per_image, axis=1)) and np.all(np.nanmedian(per_image, axis=1) <= result.high)
+    median = np.nanmedian(per_image, axis=1)
+    assert np.all(result.low <= median) and np.all(median <= result.high)
     assert (result.statistic, result.n_boot) == ("median", 300)
 
 
@@ -107,6 +126,15 @@ def test_one_replicate_is_the_statistic_of_the_drawn_images():
         result = bootstrap_scores(per_image, n_boot=1, statistic=statistic, seed=5)
         np.testing.assert_allclose(result.low, function(per_image[:, drawn], axis=1))
         np.testing.assert_allclose(result.high, result.low)
+
+
+def test_bootstrap_chunks_do_not_change_the_result(monkeypatch):
+    per_image = synthetic_per_image()
+    whole = bootstrap_scores(per_image, n_boot=200, seed=3)
+    monkeypatch.setattr(ranking, "_BOOTSTRAP_CHUNK_VALUES", 100)  # one replicate per chunk
+    chunked = bootstrap_scores(per_image, n_boot=200, seed=3)
+    for field in ("low", "high", "p_top"):
+        np.testing.assert_array_equal(getattr(chunked, field), getattr(whole, field))
 
 
 def test_close_models_share_p_top_and_ties_split():

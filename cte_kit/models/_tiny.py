@@ -25,7 +25,7 @@ def training_data(n_images: int = 8, size: int = 96, seed: int = 0):
     return list(data.images), [np.asarray(labels, dtype=np.int32) for labels in data.labels]
 
 
-def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs: int = 6, steps_per_epoch: int = 10,
+def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs: int = 10, steps_per_epoch: int = 20,
                         seed: int = 0) -> Path:
     """Train a StarDist2D (16 rays, grid 2, depth-2 U-Net of width 8) and return its model folder."""
     from .stardist import _import_stardist, _quietly
@@ -40,7 +40,7 @@ def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs:
     images = [normalize_percentile(image, 1.0, 99.8) for image in images]
     config = Config2D(n_rays=16, grid=(2, 2), n_channel_in=1, unet_n_depth=2, unet_n_filter_base=8,
                       train_patch_size=(64, 64), train_batch_size=4, train_epochs=epochs,
-                      train_steps_per_epoch=steps_per_epoch, train_learning_rate=3e-3, train_tensorboard=False)
+                      train_steps_per_epoch=steps_per_epoch, train_learning_rate=1e-3, train_tensorboard=False)
     model = _quietly(StarDist2D, config, name=name, basedir=str(folder))
     _quietly(model.train, images[:-2], labels[:-2], validation_data=(images[-2:], labels[-2:]), seed=seed)
     return Path(folder) / name

@@ -1,0 +1,182 @@
+"""Train the real-data bank: kit U-Nets from the DSB2018 sub-domains, with the real ``cte-kit train``.
+
+Each DSB2018 sub-domain of the shared data folder is split deterministically into train (75 %)
+and held-out test (25 %) by a seeded permutation of its sorted file stems; the splits are
+written as folders of symlinks under ``OUT/splits/<domain>/{train,test}/{images,labels}`` (the
+data itself is never copied). One or more U-Nets are trained per source with
+``cte_kit.cli.main(["train", ...])`` (``--task instance``: foreground + boundary, seeded
+watershed); some sources get shorter training, a narrower or a deeper network so that the good
+models differ by a little. A bank YAML ``OUT/bank.yaml`` lists every model with its source,
+steps, width, levels and training time.
+
+The script is rerunnable: a model whose checkpoint exists is not trained again (its recorded
+training time is kept in ``OUT/training_times.json``).
+
+    python benchmarks/dsb_bank.py [--data PATH] [--out results/dsb_bank] [--scale 1.0] [--only NAME ...]
+
+``--scale`` multiplies every model's steps (0.1 for a smoke run). The ranking protocol that uses
+this bank is ``benchmarks/bench_dsb_ranking.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DEFAULT_OUT = REPO / "results" / "dsb_bank"
+
+#: Sub-domain short name -> folder in the shared data.
+DOMAINS = {
+    "fluo_256": "dsb2018_fluo_256",
+    "fluo_360": "dsb2018_fluo_360",
+    "fluo_520x696": "dsb2018_fluo_520x696",
+    "fluo_other": "dsb2018_fluo_other",
+    "histo": "dsb2018_histo",
+    "brightfield": "dsb2018_brightfield",
+}
+TEST_FRACTION = 0.25
+SPLIT_SEED = 2018
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    source: str
+    steps: int
+    width: int = 16
+    levels: int = 3
+    seed: int = 0
+
+
+#: The bank. Base length 400 steps of batch 8, 128 x 128 patches (measured ~1 s/step on the
+#: contended 2-core machine for width 16, 3 levels).
+BANK = (
+    ModelSpec("fluo_256", "fluo_256", 400),
+    ModelSpec("fluo_256_short", "fluo_256", 80),
+    ModelSpec("fluo_360", "fluo_360", 400),
+    ModelSpec("fluo_360_w8", "fluo_360", 400, width=8),
+    ModelSpec("fluo_520x696", "fluo_520x696", 400),
+    ModelSpec("fluo_520x696_l4", "fluo_520x696", 400, levels=4),
+    ModelSpec("fluo_other", "fluo_other", 400),
+    ModelSpec("histo", "histo", 400),
+    ModelSpec("brightfield", "brightfield", 400),
+    ModelSpec("brightfield_short", "brightfield", 120),
+)
+
+
+def split_stems(stems: list[str], test_fraction: float = TEST_FRACTION, seed: int = SPLIT_SEED):
+    """Deterministic (train, test) stems: a seeded permutation of the sorted stems, the first part is test."""
+    stems = sorted(stems)
+    order = np.random.default_rng(seed).permutation(len(stems))
+    n_test = max(1, int(round(test_fraction * len(stems))))
+    test = sorted(stems[i] for i in order[:n_test])
+    train = sorted(stems[i] for i in order[n_test:])
+    return train, test
+
+
+def write_splits(data: Path, out: Path) -> dict[str, dict[str, int]]:
+    """Symlink folders ``out/splits/<domain>/<part>/{images,labels}``; returns the counts."""
+    counts = {}
+    for short, folder in DOMAINS.items():
+        images = {p.stem: p for p in (data / folder / "images").iterdir() if p.suffix in (".tif", ".tiff", ".png")}
+        labels = {p.stem: p for p in (data / folder / "labels").iterdir() if p.suffix in (".tif", ".tiff", ".png")}
+        train, test = split_stems([s for s in images if s in labels])
+        counts[short] = {"train": len(train), "test": len(test)}
+        for part, stems in (("train", train), ("test", test)):
+            for kind, files in (("images", images), ("labels", labels)):
+                target = out / "splits" / short / part / kind
+                target.mkdir(parents=True, exist_ok=True)
+                wanted = {files[s].name for s in stems}
+                for existing in target.iterdir():
+                    if existing.name not in wanted:
+                        existing.unlink()
+                for stem in stems:
+                    link = target / files[stem].name
+                    if not link.exists():
+                        link.symlink_to(files[stem].resolve())
+    return counts
+
+
+def split_folder(out: Path, domain: str, part: str) -> tuple[Path, Path]:
+    base = Path(out) / "splits" / domain / part
+    return base / "images", base / "labels"
+
+
+def bank_entries(out: Path, times: dict | None = None) -> list[dict]:
+    entries = []
+    for spec in BANK:
+        path = Path(out) / "models" / f"{spec.name}.pt"
+        if not path.exists():
+            continue
+        entry = {"name": spec.name, "kind": "unet", "path": f"models/{spec.name}.pt", "source": spec.source,
+                 "steps": spec.steps, "width": spec.width, "levels": spec.levels}
+        if spec.source != "histo":
+            entry["rgb"] = "grey"  # grey models read colour targets as luminance
+        if times and spec.name in times:
+            entry["training_seconds"] = round(times[spec.name], 1)
+        entries.append(entry)
+    return entries
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="shared data folder (default: ../shared/data)")
+    parser.add_argument("--out", default=str(DEFAULT_OUT))
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every model's steps")
+    parser.add_argument("--only", nargs="*", help="train only these models")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cte_kit.cli import main as cli_main
+
+    data, out = Path(args.data), Path(args.out)
+    if not (data / DOMAINS["fluo_256"]).is_dir():
+        print(f"no DSB2018 data in {data}", file=sys.stderr)
+        return 2
+    counts = write_splits(data, out)
+    print("splits (train/test):", ", ".join(f"{k} {v['train']}/{v['test']}" for k, v in counts.items()))
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    times_path = out / "training_times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    for spec in BANK:
+        if args.only and spec.name not in args.only:
+            continue
+        checkpoint = out / "models" / f"{spec.name}.pt"
+        if checkpoint.exists():
+            print(f"{spec.name}: exists, skipped")
+            continue
+        images, labels = split_folder(out, spec.source, "train")
+        steps = max(10, int(round(spec.steps * args.scale)))
+        started = time.perf_counter()
+        code = cli_main(["train", "--images", str(images), "--labels", str(labels), "--task", "instance",
+                         "--out", str(checkpoint), "--steps", str(steps), "--width", str(spec.width),
+                         "--levels", str(spec.levels), "--patch-size", "128", "--batch-size", "8",
+                         "--seed", str(spec.seed), "--no-progress"])
+        if code != 0:
+            print(f"{spec.name}: training failed ({code})", file=sys.stderr)
+            return code
+        times[spec.name] = time.perf_counter() - started
+        times_path.write_text(json.dumps(times, indent=2))
+        print(f"{spec.name}: {steps} steps in {times[spec.name]:.0f} s", flush=True)
+        (out / "bank.yaml").write_text(yaml.safe_dump({"models": bank_entries(out, times)}, sort_keys=False))
+    (out / "bank.yaml").write_text(yaml.safe_dump({"models": bank_entries(out, times)}, sort_keys=False))
+    (out / "splits.json").write_text(json.dumps(counts, indent=2))
+    print(f"bank: {out / 'bank.yaml'} ({len(bank_entries(out))} models)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
