@@ -41,8 +41,18 @@ def _add_rank(subparsers):
     parser.add_argument("--out", required=True, help="results CSV (one row per model, image, perturbation, consistency)")
     parser.add_argument("--summary", help="summary JSON (per-model CTE, ranks, and with labels the correlations)")
     parser.add_argument("--plot", help="PNG of CTE vs true performance (needs --labels)")
-    parser.add_argument("--statistic", default="median", choices=("median", "mean", "trimmed"),
-                        help="aggregation of per-image CTE (default: median, as the paper)")
+    parser.add_argument("--statistic", default="median", choices=("median", "mean", "trimmed", "tie-aware"),
+                        help="aggregation of per-image CTE (default: median, as the paper; tie-aware: the median "
+                             "with exact ties broken by the mean)")
+    parser.add_argument("--choose-strength", action="store_true",
+                        help="with several --perturbation settings (strengths and/or layers): pick, per "
+                             "consistency, the weakest setting that separates the bank while its best model "
+                             "stays above --floor (label-free, cte_kit.selection.choose_strength)")
+    parser.add_argument("--floor", type=float, default=0.5,
+                        help="--choose-strength: the most consistent model must keep this CTE (default: 0.5)")
+    parser.add_argument("--combine", action="store_true",
+                        help="also rank by the mean normalised rank (Borda count) over all perturbation x "
+                             "consistency settings (cte_kit.selection.aggregate_ranks)")
     parser.add_argument("--n-pert", type=int, default=1, help="perturbed predictions per image (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boundary", type=int, default=1, help="boundary band width for instance consistency (default: 1)")
@@ -117,16 +127,23 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
     labelled = [s for s in summaries if "kendall" in s]
     if not labelled:
         return
-    figure, axes = plt.subplots(1, len(labelled), figsize=(5.5 * len(labelled), 4.6), constrained_layout=True, squeeze=False)
-    for ax, summary in zip(axes[0], labelled):
+    columns = min(2, len(labelled))
+    rows = -(-len(labelled) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.8 * rows), constrained_layout=True, squeeze=False)
+    for ax in axes.ravel()[len(labelled):]:
+        ax.remove()
+    for ax, summary in zip(axes.ravel(), labelled):
         models = summary["models"]
         scatter_cte([m["cte"] for m in models], [m["performance"] for m in models], [m["name"] for m in models], ax=ax,
                     title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
                     cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
-                    performance_label=f"true {summary['performance_metric'].upper()} (median over images)",
+                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} (median over images)",
                     stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]))
     save_figure(figure, path)
     plt.close(figure)
+
+
+_METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
 def _run_demo(args) -> int:
@@ -143,7 +160,10 @@ def _run_demo(args) -> int:
         entries = demo_bank_entries()
     print(f"Bank: {len(entries)} U-Nets trained on synthetic source domains: {', '.join(e.name for e in entries)}")
     all_summaries = {}
-    for target in demo_targets(args.n_images, include_real=not args.no_real):
+    targets = demo_targets(args.n_images, include_real=not args.no_real)
+    if not args.no_real and len(targets) == 1:
+        print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
+    for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
         results = out / f"results_{target.name}.csv"
         run_sweep(entries, target.images, target.names, results, DEMO_PERTURBATIONS, ("hard", "instance"),
@@ -188,13 +208,65 @@ def _run_rank(args) -> int:
     for summary in summaries:
         print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency")
         print(format_table(summary))
+    extra = {"failures": [f.__dict__ for f in result.failures]}
+    if args.choose_strength and summaries:
+        extra["choices"] = _choose_strengths(summaries, args.floor)
+    if args.combine and summaries:
+        extra["combined"] = _combine(summaries)
     if args.summary and summaries:
-        _write_summary(summaries, Path(args.summary), {"failures": [f.__dict__ for f in result.failures]})
+        _write_summary(summaries, Path(args.summary), extra)
     if args.plot and summaries:
         _plot_summaries(summaries, Path(args.plot), Path(args.images).name)
     for failure in result.failures:
         print(f"FAILED {failure.model} ({failure.perturbation}): {failure.error}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:
+    """Label-free choice of a setting per consistency; prints it and returns JSON-ready records."""
+    from .selection import choose_strength
+
+    records = []
+    for consistency in dict.fromkeys(s["consistency"] for s in summaries):
+        chosen = [s for s in summaries if s["consistency"] == consistency]
+        choice = choose_strength({s["perturbation"]: [m["cte"] for m in s["models"]] for s in chosen}, floor=floor)
+        print(f"\nLabel-free choice ({consistency}): {choice.setting} - {choice.reason}")
+        for row in choice.table():
+            print(f"  {'*' if row['chosen'] else ' '} {row['setting']:<28} best {row['top']:.4f}  bank median "
+                  f"{row['level']:.4f}  spread {row['spread']:.4f}  tied at top {row['tied_at_top']}  "
+                  f"pairs resolved {row['resolved']:.0%}")
+        record = {"consistency": consistency, "setting": choice.setting, "reason": choice.reason,
+                  "candidates": [{k: v for k, v in row.items()} for row in choice.table()]}
+        summary = next((s for s in chosen if s["perturbation"] == choice.setting), None)
+        if summary is not None and "kendall" in summary:
+            record.update(kendall=summary["kendall"], spearman=summary["spearman"], pearson=summary["pearson"])
+        records.append(record)
+    return records
+
+
+def _combine(summaries: list[dict]) -> dict:
+    """Borda aggregation over every (perturbation, consistency) setting; prints the combined ranking."""
+    import numpy as np
+
+    from .ranking import correlations
+    from .selection import aggregate_ranks
+
+    names = [m["name"] for m in summaries[0]["models"]]
+    rankings = {f"{s['perturbation']}/{s['consistency']}": [next(m["cte"] for m in s["models"] if m["name"] == n)
+                                                            for n in names] for s in summaries}
+    combined = aggregate_ranks(rankings)
+    record = {"settings": list(rankings), "models": [{"name": n, "combined": float(c)} for n, c in zip(names, combined)]}
+    print(f"\nCombined ranking (mean normalised rank over {len(rankings)} settings):")
+    for name, value in sorted(zip(names, combined), key=lambda item: -item[1] if np.isfinite(item[1]) else np.inf):
+        print(f"  {name:<28} {value:.3f}")
+    for metric in ("f1", "map"):
+        truth = [next((m.get(metric) for m in summaries[0]["models"] if m["name"] == n), None) for n in names]
+        if all(t is not None for t in truth):
+            stats = correlations(combined, np.asarray(truth, dtype=float))
+            record[metric] = {"kendall": stats.kendall, "spearman": stats.spearman, "pearson": stats.pearson}
+            print(f"  vs true {metric.upper()}: Kendall {stats.kendall:.3f}  Spearman {stats.spearman:.3f}  "
+                  f"Pearson {stats.pearson:.3f}")
+    return record
 
 
 def _run_train(args) -> int:

@@ -50,7 +50,9 @@ __all__ = [
 ]
 
 CONSISTENCY_KINDS = ("hard", "soft", "instance")
-STATISTICS = ("median", "mean", "trimmed")
+STATISTICS = ("median", "mean", "trimmed", "tie-aware")
+#: Weight of the mean in the ``tie-aware`` statistic: small enough to only break ties of the median.
+TIE_BREAK_WEIGHT = 1e-6
 
 
 # -- semantic consistency ---------------------------------------------------------------------
@@ -305,14 +307,18 @@ def image_consistency(
 
 # -- aggregation over images ------------------------------------------------------------------
 def nan_statistic(values, statistic: str = "median", trim: float = 0.1) -> np.ndarray | float:
-    """Median, mean or trimmed mean along the last axis, ignoring NaN, without warnings.
+    """Median, mean, trimmed mean or tie-aware median along the last axis, ignoring NaN, without warnings.
 
     Parameters
     ----------
     values : float ndarray, shape (..., n)
-    statistic : {'median', 'mean', 'trimmed'}
+    statistic : {'median', 'mean', 'trimmed', 'tie-aware'}
         ``trimmed`` equals ``scipy.stats.trim_mean(finite_values, trim)``: ``int(trim * k)``
-        of the ``k`` finite values are cut from each end.
+        of the ``k`` finite values are cut from each end. ``tie-aware`` is the median minus
+        ``TIE_BREAK_WEIGHT`` (1e-6) times ``1 - mean`` (so a score in [0, 1] stays in [0, 1]): it
+        orders models like the median, except that
+        models whose medians are equal (typically several at exactly 1.0 under a weak
+        perturbation) are ordered by their mean.
     trim : float
         Proportion cut from each end, in [0, 0.5).
 
@@ -329,6 +335,10 @@ def nan_statistic(values, statistic: str = "median", trim: float = 0.1) -> np.nd
     if values.shape[-1] == 0:
         return _scalar_or_array(np.full(values.shape[:-1], np.nan))
     count = np.count_nonzero(~np.isnan(values), axis=-1)
+    if statistic == "tie-aware":
+        median = nan_statistic(values, "median")
+        mean = nan_statistic(values, "mean")
+        return _scalar_or_array(np.asarray(median - TIE_BREAK_WEIGHT * (1.0 - np.asarray(mean))))
     if statistic == "median":
         lower = np.take_along_axis(values, np.maximum(count - 1, 0)[..., None] // 2, axis=-1)[..., 0]
         upper = np.take_along_axis(values, np.minimum(count // 2, values.shape[-1] - 1)[..., None], axis=-1)[..., 0]
@@ -379,8 +389,9 @@ def summarize(scores, statistic: str = "median", trim: float = 0.1) -> CTESummar
     ----------
     scores : (n_images,) float array_like
         ``CTE_i`` of each image, NaN for empty ones.
-    statistic : {'median', 'mean', 'trimmed'}
-        The paper uses the median (robust for small targets).
+    statistic : {'median', 'mean', 'trimmed', 'tie-aware'}
+        The paper uses the median (robust for small targets); ``tie-aware`` breaks exact ties of
+        the median by the mean (see :func:`nan_statistic`).
     trim : float
         Proportion cut from each end by ``'trimmed'``.
 
@@ -388,6 +399,11 @@ def summarize(scores, statistic: str = "median", trim: float = 0.1) -> CTESummar
     -------
     CTESummary
         All statistics NaN (and ``n_empty == n_images``) when no image has a score.
+
+    Raises
+    ------
+    ValueError
+        For scores that are not 1D, infinite scores, or an unknown statistic.
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 1:

@@ -9,7 +9,11 @@ cell and chooses its sizes with :func:`pick`::
     FAST = fast_mode()
     N_IMAGES = pick(fast=4, full=16)
 
-Nothing here imports torch, TensorFlow or ipywidgets.
+Containers (Binder, CI runners) often report the host's CPU count while granting one or two
+CPUs; PyTorch then starts one thread per host CPU and runs many times slower than with one.
+:func:`limit_threads` caps torch at the CPUs the process may really use.
+
+Importing this module imports neither torch, TensorFlow nor ipywidgets.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import platform
 import sys
 from typing import TypeVar
 
-__all__ = ["FAST_ENV", "fast_mode", "pick", "on_colab", "on_binder", "environment_summary"]
+__all__ = ["FAST_ENV", "fast_mode", "pick", "on_colab", "on_binder", "available_cpus", "limit_threads",
+           "environment_summary"]
 
 #: Environment variable that switches the notebooks to fast mode.
 FAST_ENV = "CTE_KIT_FAST"
@@ -69,11 +74,56 @@ def on_binder() -> bool:
     return "BINDER_LAUNCH_HOST" in os.environ or "BINDER_REQUEST" in os.environ
 
 
-def environment_summary() -> str:
-    """One line: mode, where the kernel runs, Python and kit version, CPU count."""
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, capped by a cgroup CPU quota if one is set."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        count = os.cpu_count() or 1
+    for path, parse in (("/sys/fs/cgroup/cpu.max", _cgroup2_quota), ("/sys/fs/cgroup/cpu/cpu.cfs_quota_us", _cgroup1_quota)):
+        try:
+            with open(path) as handle:
+                quota = parse(handle.read(), path)
+        except (OSError, ValueError):
+            continue
+        if quota is not None:
+            count = min(count, max(1, int(quota + 0.5)))
+        break
+    return max(1, count)
+
+
+def _cgroup2_quota(text: str, _path: str) -> float | None:
+    quota, _, period = text.strip().partition(" ")
+    return None if quota == "max" else int(quota) / int(period or 100000)
+
+
+def _cgroup1_quota(text: str, path: str) -> float | None:
+    quota = int(text.strip())
+    if quota <= 0:
+        return None
+    with open(path.replace("cfs_quota_us", "cfs_period_us")) as handle:
+        return quota / int(handle.read().strip())
+
+
+def limit_threads(max_threads: int | None = None) -> int:
+    """Cap PyTorch's intra-op threads at :func:`available_cpus` (or ``max_threads``); returns the count.
+
+    Only lowers the count (never raises one set by ``OMP_NUM_THREADS`` or by you).
+    """
+    import torch
+
+    wanted = available_cpus() if max_threads is None else max(1, int(max_threads))
+    threads = min(torch.get_num_threads(), wanted)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def environment_summary(fast: bool | None = None) -> str:
+    """One line: mode (``fast`` overrides the environment), where the kernel runs, versions, CPUs."""
     from . import __version__
 
+    fast = fast_mode() if fast is None else fast
     where = "Colab" if on_colab() else "Binder" if on_binder() else "local"
-    mode = f"fast mode ({FAST_ENV}=1)" if fast_mode() else f"full mode (set {FAST_ENV}=1 for a quick run)"
+    mode = "fast mode (small data)" if fast else f"full mode (set {FAST_ENV}=1 for a quick run)"
     return (f"cte_kit {__version__} | {mode} | {where} | Python {platform.python_version()} | "
-            f"{os.cpu_count()} CPU(s) | {sys.platform}")
+            f"{available_cpus()} CPU(s) | {sys.platform}")

@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["scatter_cte", "sweep_lines", "show_prediction_pair", "save_figure"]
+__all__ = ["scatter_cte", "sweep_lines", "separation_sweep", "show_prediction_pair", "save_figure"]
 
 
 def _axes(ax):
@@ -107,6 +107,71 @@ def sweep_lines(
     return ax
 
 
+def separation_sweep(
+    choice,
+    names: Sequence[str] | None = None,
+    axes=None,
+    title: str | None = None,
+    kendall_by_setting: Mapping[str, float] | None = None,
+):
+    """The label-free strength choice: every model's CTE per setting, and how well each setting separates.
+
+    Left: one line per model across the candidate settings (weakest first), the floor as a
+    dashed line, the chosen setting shaded. Right: fraction of model pairs resolved and the
+    number of models tied at the top per setting; with ``kendall_by_setting`` (known only on
+    labelled benchmarks) the Kendall tau against true performance is drawn too.
+
+    Parameters
+    ----------
+    choice : cte_kit.selection.StrengthChoice
+    names : sequence of str, optional
+        Model names (legend).
+    axes : two Axes, optional
+    kendall_by_setting : mapping of setting to float, optional
+
+    Returns
+    -------
+    the two Axes
+    """
+    if axes is None:
+        import matplotlib.pyplot as plt
+
+        axes = plt.subplots(1, 2, figsize=(12, 4.4), constrained_layout=True)[1]
+    left, right = axes
+    settings = [s.setting for s in choice.settings]
+    x = np.arange(len(settings))
+    scores = np.array([s.scores for s in choice.settings], dtype=float)  # (n_settings, n_models)
+    for model in range(scores.shape[1]):
+        label = names[model] if names is not None and model < len(names) else f"model {model}"
+        left.plot(x, scores[:, model], "-o", markersize=4, color=f"C{model % 10}", label=label)
+    left.axhline(choice.floor, color="0.4", linestyle="--", linewidth=1, label=f"floor {choice.floor:g}")
+    if choice.setting in settings:
+        for ax in axes:
+            ax.axvspan(settings.index(choice.setting) - 0.4, settings.index(choice.setting) + 0.4,
+                       color="gold", alpha=0.3, zorder=0)
+    left.set_ylabel("CTE of each model")
+    left.legend(fontsize=7, loc="lower left", ncol=2)
+    right.plot(x, [s.resolved for s in choice.settings], "-o", color="C0", label="model pairs resolved")
+    tied = [s.tied_at_top for s in choice.settings]
+    right.plot(x, np.asarray(tied, float) / max(1, scores.shape[1]), "-s", color="C3",
+               label="tied at top (fraction of models)")
+    if kendall_by_setting:
+        right.plot(x, [kendall_by_setting.get(s, np.nan) for s in settings], "-^", color="C2",
+                   label="Kendall vs true performance (labels)")
+    right.set_ylabel("fraction")
+    right.set_ylim(-0.05, 1.05)
+    right.legend(fontsize=8, loc="lower right")
+    for ax in axes:
+        ax.set_xticks(x)
+        ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=8)
+        ax.set_xlabel("perturbation setting (weakest first)")
+        ax.grid(alpha=0.3)
+    if title:
+        left.set_title(title)
+        right.set_title(f"chosen: {choice.setting}")
+    return axes
+
+
 def show_prediction_pair(image, clean, perturbed, threshold: float = 0.5, axes=None, titles: Sequence[str] | None = None):
     """Image, clean and perturbed foreground probability, and the map of flipped pixels.
 
@@ -144,3 +209,113 @@ def save_figure(figure, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=150, bbox_inches="tight")
+
+
+# -- teaching notebooks: several targets on one scatter, strength curves, image grids --------------
+__all__ += ["scatter_by_group", "strength_curves", "image_grid"]
+
+
+def scatter_by_group(
+    groups: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    ax=None,
+    title: str | None = None,
+    cte_label: str = "CTE (consistency under perturbation)",
+    performance_label: str = "true performance",
+    names: Sequence[str] | None = None,
+):
+    """CTE against true performance for several groups (targets), one colour and fitted line each (Fig. 2a-d).
+
+    Parameters
+    ----------
+    groups : mapping of str to (cte, performance)
+        One entry per target (legend label), each two sequences with one value per model.
+    names : sequence of str, optional
+        Model names, to annotate the points (same order in every group).
+    """
+    ax = _axes(ax)
+    for index, (group, (cte, performance)) in enumerate(groups.items()):
+        color = f"C{index % 10}"
+        x, y = np.asarray(cte, float), np.asarray(performance, float)
+        ax.scatter(x, y, color=color, s=40, edgecolors="k", linewidths=0.4, label=group, zorder=2)
+        _fit_line(ax, x, y, color=color)
+        if names is not None:
+            for xi, yi, name in zip(x, y, names):
+                if np.isfinite(xi) and np.isfinite(yi):
+                    ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+    ax.set_xlabel(cte_label)
+    ax.set_ylabel(performance_label)
+    ax.legend(fontsize=8, loc="best")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def strength_curves(rows: Sequence[Mapping], ax=None, title: str | None = None, strength_name: str = "dropout p"):
+    """Ranking quality against perturbation strength, from :meth:`cte_kit.strength.StrengthSweep.rows`.
+
+    Draws, per strength, the label-free fraction of model pairs resolved and the bank-wide
+    median CTE (dashed), with labels the Kendall / Spearman / Pearson correlation of CTE with
+    true performance (solid), and marks the label-free choice (a gold band).
+    """
+    ax = _axes(ax)
+    x = np.array([row["strength"] for row in rows], float)
+    for key, label, style in (("kendall", "Kendall tau (labels)", "-o"), ("spearman", "Spearman rho (labels)", "-s"),
+                              ("pearson", "Pearson r (labels)", "-^")):
+        if any(key in row for row in rows):
+            ax.plot(x, [row.get(key, np.nan) for row in rows], style, markersize=5, label=label)
+    ax.plot(x, [row.get("resolved", np.nan) for row in rows], "--D", color="0.35", markersize=4,
+            label="model pairs resolved (label-free)")
+    ax.plot(x, [row.get("median_cte", np.nan) for row in rows], ":", color="0.55", label="median CTE over models (label-free)")
+    for row in rows:
+        if row.get("chosen"):
+            width = 0.04 * max(np.ptp(x), 1e-3)
+            ax.axvspan(row["strength"] - width, row["strength"] + width, color="gold", alpha=0.35, zorder=0,
+                       label="label-free choice")
+    ax.set_xlabel(strength_name)
+    ax.set_ylabel("correlation / fraction")
+    ax.set_ylim(-1.05, 1.05)
+    ax.axhline(0, color="0.8", linewidth=0.8)
+    ax.legend(fontsize=7, loc="lower left")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 4, suptitle: str | None = None,
+               size: float = 2.6, cmap: str = "gray", percentiles: tuple[float, float] = (1.0, 99.8),
+               limits: tuple[float, float] | None = None):
+    """Show images in a grid; returns the Figure.
+
+    Each grey image is contrast-stretched to its own ``percentiles``, or all share the display
+    range ``limits`` (to compare intensities, e.g. perturbed versions of one image). Label
+    images can be passed too, with ``cmap='nipy_spectral'``.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    ncols = max(1, min(ncols, n))
+    nrows = int(np.ceil(n / ncols))
+    figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), constrained_layout=True,
+                                squeeze=False)
+    for index, ax in enumerate(axes.flat):
+        if index >= n:
+            ax.axis("off")
+            continue
+        image = np.asarray(images[index])
+        if image.ndim == 3 and image.shape[-1] not in (3, 4):
+            image = image[..., 0]
+        if limits is not None:
+            low, high = limits
+        else:
+            low, high = np.percentile(image, percentiles) if cmap == "gray" else (None, None)
+        ax.imshow(image, cmap=cmap if image.ndim == 2 else None, vmin=low, vmax=high, interpolation="nearest")
+        if titles is not None:
+            ax.set_title(titles[index], fontsize=9)
+        ax.set_xlabel("x (pixels)", fontsize=7)
+        ax.set_ylabel("y (pixels)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if suptitle:
+        figure.suptitle(suptitle)
+    return figure

@@ -31,6 +31,7 @@ from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
 from .perturb import Perturbation
 from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
+from .selection import DEFAULT_TOL, separation
 
 __all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "run_sweep", "read_results", "summarize_results"]
 
@@ -239,7 +240,7 @@ def summarize_results(
     ----------
     rows : sequence of dict
         From :func:`read_results`.
-    statistic : {'median', 'mean', 'trimmed'}
+    statistic : {'median', 'mean', 'trimmed', 'tie-aware'}
         Aggregation of CTE_i over images.
     n_boot : int
         Bootstrap replicates over images for the score intervals (0 disables them).
@@ -252,7 +253,10 @@ def summarize_results(
         Each with ``perturbation``, ``consistency``, ``performance_metric``, ``models`` (a list
         of per-model dicts: ``name``, ``cte``, ``cte_median``, ``cte_mean``, ``cte_low``,
         ``cte_high``, ``n_images``, ``n_empty``, ``rank_cte``, and with labels ``performance``,
-        ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top``, and with labels
+        ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top`` (exact ties),
+        ``near_tied_at_top`` (within ``cte_kit.selection.DEFAULT_TOL``), ``resolved_pairs`` (the
+        fraction of model pairs further apart than that), ``separated`` (a unique best model;
+        otherwise a warning is issued), and with labels
         ``kendall``, ``spearman``, ``pearson``, ``weighted_kendall`` and their p-values.
     """
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
@@ -287,6 +291,14 @@ def summarize_results(
         if boot is not None:
             entry["p_best_is_top"] = float(boot.p_best_is_top)
         entry["tied_at_top"] = tied_at_top(cte)
+        spread = separation(cte)
+        entry.update(near_tied_at_top=spread.tied_at_top, resolved_pairs=spread.resolved,
+                     separated=spread.tied_at_top <= 1)
+        if len(names) > 1 and spread.tied_at_top > 1:
+            warnings.warn(f"{spread.tied_at_top} models tie at the top (CTE within {DEFAULT_TOL:g} of "
+                          f"{spread.top:.4f}) under {perturbation}, {consistency}: the bank is not separated by "
+                          "this setting; try a stronger perturbation or another layer (see "
+                          "cte_kit.selection.choose_strength), or the mean / tie-aware statistic", stacklevel=2)
         if has_labels:
             perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])

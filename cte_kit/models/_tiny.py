@@ -63,7 +63,7 @@ def train_tiny_cellpose(folder: str | Path, name: str = "tiny_cellpose", epochs:
     return Path(path)
 
 
-def train_tiny_unet(path: str | Path, steps: int = 60, levels: int = 3, width: int = 8, seed: int = 0) -> Path:
+def train_tiny_unet(path: str | Path, steps: int = 40, levels: int = 3, width: int = 8, seed: int = 0) -> Path:
     """Train a small kit U-Net (foreground output, BCE, Adam) and save its checkpoint at ``path``."""
     import torch
     from torch.nn import functional as F

@@ -26,6 +26,7 @@ the ``bottleneck_layer`` setting (a dotted name such as ``encoders.2``). Other w
 from __future__ import annotations
 
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -302,6 +303,8 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
 
     # -- grey box -------------------------------------------------------------------------------
     def _layer_names(self) -> tuple[str, ...]:
+        """Plain layer names: a kit U-Net's own (duck-typed, its class comes from the package's
+        ``unet_arch.py``), plus ``bottleneck`` when ``bottleneck_layer`` names a submodule."""
         if self._module is None:
             return ()
         names = tuple(self._module.layer_names()) if hasattr(self._module, "layer_names") else ()
@@ -309,6 +312,14 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
             self._module.get_submodule(self.bottleneck_layer)  # fail early on a wrong name
             names = tuple(dict.fromkeys(("bottleneck", *names)))
         return names
+
+    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
+        """Plain names, and a kit U-Net's ``sym{k}`` aliases (as :class:`~cte_kit.models.unet.UNetModel`)."""
+        aliases = tuple(self._module.symmetric_names()) if hasattr(self._module, "symmetric_names") else ()
+        unknown = [layer for layer in layers if layer not in (*self.layers, *aliases)]
+        if unknown:
+            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {[*self.layers, *aliases]}")
+        return layers
 
     def feature_modules(self, layers: Sequence[str]) -> list:
         if self._module is None:
@@ -323,11 +334,19 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
                 f"model {self.name!r}: its bottleneck is unknown; set `bottleneck_layer:` to the dotted name of "
                 f"the torch module to perturb, e.g. one of {children}"
             )
-        self.check_layers(layers)
-        if self.bottleneck_layer is not None:
-            return [self._module.get_submodule(self.bottleneck_layer) if name == "bottleneck" else self._module.layer(name)
-                    for name in layers]
-        return [self._module.layer(name) for name in layers]
+        modules = []
+        for name in self.check_layers(layers):
+            for module in self._modules_of(name):
+                if not any(module is seen for seen in modules):  # a module shared by two names is hooked once
+                    modules.append(module)
+        return modules
+
+    def _modules_of(self, name: str) -> list:
+        if name == "bottleneck" and self.bottleneck_layer is not None:
+            return [self._module.get_submodule(self.bottleneck_layer)]
+        if hasattr(self._module, "layer_modules"):
+            return list(self._module.layer_modules(name))
+        return [self._module.layer(name)]
 
 
 def _axis_id(name: str):
@@ -404,7 +423,8 @@ def export_unet(
     out_path : path
         ``*.zip`` writes a zip package, anything else a package folder with ``rdf.yaml``.
     name, description : str, optional
-        Default: the model's name and a generic description.
+        Default: ``'cte_kit U-Net <model name>'`` (the zoo needs 5 to 128 characters) and a
+        generic description.
     authors : sequence of str
     license : str
         SPDX identifier.
@@ -412,7 +432,8 @@ def export_unet(
         Raw test input; default a seeded synthetic nuclei image of 64 x 64 pixels. Its sides
         must be multiples of the U-Net's divisor ``2 ** (levels - 1)``.
     torchscript : bool
-        Also add TorchScript weights (traced from the state dict by bioimageio.core).
+        Also add TorchScript weights (traced; a black box when loaded, but runnable without
+        the architecture source).
     validate : bool
         Run ``bioimageio.core.test_model`` on the result and raise if it does not pass.
 
@@ -430,102 +451,115 @@ def export_unet(
 
     model = checkpoint_or_model if isinstance(checkpoint_or_model, UNetModel) else UNetModel.from_checkpoint(checkpoint_or_model)
     config, network = model.config, model.network
-    divisor = network.divisor
     if test_image is None:
         test_image = generate(SyntheticDomain(), 1, shape=(64, 64), seed=0).images[0]
     raw = np.asarray(test_image, dtype=np.float32)
     if raw.ndim == 2 and config.in_channels == 3:
         raw = np.repeat(raw[..., None], 3, axis=-1)
-    if raw.shape[0] % divisor or raw.shape[1] % divisor:
-        raise ValueError(f"test_image shape {raw.shape[:2]} must be a multiple of the U-Net divisor {divisor}")
+    if raw.shape[0] % network.divisor or raw.shape[1] % network.divisor:
+        raise ValueError(f"test_image shape {raw.shape[:2]} must be a multiple of the U-Net divisor {network.divisor}")
+    raw_bcyx = np.ascontiguousarray(np.moveaxis(raw, -1, 0)[None] if raw.ndim == 3 else raw[None, None])
     normalised = model.prepare(raw)
-    layout = normalised[None, None] if normalised.ndim == 2 else np.moveaxis(normalised, -1, 0)[None]
     with torch.inference_mode():
+        layout = normalised[None, None] if normalised.ndim == 2 else np.moveaxis(normalised, -1, 0)[None]
         probabilities = torch.sigmoid(network(torch.from_numpy(np.ascontiguousarray(layout)).to(model.device))).cpu().numpy()
 
-    name = name or model.name
+    name = name or f"cte_kit U-Net {model.name}"
     channel_names = ["foreground"] if config.out_channels == 1 else ["foreground", "boundary"]
-    input_id, output_id = v0_5.TensorId("raw"), v0_5.TensorId("probability")
-    with tempfile.TemporaryDirectory() as folder:
-        folder = Path(folder)
-        weights = folder / "weights.pt"
-        torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, weights)
-        architecture = folder / "unet_arch.py"
-        architecture.write_text((Path(__file__).with_name("unet_arch.py")).read_text())
-        input_array = np.moveaxis(raw, -1, 0)[None] if raw.ndim == 3 else raw[None, None]
-        np.save(folder / "test_input.npy", input_array.astype(np.float32))
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        np.save(folder / "test_input.npy", raw_bcyx)
         np.save(folder / "test_output.npy", probabilities.astype(np.float32))
-        readme = folder / "README.md"
-        readme.write_text(_README.format(
+        (folder / "README.md").write_text(_README.format(
             name=name, description=description or "", levels=config.levels, width=config.width,
             in_channels=config.in_channels, percentiles=model.percentiles, channel_names=channel_names,
             layers=", ".join(network.layer_names()),
         ))
-
-        spatial_in = [
-            v0_5.SpaceInputAxis(id=v0_5.AxisId(axis), size=v0_5.ParameterizedSize(min=divisor, step=divisor))
-            for axis in _SPATIAL
-        ]
-        preprocessing = []
-        if model.percentiles is not None:
-            # the kit's normalize_percentile, (x - p_low) / (p_high - p_low + 1e-10), jointly over channels
-            axes = [v0_5.AxisId(a) for a in (("channel",) if config.in_channels == 3 else ()) + _SPATIAL]
-            preprocessing.append(v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
-                axes=axes, min_percentile=model.percentiles[0], max_percentile=model.percentiles[1], eps=1e-10)))
-        inputs = [v0_5.InputTensorDescr(
-            id=input_id, description="raw image",
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[f"c{i}" for i in range(config.in_channels)]), *spatial_in],
-            test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"), preprocessing=preprocessing,
-        )]
-        outputs = [v0_5.OutputTensorDescr(
-            id=output_id, description="sigmoid probabilities",
-            axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=channel_names), *[
-                v0_5.SpaceOutputAxis(id=v0_5.AxisId(axis), size=v0_5.SizeReference(tensor_id=input_id, axis_id=v0_5.AxisId(axis)))
-                for axis in _SPATIAL]],
-            test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"), postprocessing=[v0_5.SigmoidDescr()],
-        )]
-        state_dict = v0_5.PytorchStateDictWeightsDescr(
-            source=weights, pytorch_version=v0_5.Version(torch.__version__.split("+")[0]),
-            architecture=v0_5.ArchitectureFromFileDescr(
-                source=architecture, callable=v0_5.Identifier("UNet"),
-                kwargs={"in_channels": config.in_channels, "out_channels": config.out_channels, "levels": config.levels,
-                        "width": config.width, "dropout": config.dropout},
-            ),
+        inputs, outputs = _tensor_descriptions(model, folder, channel_names)
+        described = v0_5.ModelDescr(
+            name=name,
+            description=description or f"cte_kit 2D U-Net ({', '.join(channel_names)}) for microscopy segmentation",
+            authors=[v0_5.Author(name=author) for author in authors],
+            cite=[v0_5.CiteEntry(text="Talks & Kreshuk: consistency-based transferability estimation for ranking "
+                                      "pre-trained segmentation models", url=v0_5.HttpUrl("https://arxiv.org/abs/2503.00450"))],
+            license=license,
+            documentation=v0_5.FileDescr(source=folder / "README.md"),
+            covers=[v0_5.FileDescr(source=_cover(raw, probabilities[0, 0], folder / "cover.png"))],
+            tags=["cte_kit", "unet", "2d", "segmentation", "microscopy", "pytorch"],
+            inputs=inputs,
+            outputs=outputs,
+            weights=_weights_description(model, folder, raw_bcyx if torchscript else None),
+            config={CONFIG_KEY: {"threshold": model.threshold, "instances": model.instances, "min_size": model.min_size,
+                                 "boundary_channel": 1 if config.out_channels == 2 else None}},
         )
-
-        def describe(weights_descr):
-            return v0_5.ModelDescr(
-                name=name,
-                description=description or f"cte_kit 2D U-Net ({', '.join(channel_names)}) for microscopy segmentation",
-                authors=[v0_5.Author(name=author) for author in authors],
-                cite=[v0_5.CiteEntry(text="Talks & Kreshuk: Ranking pre-trained segmentation models for zero-shot "
-                                          "transferability (consistency-based transferability estimation)",
-                                     url=v0_5.HttpUrl("https://arxiv.org/abs/2503.00450"))],
-                license=license,
-                documentation=readme,
-                covers=[_cover(raw, probabilities[0, 0], folder / "cover.png")],
-                tags=["cte_kit", "unet", "2d", "segmentation", "microscopy", "pytorch"],
-                inputs=inputs,
-                outputs=outputs,
-                weights=weights_descr,
-                config={CONFIG_KEY: {"threshold": model.threshold, "instances": model.instances, "min_size": model.min_size,
-                                     "boundary_channel": 1 if config.out_channels == 2 else None}},
-            )
-
-        described = describe(v0_5.WeightsDescr(pytorch_state_dict=state_dict))
-        if torchscript:
-            from bioimageio.core.weight_converters.pytorch_to_torchscript import convert
-
-            traced = convert(described, folder / "weights_torchscript.pt")
-            described = describe(v0_5.WeightsDescr(pytorch_state_dict=state_dict, torchscript=traced))
         if validate:
             summary = test_model(described)
             if summary.status != "passed":
-                raise RuntimeError(f"the exported bioimage.io model does not pass bioimageio.core.test_model:\n{summary.display}")
-        out_path = Path(out_path)
+                raise RuntimeError(f"the exported bioimage.io model does not pass bioimageio.core.test_model:\n{summary.format()}")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         if out_path.suffix == ".zip":
             save_bioimageio_package(described, output_path=out_path)
         else:
             save_bioimageio_package_as_folder(described, output_path=out_path)
     return out_path
+
+
+def _tensor_descriptions(model, folder: Path, channel_names: list[str]):
+    """Input (raw image, ``scale_range`` with the model's percentiles) and output (sigmoid) descriptions."""
+    from bioimageio.spec.model import v0_5
+
+    config, divisor = model.config, model.network.divisor
+    input_id = v0_5.TensorId("raw")
+    preprocessing = []
+    if model.percentiles is not None:
+        # the kit's normalize_percentile, (x - p_low) / (p_high - p_low + 1e-10), jointly over channels
+        axes = [v0_5.AxisId(a) for a in (("channel",) if config.in_channels == 3 else ()) + _SPATIAL]
+        preprocessing.append(v0_5.ScaleRangeDescr(kwargs=v0_5.ScaleRangeKwargs(
+            axes=axes, min_percentile=model.percentiles[0], max_percentile=model.percentiles[1], eps=1e-10)))
+    inputs = [v0_5.InputTensorDescr(
+        id=input_id, description="raw image",
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=[f"c{i}" for i in range(config.in_channels)]),
+              *[v0_5.SpaceInputAxis(id=v0_5.AxisId(axis), size=v0_5.ParameterizedSize(min=divisor, step=divisor))
+                for axis in _SPATIAL]],
+        test_tensor=v0_5.FileDescr(source=folder / "test_input.npy"), preprocessing=preprocessing,
+    )]
+    outputs = [v0_5.OutputTensorDescr(
+        id=v0_5.TensorId("probability"), description="sigmoid probabilities",
+        axes=[v0_5.BatchAxis(), v0_5.ChannelAxis(channel_names=channel_names),
+              *[v0_5.SpaceOutputAxis(id=v0_5.AxisId(axis), size=v0_5.SizeReference(tensor_id=input_id, axis_id=v0_5.AxisId(axis)))
+                for axis in _SPATIAL]],
+        test_tensor=v0_5.FileDescr(source=folder / "test_output.npy"), postprocessing=[v0_5.SigmoidDescr()],
+    )]
+    return inputs, outputs
+
+
+def _weights_description(model, folder: Path, trace_input: np.ndarray | None):
+    """``pytorch_state_dict`` weights with the ``unet_arch.py`` source, and TorchScript ones if ``trace_input`` is given."""
+    import torch
+    from bioimageio.spec.model import v0_5
+
+    config, network = model.config, model.network
+    torch.save({k: v.detach().cpu() for k, v in network.state_dict().items()}, folder / "weights.pt")
+    (folder / "unet_arch.py").write_text(Path(__file__).with_name("unet_arch.py").read_text())
+    version = v0_5.Version(torch.__version__.split("+")[0])
+    state_dict = v0_5.PytorchStateDictWeightsDescr(
+        source=folder / "weights.pt", pytorch_version=version,
+        architecture=v0_5.ArchitectureFromFileDescr(
+            source=folder / "unet_arch.py", callable=v0_5.Identifier("UNet"),
+            kwargs={"in_channels": config.in_channels, "out_channels": config.out_channels, "levels": config.levels,
+                    "width": config.width, "dropout": config.dropout},
+        ),
+    )
+    if trace_input is None:
+        return v0_5.WeightsDescr(pytorch_state_dict=state_dict)
+    # traced here, in eval mode: bioimageio.core's converter traces a freshly built module in train
+    # mode, which records BatchNorm batch statistics instead of the running ones
+    with warnings.catch_warnings(), torch.inference_mode():
+        # the U-Net's branch for hook-doubled batches is never taken in a plain forward
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(network, torch.from_numpy(trace_input).to(model.device))
+    traced.save(folder / "weights_torchscript.pt")
+    torchscript = v0_5.TorchscriptWeightsDescr(source=folder / "weights_torchscript.pt", pytorch_version=version,
+                                               parent="pytorch_state_dict")
+    return v0_5.WeightsDescr(pytorch_state_dict=state_dict, torchscript=torchscript)

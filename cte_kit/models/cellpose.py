@@ -96,12 +96,13 @@ class CellposeModel(PerImageDropout, SegmentationModel):
     def __post_init__(self):
         if self.cellpose is None:
             raise ValueError("CellposeModel needs a cellpose model; use CellposeModel.from_pretrained(name) or .from_file(path)")
-        channels = tuple(int(c) for c in self.cellpose_channels)
-        if len(channels) != 2 or not all(0 <= c <= 3 for c in channels):
+        channels = tuple(self.cellpose_channels) if isinstance(self.cellpose_channels, (list, tuple)) else ()
+        if len(channels) != 2 or not all(isinstance(c, (int, np.integer)) and 0 <= c <= 3 for c in channels):
             raise ValueError(
-                f"cellpose channels must be a pair [channel to segment, nuclear channel] of 0..3, got {self.cellpose_channels!r}"
+                f"cellpose channels must be a pair [channel to segment, nuclear channel] of 0..3 (0 = grey), "
+                f"got {self.cellpose_channels!r}"
             )
-        self.cellpose_channels = channels
+        self.cellpose_channels = tuple(int(c) for c in channels)
         self.channels = 1 if channels == (0, 0) else 3
         if self.diameter is not None and not self.diameter > 0:
             raise ValueError(f"diameter must be > 0 pixels or None, got {self.diameter!r}")

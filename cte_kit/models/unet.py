@@ -172,7 +172,21 @@ class UNetModel(SegmentationModel):
         return "both"
 
     def feature_modules(self, layers: Sequence[str]) -> list:
-        return [self.network.layer(layer) for layer in layers]
+        """Modules for ``layers``; ``sym{k}`` aliases expand to their two modules, duplicates are hooked once."""
+        modules = []
+        for layer in layers:
+            for module in self.network.layer_modules(layer):
+                if not any(module is seen for seen in modules):
+                    modules.append(module)
+        return modules
+
+    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
+        """Plain layer names (:attr:`layers`) and the symmetric aliases ``sym0`` .. ``sym{L-1}``."""
+        known = (*self.layers, *self.network.symmetric_names())
+        unknown = [layer for layer in layers if layer not in known]
+        if unknown:
+            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {list(known)}")
+        return layers
 
     def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
         stack = np.stack(batch)

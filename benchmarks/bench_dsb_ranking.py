@@ -1,0 +1,503 @@
+"""Leave-one-sub-domain-out ranking benchmark on the real DSB2018 bank: paper default vs every option.
+
+Protocol (shared data only, bank from ``benchmarks/dsb_bank.py``):
+
+* each DSB2018 sub-domain in turn is the target; its held-out test split is ranked (a fixed,
+  seeded subset of ``--max-images`` images where it is larger; images larger than
+  ``--max-side`` are centre-cropped to it, as the official code crops BBBC039 to 512 x 512; the
+  defaults 40 images and 256 px keep the sweep within ~1 h of a contended 2-core machine);
+* the bank minus the target's own models (every model trained on that sub-domain) is ranked;
+* every perturbation setting is swept once per target with :func:`cte_kit.sweep.run_sweep`
+  (rows cached in ``OUT/<target>_n<N>_c<S>.csv``; a rerun computes only what is missing);
+* each *option* (a perturbation setting, N_pert, statistic, label-free choice or rank
+  combination) turns the per-image rows into one score per model; it is judged by Kendall /
+  Spearman / Pearson against the true median F1 (hard consistency) and mAP (instance
+  consistency), over all models and over the usable ones (true F1 >= 0.5), with paired bootstrap
+  intervals over target images (per target, and for the mean over targets);
+* the recommended default is the option with the highest mean Kendall among usable models
+  (average of the F1 and mAP columns) - nothing is tuned per target.
+
+    python benchmarks/bench_dsb_ranking.py [--bank results/dsb_bank] [--out results/dsb_ranking]
+        [--max-images 40] [--max-side 256] [--n-boot 200] [--cli-targets fluo_360 histo] [--fast]
+
+Writes ``OUT/table.md`` (the full table), ``OUT/summary.json`` and ``OUT/separation_<target>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from scipy import stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dsb_bank import BANK, DEFAULT_DATA, DOMAINS, split_folder  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+USABLE_F1 = 0.5
+
+# -- the settings that are swept, in priority order (label, n_pert) -----------------------------
+BOTTLENECK = ("dropout:0.1", "dropout:0.2", "dropout:0.3", "dropout:0.5")
+LAYERS = ("dropout:0.1@sym1", "dropout:0.2@sym1", "dropout:0.3@sym1", "dropout:0.2@sym2",
+          "dropout:0.1@sym0+sym1+sym2")
+INPUTS = ("noise:0.1", "brightness:0.15", "contrast:0.7", "gamma:1.3")
+REPEATED = {3: ("dropout:0.2",)}
+CONSISTENCIES = ("hard", "soft", "instance")
+PAPER = "dropout:0.2"
+
+
+def sweep_groups(fast: bool = False) -> list[tuple[int, tuple[str, ...]]]:
+    """(n_pert, settings) groups, most important first: every target gets a group before the next."""
+    if fast:
+        return [(1, ("dropout:0.2", "dropout:0.2@sym1", "noise:0.1"))]
+    return [(1, BOTTLENECK), (1, LAYERS), (1, INPUTS), *((n, labels) for n, labels in REPEATED.items())]
+
+
+@dataclass(frozen=True)
+class Component:
+    perturbation: str
+    n_pert: int = 1
+    statistic: str = "median"
+
+
+@dataclass(frozen=True)
+class Option:
+    """How a model's score is made. ``hard``/``instance`` components are judged against F1 / mAP.
+
+    One component: its statistic over images. Several: ``combine='borda'`` aggregates their
+    ranks; ``combine='choose'`` takes the label-free choice among them (per target, per draw).
+    ``cross`` adds the other consistency's components to the Borda combination.
+    """
+
+    name: str
+    components: tuple[Component, ...]
+    combine: str = "single"
+    kinds: tuple[str, ...] = ("hard", "instance")
+    note: str = ""
+
+
+def _c(perturbation, n_pert=1, statistic="median"):
+    return Component(perturbation, n_pert, statistic)
+
+
+def build_options(fast: bool = False) -> list[Option]:
+    """Every option of the protocol; the first one is the paper's default."""
+    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference")]
+    for label in BOTTLENECK + LAYERS:
+        for statistic in ("median", "mean", "trimmed", "tie-aware"):
+            if (label, statistic) != (PAPER, "median"):
+                options.append(Option(f"{label} {statistic}", (_c(label, 1, statistic),)))
+    for label in INPUTS:
+        for statistic in ("median", "mean"):
+            options.append(Option(f"{label} {statistic}", (_c(label, 1, statistic),)))
+    for n, labels in REPEATED.items():
+        for label in labels:
+            for statistic in ("median", "mean"):
+                options.append(Option(f"{label} N_pert={n} {statistic}", (_c(label, n, statistic),)))
+    options.append(Option("soft consistency, dropout:0.2 median (vs F1)", (_c(PAPER),), kinds=("soft",)))
+    options.append(Option("soft consistency, dropout:0.2 mean (vs F1)", (_c(PAPER, 1, "mean"),), kinds=("soft",)))
+    grid_b = tuple(_c(p) for p in BOTTLENECK)
+    grid_all = tuple(_c(p) for p in BOTTLENECK + LAYERS)
+    options.append(Option("label-free choice: bottleneck p, median", grid_b, combine="choose"))
+    options.append(Option("label-free choice: bottleneck p, mean", tuple(_c(c.perturbation, 1, "mean") for c in grid_b),
+                          combine="choose"))
+    options.append(Option("label-free choice: p and layer, median", grid_all, combine="choose"))
+    options.append(Option("label-free choice: p and layer, mean", tuple(_c(c.perturbation, 1, "mean") for c in grid_all),
+                          combine="choose"))
+    options.append(Option("Borda: 4 input families, median", tuple(_c(p) for p in INPUTS), combine="borda"))
+    options.append(Option("Borda: dropout:0.2 + 4 input families, median", tuple(_c(p) for p in (PAPER,) + INPUTS),
+                          combine="borda"))
+    options.append(Option("Borda: all feature settings + inputs, mean",
+                          tuple(_c(p, 1, "mean") for p in BOTTLENECK + LAYERS + INPUTS), combine="borda"))
+    options.append(Option("Borda: hard+soft+instance, dropout:0.2 median", (_c(PAPER),), combine="cross"))
+    options.append(Option("Borda: hard+soft+instance, dropout:0.2 mean", (_c(PAPER, 1, "mean"),), combine="cross"))
+    options.append(Option("Borda: hard+instance x (dropout:0.2, dropout:0.2@sym1), mean",
+                          (_c(PAPER, 1, "mean"), _c("dropout:0.2@sym1", 1, "mean")), combine="cross"))
+    if fast:
+        wanted = {"dropout:0.2", "dropout:0.2@sym1", "noise:0.1"}
+        options = [o for o in options if all(c.perturbation in wanted and c.n_pert == 1 for c in o.components)]
+    return options
+
+
+# -- target data ------------------------------------------------------------------------------
+def crop(array: np.ndarray, side: int) -> np.ndarray:
+    height, width = array.shape[:2]
+    top, left = max(0, (height - side) // 2), max(0, (width - side) // 2)
+    return array[top : top + side, left : left + side]
+
+
+def load_target(bank_dir: Path, domain: str, max_images: int, max_side: int):
+    from cte_kit.data.folder import load_folder
+
+    images_dir, labels_dir = split_folder(bank_dir, domain, "test")
+    data = load_folder(images_dir, labels_dir, progress=False)
+    order = np.arange(len(data.names))
+    if len(order) > max_images:
+        order = np.sort(np.random.default_rng(0).choice(len(order), max_images, replace=False))
+    images = [crop(data.images[i], max_side) for i in order]
+    labels = [crop(data.labels[i], max_side) for i in order]
+    return images, labels, [data.names[i] for i in order]
+
+
+def target_bank(bank_dir: Path, domain: str):
+    from cte_kit.models.bank import read_bank
+
+    own = {spec.name for spec in BANK if spec.source == domain}
+    return [entry for entry in read_bank(bank_dir / "bank.yaml") if entry.name not in own]
+
+
+# -- per-image tables from the rows -----------------------------------------------------------
+@dataclass
+class TargetTables:
+    models: list[str]
+    images: list[str]
+    cte: dict = field(default_factory=dict)  # (perturbation, n_pert, kind) -> (n_models, n_images)
+    perf: dict = field(default_factory=dict)  # metric -> (n_models, n_images)
+
+
+def tables_from_rows(rows, models, images) -> TargetTables:
+    tables = TargetTables(models, images)
+    m_index = {m: i for i, m in enumerate(models)}
+    i_index = {n: i for i, n in enumerate(images)}
+    for metric in ("f1", "map"):
+        tables.perf[metric] = np.full((len(models), len(images)), np.nan)
+    for row in rows:
+        if row["model"] not in m_index or row["image"] not in i_index:
+            continue
+        mi, ii = m_index[row["model"]], i_index[row["image"]]
+        key = (row["perturbation"], row["n_pert"], row["consistency"])
+        if key not in tables.cte:
+            tables.cte[key] = np.full((len(models), len(images)), np.nan)
+        tables.cte[key][mi, ii] = row["cte"]
+        if row["perturbation"] == PAPER and row["n_pert"] == 1:
+            for metric in ("f1", "map"):
+                tables.perf[metric][mi, ii] = row[metric]
+    return tables
+
+
+def option_scores(option: Option, tables: TargetTables, kind: str, columns: np.ndarray):
+    """One score per model for ``option`` judged on ``kind``, using the image columns ``columns``."""
+    from cte_kit.consistency import nan_statistic
+    from cte_kit.selection import aggregate_ranks, choose_strength
+
+    def vector(component, consistency):
+        matrix = tables.cte.get((component.perturbation, component.n_pert, consistency))
+        if matrix is None:
+            return np.full(len(tables.models), np.nan)
+        return np.asarray(nan_statistic(matrix[:, columns], component.statistic), dtype=float)
+
+    if option.combine == "single":
+        return vector(option.components[0], kind)
+    if option.combine == "borda":
+        return aggregate_ranks([vector(c, kind) for c in option.components])
+    if option.combine == "cross":
+        kinds = ("hard", "soft", "instance") if len(option.components) == 1 else ("hard", "instance")
+        return aggregate_ranks([vector(c, k) for c in option.components for k in kinds])
+    if option.combine == "choose":
+        by_setting = {c.perturbation: vector(c, kind) for c in option.components}
+        choice = choose_strength(by_setting)
+        return by_setting[choice.setting] if choice.setting is not None else np.full(len(tables.models), np.nan)
+    raise ValueError(option.combine)
+
+
+def chosen_setting(option: Option, tables: TargetTables, kind: str) -> str | None:
+    from cte_kit.consistency import nan_statistic
+    from cte_kit.selection import choose_strength
+
+    columns = np.arange(len(tables.images))
+    by_setting = {}
+    for c in option.components:
+        matrix = tables.cte.get((c.perturbation, c.n_pert, kind))
+        if matrix is not None:
+            by_setting[c.perturbation] = nan_statistic(matrix[:, columns], c.statistic)
+    return choose_strength(by_setting).setting if by_setting else None
+
+
+def _correlate(score, truth):
+    """(kendall, spearman, pearson) of finite pairs; NaN with < 3 models or a constant vector."""
+    keep = np.isfinite(score) & np.isfinite(truth)
+    x, y = score[keep], truth[keep]
+    if x.size < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return (math.nan, math.nan, math.nan)
+    return (float(stats.kendalltau(x, y).statistic), float(stats.spearmanr(x, y).statistic),
+            float(stats.pearsonr(x, y).statistic))
+
+
+METRIC_FOR = {"hard": "f1", "soft": "f1", "instance": "map"}
+
+
+def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
+    """Per option and kind: point correlations (all / usable) and bootstrap replicates over images."""
+    n_images = len(tables.images)
+    all_columns = np.arange(n_images)
+    f1 = np.nanmedian(tables.perf["f1"], axis=1)
+    usable = f1 >= USABLE_F1
+    truth = {m: np.nanmedian(tables.perf[m], axis=1) for m in ("f1", "map")}
+    draws = np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
+    results = {}
+    for option in options:
+        for kind in option.kinds:
+            metric = METRIC_FOR[kind]
+            score = option_scores(option, tables, kind, all_columns)
+            point = {"all": _correlate(score, truth[metric]), "usable": _correlate(score[usable], truth[metric][usable])}
+            boot = {"all": np.full((n_boot, 3), np.nan), "usable": np.full((n_boot, 3), np.nan)}
+            for b, columns in enumerate(draws):
+                s = option_scores(option, tables, kind, columns)
+                t = np.nanmedian(tables.perf[metric][:, columns], axis=1)
+                boot["all"][b] = _correlate(s, t)
+                boot["usable"][b] = _correlate(s[usable], t[usable])
+            results[(option.name, kind)] = {"score": score, "point": point, "boot": boot}
+    return results, {"f1": truth["f1"], "map": truth["map"], "usable": usable}
+
+
+# -- main -------------------------------------------------------------------------------------
+def run_cli_table(bank_dir: Path, out: Path, targets) -> list[dict]:
+    """The paper default through the real ``cte-kit rank`` on the full held-out splits."""
+    from cte_kit.cli import main as cli_main
+
+    records = []
+    for domain in targets:
+        entries = target_bank(bank_dir, domain)
+        bank_file = out / "cli" / f"bank_{domain}.yaml"
+        bank_file.parent.mkdir(parents=True, exist_ok=True)
+        bank_file.write_text(yaml.safe_dump({"models": [e.to_dict() for e in entries]}, sort_keys=False))
+        images, labels = split_folder(bank_dir, domain, "test")
+        summary = out / "cli" / f"summary_{domain}.json"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = cli_main(["rank", "--bank", str(bank_file), "--images", str(images), "--labels", str(labels),
+                             "--perturbation", PAPER, "--consistency", "hard", "--consistency", "instance",
+                             "--out", str(out / "cli" / f"results_{domain}.csv"), "--summary", str(summary),
+                             "--no-progress"])
+        if code not in (0, 1):
+            raise RuntimeError(f"cte-kit rank failed on {domain} ({code})")
+        document = json.loads(summary.read_text())
+        for setting in document["settings"]:
+            records.append({"target": domain, "consistency": setting["consistency"],
+                            "metric": setting["performance_metric"], "n_models": len(setting["models"]),
+                            "n_images": setting["n_images"], "kendall": setting.get("kendall"),
+                            "spearman": setting.get("spearman"), "pearson": setting.get("pearson"),
+                            "tied_at_top": setting["tied_at_top"]})
+    return records
+
+
+def fmt(value, digits=2):
+    return "  nan" if value is None or not np.isfinite(value) else f"{value:+.{digits}f}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bank", default=str(REPO / "results" / "dsb_bank"), help="folder of dsb_bank.py")
+    parser.add_argument("--out", default=str(REPO / "results" / "dsb_ranking"))
+    parser.add_argument("--targets", nargs="*", default=list(DOMAINS))
+    parser.add_argument("--max-images", type=int, default=40)
+    parser.add_argument("--max-side", type=int, default=256)
+    parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--cli-targets", nargs="*", default=["fluo_360", "histo"])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sweep-only", action="store_true", help="compute the rows, skip the evaluation")
+    parser.add_argument("--fast", action="store_true", help="smoke run: 3 settings, 6 images per target")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from cte_kit.perturb import parse_perturbation
+    from cte_kit.sweep import read_results, run_sweep
+
+    bank_dir, out = Path(args.bank), Path(args.out)
+    if not (bank_dir / "bank.yaml").exists():
+        print(f"no bank in {bank_dir}: run benchmarks/dsb_bank.py first", file=sys.stderr)
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    max_images = 6 if args.fast else args.max_images
+    targets = {}
+    for domain in args.targets:
+        images, labels, names = load_target(bank_dir, domain, max_images, args.max_side)
+        targets[domain] = (target_bank(bank_dir, domain), images, labels, names,
+                           out / f"{domain}_n{max_images}_c{args.max_side}.csv")
+    timings = {domain: 0.0 for domain in targets}
+    for n_pert, group in sweep_groups(args.fast):
+        for domain, (entries, images, labels, names, csv) in targets.items():
+            started = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                result = run_sweep(entries, images, names, csv, [parse_perturbation(p) for p in group],
+                                   CONSISTENCIES, labels=labels, seed=0, n_pert=n_pert, progress=False)
+            for failure in result.failures:
+                print(f"FAILED {failure.model} {failure.perturbation}: {failure.error}", file=sys.stderr)
+            elapsed = time.perf_counter() - started
+            timings[domain] += elapsed
+            print(f"[{domain}] {len(entries)} models x {len(images)} images, N_pert={n_pert} {', '.join(group)}: "
+                  f"{result.n_new_rows} new rows in {elapsed:.0f} s", flush=True)
+    if args.sweep_only:
+        return 0
+    per_target, truths, tables_by_target = {}, {}, {}
+    available = None
+    for domain, (entries, images, labels, names, csv) in targets.items():
+        tables = tables_from_rows(read_results(csv), [e.name for e in entries], names)
+        tables_by_target[domain] = tables
+        keys = {key for key, matrix in tables.cte.items() if np.isfinite(matrix).any(axis=1).all()}
+        available = keys if available is None else available & keys
+    options = [o for o in build_options(args.fast) if all((c.perturbation, c.n_pert, k) in available for c in o.components
+                                         for k in (("hard", "soft", "instance") if o.combine == "cross" else o.kinds))]
+    for domain, tables in tables_by_target.items():
+        started = time.perf_counter()
+        per_target[domain], truths[domain] = evaluate_target(options, tables, args.n_boot)
+        print(f"[{domain}] evaluated {len(options)} options in {time.perf_counter() - started:.0f} s", flush=True)
+    report = write_report(options, per_target, truths, tables_by_target, out, args)
+    if args.cli_targets and not args.fast:
+        report["cli"] = run_cli_table(bank_dir, out, args.cli_targets)
+        lines = ["", "## Issue-2 table: paper default (dropout:0.2, median) via `cte-kit rank`, full held-out split", "",
+                 "| target | consistency | vs | models | images | Kendall | Spearman | Pearson | tied at top |",
+                 "|---|---|---|---|---|---|---|---|---|"]
+        for r in report["cli"]:
+            lines.append(f"| {r['target']} | {r['consistency']} | {r['metric']} | {r['n_models']} | {r['n_images']} | "
+                         f"{fmt(r['kendall'])} | {fmt(r['spearman'])} | {fmt(r['pearson'])} | {r['tied_at_top']} |")
+        print("\n".join(lines))
+        with open(out / "table.md", "a") as handle:
+            handle.write("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(report, indent=2, default=float))
+    return 0
+
+
+def _mean_ci(values_by_target, boot_by_target, column):
+    points = np.array([v[column] for v in values_by_target])
+    mean = float(np.nanmean(points)) if np.isfinite(points).any() else math.nan
+    std = float(np.nanstd(points)) if np.isfinite(points).any() else math.nan
+    stacked = np.stack([b[:, column] for b in boot_by_target])  # (targets, n_boot)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        replicate_means = np.nanmean(stacked, axis=0)
+    finite = replicate_means[np.isfinite(replicate_means)]
+    low, high = (np.percentile(finite, [2.5, 97.5]) if finite.size else (math.nan, math.nan))
+    return mean, std, float(low), float(high), int(np.isfinite(points).sum())
+
+
+def write_report(options, per_target, truths, tables_by_target, out: Path, args) -> dict:
+    targets = list(per_target)
+    lines = ["# Leave-one-sub-domain-out ranking on the DSB2018 bank", ""]
+    lines.append(f"Targets: held-out test split of each sub-domain (at most {args.max_images if not args.fast else 6} "
+                 f"images, seeded subset; centre crop to at most {args.max_side} px); the target's own models are left out. "
+                 f"Usable = true F1 >= {USABLE_F1}. Bootstrap: {args.n_boot} paired resamples of target images. "
+                 "K/S/P = Kendall tau-b / Spearman / Pearson of CTE vs true median F1 (hard, soft) or mAP (instance).")
+    lines += ["", "## True performance (median over the target images)", ""]
+    for domain in targets:
+        tables, truth = tables_by_target[domain], truths[domain]
+        parts = [f"{m} F1 {truth['f1'][i]:.3f} mAP {truth['map'][i]:.3f}{'' if truth['usable'][i] else ' (unusable)'}"
+                 for i, m in enumerate(tables.models)]
+        lines.append(f"- **{domain}** ({len(tables.images)} images): " + "; ".join(parts))
+    report = {"targets": targets, "options": [], "truth": {d: {"models": tables_by_target[d].models,
+                                                                 "f1": truths[d]["f1"].tolist(),
+                                                                 "map": truths[d]["map"].tolist()} for d in targets}}
+    summary_rows = []
+    for option in options:
+        for kind in option.kinds:
+            key = (option.name, kind)
+            record = {"option": option.name, "consistency": kind, "metric": METRIC_FOR[kind], "per_target": {}}
+            for subset in ("all", "usable"):
+                values = [per_target[d][key]["point"][subset] for d in targets]
+                boots = [per_target[d][key]["boot"][subset] for d in targets]
+                record[subset] = {name: _mean_ci(values, boots, col) for col, name in enumerate(("kendall", "spearman", "pearson"))}
+            for d in targets:
+                entry = per_target[d][key]
+                record["per_target"][d] = {
+                    subset: {"point": list(entry["point"][subset]),
+                             "kendall_ci": [float(x) for x in np.nanpercentile(entry["boot"][subset][:, 0], [2.5, 97.5])]
+                             if np.isfinite(entry["boot"][subset][:, 0]).any() else [math.nan, math.nan]}
+                    for subset in ("all", "usable")}
+                if option.combine == "choose":
+                    record["per_target"][d]["chosen"] = chosen_setting(option, tables_by_target[d], kind)
+            summary_rows.append(record)
+    report["options"] = summary_rows
+
+    def table(subset, kinds):
+        rows = [r for r in summary_rows if r["consistency"] in kinds]
+        head = "| option | " + " | ".join(f"{d} K" for d in targets) + " | mean K [95% CI] | std K | mean S | mean P |"
+        body = [head, "|" + "---|" * (len(targets) + 5)]
+        for r in rows:
+            k = r[subset]["kendall"]
+            cells = [fmt(r["per_target"][d][subset]["point"][0]) for d in targets]
+            body.append(f"| {r['option']} | " + " | ".join(cells) + f" | {fmt(k[0])} [{fmt(k[2])}, {fmt(k[3])}] (n={k[4]}) | "
+                        f"{fmt(k[1])} | {fmt(r[subset]['spearman'][0])} | {fmt(r[subset]['pearson'][0])} |")
+        return body
+
+    for kind, title in (("hard", "hard consistency vs F1"), ("instance", "instance consistency vs mAP"),
+                        ("soft", "soft consistency vs F1")):
+        for subset in ("usable", "all"):
+            lines += ["", f"## {title}, {subset} models", ""] + table(subset, (kind,))
+    # per-target bootstrap intervals of Kendall for the paper default and the winner
+    by_option = {}
+    for r in summary_rows:
+        if r["consistency"] in ("hard", "instance"):
+            by_option.setdefault(r["option"], []).append(r["usable"]["kendall"][0])
+    ranking = sorted(((np.nanmean(v), name) for name, v in by_option.items() if len(v) == 2), reverse=True)
+    best = ranking[0][1]
+    paper = options[0].name
+    lines += ["", "## Selection (mean Kendall among usable models, average of the F1 and mAP columns)", ""]
+    for value, name in ranking:
+        lines.append(f"- {value:+.3f}  {name}{'  <- best' if name == best else ''}{'  (paper default)' if name == paper else ''}")
+    lines += ["", "## Per-target Kendall (usable) with 95% bootstrap intervals: paper default vs best", ""]
+    for name in dict.fromkeys((paper, best)):
+        for r in summary_rows:
+            if r["option"] == name and r["consistency"] in ("hard", "instance"):
+                cells = [f"{d} {fmt(r['per_target'][d]['usable']['point'][0])} "
+                         f"[{fmt(r['per_target'][d]['usable']['kendall_ci'][0])}, {fmt(r['per_target'][d]['usable']['kendall_ci'][1])}]"
+                         for d in targets]
+                lines.append(f"- {name} / {r['consistency']}: " + "; ".join(cells))
+    choices = [r for r in summary_rows if "chosen" in next(iter(r["per_target"].values()))]
+    if choices:
+        lines += ["", "## Label-free choices per target", ""]
+        for r in choices:
+            lines.append(f"- {r['option']} / {r['consistency']}: " +
+                         ", ".join(f"{d}: {r['per_target'][d]['chosen']}" for d in targets))
+    report["best"], report["paper"] = best, paper
+    text = "\n".join(lines) + "\n"
+    (out / "table.md").write_text(text)
+    print(text)
+    try:
+        plot_separation(options, tables_by_target, out)
+    except Exception as error:  # plotting must not lose the table
+        print(f"(separation plots failed: {error})", file=sys.stderr)
+    return report
+
+
+def plot_separation(options, tables_by_target, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from cte_kit.consistency import nan_statistic
+    from cte_kit.plots import save_figure, separation_sweep
+    from cte_kit.selection import choose_strength
+
+    option = next((o for o in options if o.combine == "choose" and len(o.components) > 4), None)
+    if option is None:
+        return
+    for domain, tables in tables_by_target.items():
+        figure, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
+        for row, kind in zip(axes, ("hard", "instance")):
+            by_setting, kendall = {}, {}
+            perf = np.nanmedian(tables.perf[METRIC_FOR[kind]], axis=1)
+            for c in option.components:
+                matrix = tables.cte.get((c.perturbation, c.n_pert, kind))
+                if matrix is not None:
+                    by_setting[c.perturbation] = nan_statistic(matrix, c.statistic)
+                    kendall[c.perturbation] = _correlate(np.asarray(by_setting[c.perturbation]), perf)[0]
+            separation_sweep(choose_strength(by_setting), tables.models, axes=row, title=f"{domain}: {kind}",
+                             kendall_by_setting=kendall)
+        save_figure(figure, out / f"separation_{domain}.png")
+        plt.close(figure)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

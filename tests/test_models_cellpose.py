@@ -1,0 +1,125 @@
+"""Cellpose adapter on a tiny CPnet trained here from scratch (no pretrained weights offline)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("cellpose")
+
+from cte_kit.estimator import estimate
+from cte_kit.models import BankEntry, NotGreyBoxError, load_model
+from cte_kit.models._common import PretrainedDownloadError
+from cte_kit.models.cellpose import CellposeModel
+from cte_kit.perturb import FeatureDropout, InputPerturbation
+
+pytestmark = pytest.mark.adapters
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cellpose_file):
+    return CellposeModel.from_file(tiny_cellpose_file)
+
+
+def test_plain_prediction_is_cellposes_own(model, adapter_images):
+    predictions = model.predict(adapter_images)
+    # Cellpose normalising itself (eval's default normalize=True) gives the same result
+    masks, flows, _ = model.cellpose.eval(adapter_images, channels=[0, 0])
+    for image, prediction, mask, flow in zip(adapter_images, predictions, masks, flows):
+        assert prediction.labels.dtype == np.int32 and np.array_equal(prediction.labels, mask)
+        assert prediction.labels.max() > 0, "the tiny model should find nuclei"
+        assert prediction.probability.shape == image.shape and prediction.probability.dtype == np.float32
+        np.testing.assert_allclose(prediction.probability, 1 / (1 + np.exp(-flow[2])), atol=1e-6)
+    assert model.grey_box and model.threshold == 0.5 and model.channels == 1
+
+
+def test_dropout_zero_is_exact_and_hook_is_removed(model, adapter_images):
+    plain = model.predict(adapter_images)
+    for pair, reference in zip(model.predict_pairs(adapter_images, FeatureDropout(0.0), seed=3), plain):
+        assert np.array_equal(pair.perturbed[0].probability, reference.probability)
+        assert np.array_equal(pair.perturbed[0].labels, reference.labels)
+    model.predict_pairs(adapter_images[:1], FeatureDropout(0.5), seed=3)
+    assert not model.cellpose.net.downsample._forward_hooks
+
+
+def test_dropout_changes_output_and_is_seeded(model, adapter_images):
+    first = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
+    again = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
+    other = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=2)
+    for a, b, c in zip(first, again, other):
+        assert not np.array_equal(a.clean.probability, a.perturbed[0].probability)
+        assert np.array_equal(a.perturbed[0].probability, b.perturbed[0].probability)
+        assert np.array_equal(a.perturbed[0].labels, b.perturbed[0].labels)
+        assert not np.array_equal(a.perturbed[0].probability, c.perturbed[0].probability)
+
+
+def test_one_mask_per_image_across_tiles(model):
+    """An image larger than Cellpose's 224-pixel tiles: every tile sees the same dropped channels."""
+    from cte_kit.models._common import channel_scale
+    from cte_kit.models._tiny import training_data
+    from cte_kit.models.base import image_seed
+
+    image = training_data(n_images=1, size=240, seed=5)[0][0]
+    bottlenecks = []  # the style branch reads the (perturbed) deepest encoder level
+    handle = model.cellpose.net.make_style.register_forward_pre_hook(lambda module, inputs: bottlenecks.append(inputs[0]))
+    try:
+        model.predict_pairs([image], FeatureDropout(0.5), seed=7)
+    finally:
+        handle.remove()
+    perturbed = np.concatenate([t.numpy() for t in bottlenecks[len(bottlenecks) // 2 :]])
+    dropped = (channel_scale(perturbed.shape[1], 0.5, image_seed(7, 0, 0)) == 0).numpy()
+    assert perturbed.shape[0] > 1 and dropped.any(), "several tiles, some channels dropped"
+    assert np.all(perturbed[:, dropped] == 0) and np.all(np.abs(perturbed[:, ~dropped]).sum(axis=(2, 3)) > 0)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("brightness", 0.1)], ids=["grey", "black"])
+def test_cte_scores(model, adapter_images, perturbation):
+    for consistency in ("hard", "soft", "instance"):
+        result = estimate(model, adapter_images, perturbation, consistency=consistency, seed=0)
+        assert np.isfinite(result.per_image).all() and 0 <= result.score <= 1
+
+
+def test_brightness_is_not_undone_by_cellposes_normalisation(model, adapter_images):
+    pairs = model.predict_pairs(adapter_images[:1], InputPerturbation("brightness", 0.3), seed=0)
+    assert not np.array_equal(pairs[0].clean.probability, pairs[0].perturbed[0].probability)
+
+
+def test_bank_entry_channels_and_diameter(tiny_cellpose_file):
+    entry = BankEntry("cp", "cellpose", path=str(tiny_cellpose_file),
+                      settings={"channels": [0, 0], "diameter": 17, "cellprob_threshold": -1.0, "percentiles": [1, 99.8]})
+    model = load_model(entry)
+    assert isinstance(model, CellposeModel) and model.name == "cp"
+    assert model.cellpose_channels == (0, 0) and model.diameter == 17 and model.percentiles == (1.0, 99.8)
+    assert model.threshold == pytest.approx(1 / (1 + np.exp(1.0)))
+    with pytest.raises(ValueError, match=r"cellpose channels must be a pair"):
+        load_model(BankEntry("cp", "cellpose", path=str(tiny_cellpose_file), settings={"channels": 1}))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        CellposeModel.from_file(tiny_cellpose_file.parent / "missing")
+
+
+def test_cellpose4_is_refused_as_grey_box(monkeypatch, tiny_cellpose_file, adapter_images):
+    import cte_kit.models.cellpose as adapter
+
+    monkeypatch.setattr(adapter, "cellpose_major_version", lambda: 4)
+    model = CellposeModel.from_file(tiny_cellpose_file)
+    assert not model.grey_box
+    with pytest.raises(NotGreyBoxError, match="Cellpose 3"):
+        model.predict_pairs(adapter_images[:1], FeatureDropout(0.2))
+
+
+def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path):
+    import urllib.error
+
+    from cellpose import models, utils
+
+    def offline(url, dst, progress=True):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("CELLPOSE_LOCAL_MODELS_PATH", str(tmp_path))
+    monkeypatch.setattr(models, "MODEL_DIR", tmp_path)  # cellpose reads the variable at import
+    monkeypatch.setattr(utils, "download_url_to_file", offline)
+    with pytest.raises(PretrainedDownloadError) as info:
+        CellposeModel.from_pretrained("nuclei")
+    message = str(info.value)
+    assert "nucleitorch_0" in message and "https://www.cellpose.org/models/nucleitorch_0" in message
+    assert str(tmp_path / "nucleitorch_0") in message and "CELLPOSE_LOCAL_MODELS_PATH" in message
+    with pytest.raises(ValueError, match="unknown Cellpose model 'cyto9'.*cyto3"):
+        CellposeModel.from_pretrained("cyto9")

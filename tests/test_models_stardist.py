@@ -1,0 +1,110 @@
+"""StarDist adapter on a tiny StarDist2D trained here (no pretrained weights offline)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stardist")
+
+from cte_kit.estimator import estimate
+from cte_kit.models import BankEntry, load_model
+from cte_kit.models._common import PretrainedDownloadError
+from cte_kit.models.stardist import StarDistModel
+from cte_kit.perturb import FeatureDropout, InputPerturbation
+
+pytestmark = pytest.mark.adapters
+
+
+@pytest.fixture(scope="module")
+def model(tiny_stardist_folder):
+    return StarDistModel.from_folder(tiny_stardist_folder)
+
+
+def test_plain_prediction_is_stardists_own(model, adapter_images):
+    from csbdeep.utils import normalize
+
+    predictions = model.predict(adapter_images)
+    for image, prediction in zip(adapter_images, predictions):
+        (labels, _), (prob, _) = model.stardist.predict_instances(normalize(image, 1, 99.8), sparse=False, return_predict=True)
+        assert prediction.labels.dtype == np.int32 and np.array_equal(prediction.labels, labels)
+        assert prediction.labels.max() > 0, "the tiny model should find nuclei"
+        assert prediction.probability.shape == image.shape and prediction.probability.dtype == np.float32
+        # grid (2, 2): each grid cell covers 2 x 2 pixels, starting at the top left
+        np.testing.assert_allclose(prediction.probability[::2, ::2], prob[: (image.shape[0] + 1) // 2, : (image.shape[1] + 1) // 2], atol=1e-6)
+    assert model.grey_box and model.bottleneck == "bottleneck" and model.bottleneck_layer == "middle_2"
+    assert model.threshold == pytest.approx(model.stardist.thresholds.prob)
+
+
+def test_dropout_zero_is_exact_and_rebuilt_model_shares_weights(model, adapter_images):
+    plain = model.predict(adapter_images)
+    for rate in (0.0, 1e-9):  # 1e-9: survivors scaled by 1/(1-1e-9) == 1 in float32, through the rebuilt model
+        for pair, reference in zip(model.predict_pairs(adapter_images, FeatureDropout(rate), seed=3), plain):
+            assert np.array_equal(pair.clean.probability, reference.probability)
+            assert np.array_equal(pair.perturbed[0].probability, reference.probability)
+            assert np.array_equal(pair.perturbed[0].labels, reference.labels)
+    rebuilt, _ = model._perturbed_model()
+    assert rebuilt.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
+    assert rebuilt is not model.stardist.keras_model  # the plain model is back in place
+
+
+def test_dropout_changes_output_and_is_seeded(model, adapter_images):
+    first = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
+    again = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
+    other = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=2)
+    for a, b, c in zip(first, again, other):
+        assert not np.array_equal(a.clean.probability, a.perturbed[0].probability)
+        assert np.array_equal(a.perturbed[0].probability, b.perturbed[0].probability)
+        assert np.array_equal(a.perturbed[0].labels, b.perturbed[0].labels)
+        assert not np.array_equal(a.perturbed[0].probability, c.perturbed[0].probability)
+    # a batch of one gives the same draw as the image inside a batch of three
+    alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1, image_ids=[1])
+    assert np.array_equal(alone[0].perturbed[0].probability, first[1].perturbed[0].probability)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("noise", 0.1)], ids=["grey", "black"])
+def test_cte_scores(model, adapter_images, perturbation):
+    for consistency in ("hard", "soft", "instance"):
+        result = estimate(model, adapter_images, perturbation, consistency=consistency, seed=0)
+        assert np.isfinite(result.per_image).all() and 0 <= result.score <= 1
+
+
+def test_tiling_matches_whole_image(tiny_stardist_folder, adapter_images):
+    tiled = StarDistModel.from_folder(tiny_stardist_folder, tile_size=48)
+    whole = StarDistModel.from_folder(tiny_stardist_folder)
+    image = adapter_images[1]
+    assert tiled._n_tiles(image.shape) == (3, 3)
+    a, b = tiled.predict([image])[0], whole.predict([image])[0]
+    np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+    pairs = tiled.predict_pairs([image], FeatureDropout(0.3), seed=1)
+    assert not np.array_equal(pairs[0].perturbed[0].probability, a.probability)
+
+
+def test_bank_entry_and_settings(tiny_stardist_folder):
+    entry = BankEntry("sd", "stardist", path=str(tiny_stardist_folder),
+                      settings={"percentiles": [2, 99], "prob_thresh": 0.6, "nms_thresh": 0.3, "batch_size": 2})
+    model = load_model(entry)
+    assert isinstance(model, StarDistModel) and model.name == "sd"
+    assert model.percentiles == (2.0, 99.0) and model.prob_thresh == 0.6 and model.batch_size == 2
+    assert model.describe()["box"] == "grey"
+    with pytest.raises(ValueError, match="unknown StarDistModel setting.*diameter.*known"):
+        load_model(BankEntry("sd", "stardist", path=str(tiny_stardist_folder), settings={"diameter": 17}))
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        StarDistModel.from_folder(tiny_stardist_folder.parent)
+
+
+def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path):
+    import csbdeep.models.pretrained as pretrained
+
+    def offline(fname, origin, **kwargs):
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(pretrained, "get_file", offline)
+    with pytest.raises(PretrainedDownloadError) as info:
+        StarDistModel.from_pretrained("2D_versatile_fluo")
+    message = str(info.value)
+    assert "2D_versatile_fluo.zip" in message
+    assert "https://github.com/stardist/stardist-models/releases/download/v0.1/python_2D_versatile_fluo.zip" in message
+    assert str(tmp_path / "models" / "StarDist2D" / "2D_versatile_fluo" / "2D_versatile_fluo.zip") in message
+    assert "KERAS_HOME" in message and "path:" in message
+    with pytest.raises(ValueError, match="unknown StarDist pretrained model 'nonsense'.*2D_versatile_fluo"):
+        StarDistModel.from_pretrained("nonsense")
