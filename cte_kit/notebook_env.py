@@ -13,6 +13,9 @@ Containers (Binder, CI runners) often report the host's CPU count while granting
 CPUs; PyTorch then starts one thread per host CPU and runs many times slower than with one.
 :func:`limit_threads` caps torch at the CPUs the process may really use.
 
+Notebooks are committed without outputs (a test checks it); strip them with
+``python -m cte_kit.notebook_env strip notebooks/*.ipynb`` (:func:`strip_outputs`).
+
 Importing this module imports neither torch, TensorFlow nor ipywidgets.
 """
 
@@ -24,7 +27,7 @@ import sys
 from typing import TypeVar
 
 __all__ = ["FAST_ENV", "fast_mode", "pick", "on_colab", "on_binder", "available_cpus", "limit_threads",
-           "environment_summary"]
+           "environment_summary", "strip_outputs"]
 
 #: Environment variable that switches the notebooks to fast mode.
 FAST_ENV = "CTE_KIT_FAST"
@@ -127,3 +130,46 @@ def environment_summary(fast: bool | None = None) -> str:
     mode = "fast mode (small data)" if fast else f"full mode (set {FAST_ENV}=1 for a quick run)"
     return (f"cte_kit {__version__} | {mode} | {where} | Python {platform.python_version()} | "
             f"{available_cpus()} CPU(s) | {sys.platform}")
+
+
+def strip_outputs(path) -> bool:
+    """Remove outputs, execution counts and saved widget state from one notebook, in place.
+
+    Returns
+    -------
+    bool
+        True when the file changed.
+    """
+    import nbformat
+
+    notebook = nbformat.read(str(path), as_version=4)
+    before = nbformat.writes(notebook)
+    for cell in notebook.cells:
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+        for key in ("execution", "collapsed", "scrolled"):
+            cell.metadata.pop(key, None)
+    notebook.metadata.pop("widgets", None)
+    after = nbformat.writes(notebook)
+    if after != before:
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(after)
+    return after != before
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m cte_kit.notebook_env", description="Notebook housekeeping.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    strip = commands.add_parser("strip", help="remove outputs, execution counts and widget state in place")
+    strip.add_argument("paths", nargs="+")
+    args = parser.parse_args(argv)
+    for path in args.paths:
+        print(f"{path}: {'stripped' if strip_outputs(path) else 'already clean'}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(_main())

@@ -155,11 +155,14 @@ def separation_sweep(
     tied = [s.tied_at_top for s in choice.settings]
     right.plot(x, np.asarray(tied, float) / max(1, scores.shape[1]), "-s", color="C3",
                label="tied at top (fraction of models)")
+    lowest = 0.0
     if kendall_by_setting:
-        right.plot(x, [kendall_by_setting.get(s, np.nan) for s in settings], "-^", color="C2",
-                   label="Kendall vs true performance (labels)")
-    right.set_ylabel("fraction")
-    right.set_ylim(-0.05, 1.05)
+        kendall = np.array([kendall_by_setting.get(s, np.nan) for s in settings], dtype=float)
+        right.plot(x, kendall, "-^", color="C2", label="Kendall vs true performance (labels)")
+        if np.isfinite(kendall).any():
+            lowest = min(lowest, float(np.nanmin(kendall)))
+    right.set_ylabel("fraction (Kendall: tau)")
+    right.set_ylim(lowest - 0.05, 1.05)
     right.legend(fontsize=8, loc="lower right")
     for ax in axes:
         ax.set_xticks(x)
@@ -285,12 +288,13 @@ def strength_curves(rows: Sequence[Mapping], ax=None, title: str | None = None, 
 
 def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int = 4, suptitle: str | None = None,
                size: float = 2.6, cmap: str = "gray", percentiles: tuple[float, float] = (1.0, 99.8),
-               limits: tuple[float, float] | None = None):
+               limits: tuple[float, float] | None = None, labels: Sequence[bool] | None = None):
     """Show images in a grid; returns the Figure.
 
     Each grey image is contrast-stretched to its own ``percentiles``, or all share the display
-    range ``limits`` (to compare intensities, e.g. perturbed versions of one image). Label
-    images can be passed too, with ``cmap='nipy_spectral'``.
+    range ``limits`` (to compare intensities, e.g. perturbed versions of one image). Images
+    flagged True in ``labels`` are instance label images, drawn with one colour per object on
+    black.
     """
     import matplotlib.pyplot as plt
 
@@ -299,6 +303,7 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
     nrows = int(np.ceil(n / ncols))
     figure, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows + 0.4), constrained_layout=True,
                                 squeeze=False)
+    flags = list(labels) if labels is not None else [False] * n
     for index, ax in enumerate(axes.flat):
         if index >= n:
             ax.axis("off")
@@ -306,11 +311,17 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
         image = np.asarray(images[index])
         if image.ndim == 3 and image.shape[-1] not in (3, 4):
             image = image[..., 0]
-        if limits is not None:
-            low, high = limits
+        if flags[index]:
+            ids = np.where(image > 0, (image.astype(np.int64) - 1) % 255 + 1, 0)
+            ax.imshow(ids, cmap=_label_colormap(), vmin=0, vmax=255, interpolation="nearest")
         else:
-            low, high = np.percentile(image, percentiles) if cmap == "gray" else (None, None)
-        ax.imshow(image, cmap=cmap if image.ndim == 2 else None, vmin=low, vmax=high, interpolation="nearest")
+            if limits is not None:
+                low, high = limits
+            elif cmap == "gray" and image.ndim == 2:
+                low, high = np.percentile(image, percentiles)
+            else:
+                low = high = None
+            ax.imshow(image, cmap=cmap if image.ndim == 2 else None, vmin=low, vmax=high, interpolation="nearest")
         if titles is not None:
             ax.set_title(titles[index], fontsize=9)
         ax.set_xlabel("x (pixels)", fontsize=7)
@@ -319,3 +330,12 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
     if suptitle:
         figure.suptitle(suptitle)
     return figure
+
+
+def _label_colormap():
+    """256 colours: black for background, then fixed pseudo-random bright colours for objects."""
+    from matplotlib.colors import ListedColormap
+
+    colours = np.random.default_rng(3).uniform(0.25, 1.0, size=(256, 3))
+    colours[0] = 0.0
+    return ListedColormap(colours)

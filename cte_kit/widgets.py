@@ -54,6 +54,19 @@ def _scores(clean: Prediction, perturbed: Prediction, threshold: float) -> dict:
     return result
 
 
+def _show(output, figure) -> None:
+    """Replace what an Output widget shows by ``figure`` (only inside an IPython kernel), then close it."""
+    import matplotlib.pyplot as plt
+    from IPython import get_ipython
+    from IPython.display import display
+
+    if get_ipython() is not None:
+        with output:
+            output.clear_output(wait=True)
+            display(figure)
+    plt.close(figure)
+
+
 def _fmt(value) -> str:
     return "n/a" if value is None or not np.isfinite(value) else f"{value:.3f}"
 
@@ -228,7 +241,6 @@ class PerturbationExplorer:
 
     def _redraw(self, rows: Sequence[_Row]) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
         from .plots import show_prediction_pair
 
@@ -243,10 +255,7 @@ class PerturbationExplorer:
                                          f"flips: hard consistency {_fmt(row.scores.get('hard'))}"))
         figure.suptitle(f"{self.model.name}: clean vs perturbed prediction (red: foreground lost, blue: gained)")
         self.figure = figure
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(figure)
-        plt.close(figure)
+        _show(self.output, figure)
 
     def _ipython_display_(self):  # pragma: no cover - exercised in notebooks
         from IPython.display import display
@@ -395,7 +404,6 @@ class StrengthSweepPanel:
 
     def _redraw(self) -> None:
         import matplotlib.pyplot as plt
-        from IPython.display import display
 
         from .plots import strength_curves, sweep_lines
 
@@ -412,10 +420,7 @@ class StrengthSweepPanel:
         strength_curves(self.rows, ax=axes[0][-1], strength_name=name,
                         title=f"{result.consistency} CTE: how each {name} ranks the bank")
         self.figure = figure
-        with self.output:
-            self.output.clear_output(wait=True)
-            display(figure)
-        plt.close(figure)
+        _show(self.output, figure)
 
     def _ipython_display_(self):  # pragma: no cover - exercised in notebooks
         from IPython.display import display

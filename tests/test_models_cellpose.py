@@ -95,14 +95,14 @@ def test_bank_entry_channels_and_diameter(tiny_cellpose_file):
         CellposeModel.from_file(tiny_cellpose_file.parent / "missing")
 
 
-def test_cellpose4_is_refused_as_grey_box(monkeypatch, tiny_cellpose_file, adapter_images):
+def test_cellpose4_is_a_black_box(monkeypatch, tiny_cellpose_file):
     import cte_kit.models.cellpose as adapter
 
     monkeypatch.setattr(adapter, "cellpose_major_version", lambda: 4)
     model = CellposeModel.from_file(tiny_cellpose_file)
-    assert not model.grey_box
+    assert not model.grey_box and model.describe()["box"] == "black"
     with pytest.raises(NotGreyBoxError, match="Cellpose 3"):
-        model.predict_pairs(adapter_images[:1], FeatureDropout(0.2))
+        model.feature_modules(["bottleneck"])
 
 
 def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path):

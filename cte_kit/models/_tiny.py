@@ -9,6 +9,7 @@ they are not meant for real data.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,20 @@ def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs:
     from .stardist import _import_stardist, _quietly
 
     StarDist2D = _import_stardist()
+    from csbdeep.utils.tf import keras_import
     from stardist.models import Config2D
 
-    import tensorflow as tf
-
-    tf.keras.utils.set_random_seed(seed)
+    keras_import("utils", "set_random_seed")(seed)
     images, labels = training_data(seed=seed)
     images = [normalize_percentile(image, 1.0, 99.8) for image in images]
     config = Config2D(n_rays=16, grid=(2, 2), n_channel_in=1, unet_n_depth=2, unet_n_filter_base=8,
                       train_patch_size=(64, 64), train_batch_size=4, train_epochs=epochs,
                       train_steps_per_epoch=steps_per_epoch, train_learning_rate=1e-3, train_tensorboard=False)
     model = _quietly(StarDist2D, config, name=name, basedir=str(folder))
-    _quietly(model.train, images[:-2], labels[:-2], validation_data=(images[-2:], labels[-2:]), seed=seed)
+    with warnings.catch_warnings():
+        # Keras notes that StarDist's data generator shuffles itself
+        warnings.filterwarnings("ignore", message=".*shuffle=True.*")
+        _quietly(model.train, images[:-2], labels[:-2], validation_data=(images[-2:], labels[-2:]), seed=seed)
     return Path(folder) / name
 
 
