@@ -8,8 +8,8 @@
   channel count every adapter (the kit's U-Net included) drops the same channels.
 * :class:`PerImageDropout` - the grey-box pair loop built on that.
 * :class:`PretrainedDownloadError` - the one error raised when a library cannot fetch a
-  pretrained model, worded the same way for every library: which file, from where, into which
-  folder, and how to place it by hand.
+  pretrained model: which file, from where, and how to place it by hand (path and environment
+  variable) or use a local copy instead.
 """
 
 from __future__ import annotations
@@ -52,25 +52,20 @@ class PretrainedDownloadError(RuntimeError):
         The pretrained name that was asked for.
     files : mapping of str to str
         Each file that was needed and the URL it is downloaded from.
-    place : str
-        Where to put the files by hand so that the library finds them (a path).
-    env_var : str
-        Environment variable that moves that folder, and when it is read.
-    alternative : str
-        The other way out, usually pointing the bank entry's ``path:`` at a local copy.
+    offline : str
+        How to do without the download: where to put the file by hand (a path) and which
+        environment variable moves that place, or which local path to give the bank instead.
     cause : BaseException
         The library's own error.
     """
 
-    def __init__(self, library: str, name: str, files: Mapping[str, str], place: str, env_var: str,
-                 alternative: str, cause: BaseException):
+    def __init__(self, library: str, name: str, files: Mapping[str, str], offline: str, cause: BaseException):
         listed = "; ".join(f"{file} from {url}" for file, url in files.items())
         super().__init__(
             f"{library} could not download the pretrained model {name!r} ({type(cause).__name__}: {cause}). "
-            f"Needed: {listed}. To work offline, download it on a machine with internet access and place it as "
-            f"{place} ({env_var}). Alternatively, {alternative}."
+            f"Needed: {listed}. {offline}"
         )
-        self.library, self.name, self.files, self.place, self.env_var = library, name, dict(files), place, env_var
+        self.library, self.name, self.files = library, name, dict(files)
 
 
 def channel_scale(channels: int, rate: float, seed: int):

@@ -184,16 +184,18 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         from bioimageio.spec import settings as spec_settings
 
         try:
+            # the description comes over the network each time; the files it lists are cached
             description = load_model_description(source, format_version="latest")
-            return cls(name=settings.pop("name", None) or source, description=description, **settings)
         except Exception as error:
             url = spec_settings.collection_http_pattern.format(bioimageio_id=source)
             raise PretrainedDownloadError(
-                "bioimage.io", source, {"rdf.yaml (and the weights and files it lists)": url},
-                f"a package zip downloaded from https://bioimage.io/#/?id={source} ('Download' button)",
-                f"downloaded files are cached in BIOIMAGEIO_CACHE_PATH, now {spec_settings.cache_path}",
-                "point the bank entry's `path:` at that zip, or at the rdf.yaml of the unpacked package", error,
+                "bioimage.io", source, {"rdf.yaml (then the weights and files it lists)": url},
+                f"To work offline, download the model package zip from https://bioimage.io/#/?id={source} on a "
+                "machine with internet access and point the bank entry's `path:` at the zip, or at the rdf.yaml of "
+                "the unpacked package (files fetched for a description are cached in the folder "
+                f"BIOIMAGEIO_CACHE_PATH, now {spec_settings.cache_path}).", error,
             ) from error
+        return cls(name=settings.pop("name", None) or source, description=description, **settings)
 
     def _check_input(self):
         from bioimageio.spec.model import v0_5

@@ -46,12 +46,16 @@ def cellpose_major_version() -> int:
         raise ImportError("the Cellpose adapter needs cellpose: pip install 'cellpose>=3.1.1,<4'") from None
 
 
-def _weights_file(models, name: str) -> tuple[str, str]:
-    """(file name, URL) Cellpose downloads for a zoo name (``cellpose.models.model_path`` naming)."""
+def _zoo_weights(models, name: str) -> tuple[str, str, Any]:
+    """(file name, URL, resolver) of a zoo name: the resolver returns the cached file, downloading it first.
+
+    The file names follow ``cellpose.models.model_path``; naming them here lets a failed
+    download say which file was needed.
+    """
     if cellpose_major_version() >= 4:
-        return "cpsam", models._CPSAM_MODEL_URL
+        return "cpsam", models._CPSAM_MODEL_URL, models.cache_CPSAM_model_path
     basename = f"{name}torch_0" if name in ("cyto", "cyto2", "nuclei") else name
-    return basename, f"{models._MODEL_URL}/{basename}"
+    return basename, f"{models._MODEL_URL}/{basename}", lambda: models.model_path(name)
 
 
 @dataclass
@@ -126,25 +130,27 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         """
         from cellpose import models
 
+        version = cellpose_major_version()
         known = list(dict.fromkeys([*models.MODEL_NAMES, *models.get_user_models()]))
         if name not in known:
-            hint = " (Cellpose 4 has only cpsam; the Cellpose 3 zoo needs cellpose<4)" if cellpose_major_version() >= 4 else ""
+            hint = " (Cellpose 4 has only cpsam; the Cellpose 3 zoo needs cellpose<4)" if version >= 4 else ""
             raise ValueError(f"unknown Cellpose model {name!r}{hint}; known: {known}")
-        file, url = _weights_file(models, name)
+        file, url, resolve = _zoo_weights(models, name)
         try:
-            # resolve (and download) the weights here, where a failure can be explained
-            models.cache_CPSAM_model_path() if cellpose_major_version() >= 4 else models.model_path(name)
+            resolve()  # download here, where a failure can be explained
         except Exception as error:
             raise PretrainedDownloadError(
-                "Cellpose", name, {file: url}, str(Path(models.MODEL_DIR) / file),
-                "CELLPOSE_LOCAL_MODELS_PATH replaces the folder ~/.cellpose/models and is read when cellpose is imported",
-                "point the bank entry's `path:` at the downloaded weights file", error,
+                "Cellpose", name, {file: url},
+                f"To work offline, download it on a machine with internet access and put it at "
+                f"{Path(models.MODEL_DIR) / file} (the folder is CELLPOSE_LOCAL_MODELS_PATH, default "
+                "~/.cellpose/models, read when cellpose is imported), or point the bank entry's `path:` at the "
+                "downloaded file.", error,
             ) from error
-        device = settings.get("device", "cpu")
-        if cellpose_major_version() >= 4:
-            network = models.CellposeModel(device=_torch_device(device), pretrained_model=name)
+        device = _torch_device(settings.get("device", "cpu"))
+        if version >= 4:
+            network = models.CellposeModel(device=device, pretrained_model=name)
         else:
-            network = models.CellposeModel(device=_torch_device(device), model_type=name)
+            network = models.CellposeModel(device=device, model_type=name)
         return cls(name=settings.pop("name", name), cellpose=network, **settings)
 
     @classmethod

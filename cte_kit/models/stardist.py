@@ -45,12 +45,15 @@ def _import_stardist():
     """``stardist.models.StarDist2D``, imported with TensorFlow's C++ start-up chatter muted.
 
     ``TF_CPP_MIN_LOG_LEVEL`` is set only for the import (TensorFlow reads it then) and only if
-    the user has not set it; the user's environment is restored afterwards.
+    the user has not set it; the user's environment is restored afterwards. GPUs are switched
+    to on-demand memory, so that PyTorch models of the same bank still find GPU memory
+    (TensorFlow otherwise reserves nearly all of it on first use).
     """
     quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
     if quiet:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
     try:
+        import tensorflow as tf
         from stardist.models import StarDist2D
     except ImportError as error:
         raise ImportError(
@@ -59,6 +62,9 @@ def _import_stardist():
     finally:
         if quiet:
             del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+    for gpu in tf.config.list_physical_devices("GPU"):
+        with contextlib.suppress(RuntimeError):  # raised once TensorFlow has already initialised the GPU
+            tf.config.experimental.set_memory_growth(gpu, True)
     return StarDist2D
 
 
@@ -171,10 +177,11 @@ class StarDistModel(PerImageDropout, SegmentationModel):
         except Exception as error:  # Keras's get_file raises a bare Exception for URL failures
             place = _keras_home() / "models" / "StarDist2D" / key / f"{key}.zip"
             raise PretrainedDownloadError(
-                "StarDist", name, {f"{key}.zip": details["url"]}, str(place),
-                "KERAS_HOME moves the cache root ~/.keras and is read when Keras is imported",
-                "unzip it and point the bank entry's `path:` at the unzipped model folder (the one with config.json "
-                "and weights_best.h5)", error,
+                "StarDist", name, {f"{key}.zip": details["url"]},
+                f"To work offline, download it on a machine with internet access and put it at {place} "
+                "(the cache root ~/.keras moves with the environment variable KERAS_HOME, read when Keras is "
+                "imported), or unzip it and point the bank entry's `path:` at the unzipped model folder "
+                "(the one with config.json and weights_best.h5).", error,
             ) from error
         if stardist is None:  # from_pretrained prints and returns None when the cached zip is unusable
             raise ValueError(f"StarDist could not load pretrained model {name!r} (a corrupt download in the Keras cache?)")
@@ -260,10 +267,8 @@ class StarDistModel(PerImageDropout, SegmentationModel):
             self.stardist.keras_model = plain
 
     def feature_modules(self, layers: Sequence[str]) -> list:
-        raise TypeError(
-            "StarDist is a Keras model: its grey-box pass rebuilds the model around the bottleneck instead of "
-            "returning torch modules (see StarDistModel._dropout)"
-        )
+        raise TypeError("StarDist is a Keras model and has no torch modules: its grey-box pass rebuilds the "
+                        "Keras model around the bottleneck instead (StarDistModel._dropout)")
 
 
 def _find_bottleneck(keras_model) -> str:
@@ -284,7 +289,8 @@ def _find_bottleneck(keras_model) -> str:
 
 def from_bank_entry(entry) -> StarDistModel:
     """Bank loader: ``pretrained`` is a registered name or alias, ``path`` a model folder."""
-    settings = check_settings(StarDistModel, {**entry.settings, **entry.common_settings(), "name": entry.name}, ("stardist",))
+    settings = check_settings(StarDistModel, {**entry.settings, **entry.common_settings(), "name": entry.name},
+                              ("stardist", "channels"))
     if entry.pretrained is not None:
         return StarDistModel.from_pretrained(entry.pretrained, **settings)
     return StarDistModel.from_folder(entry.path, **settings)
