@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("cellpose")
 
-from cte_kit.estimator import estimate
+from cte_kit.consistency import summarize
+from cte_kit.estimator import pair_scores
 from cte_kit.models import BankEntry, NotGreyBoxError, load_model
 from cte_kit.models._common import PretrainedDownloadError
 from cte_kit.models.cellpose import CellposeModel
@@ -19,11 +20,17 @@ def model(tiny_cellpose_file):
     return CellposeModel.from_file(tiny_cellpose_file)
 
 
-def test_plain_prediction_is_cellposes_own(model, adapter_images):
-    predictions = model.predict(adapter_images)
+@pytest.fixture(scope="module")
+def images(adapter_images):
+    """Two images keep the CPU time of the heavy CPnet down."""
+    return adapter_images[:2]
+
+
+def test_plain_prediction_is_cellposes_own(model, images):
+    predictions = model.predict(images)
     # Cellpose normalising itself (eval's default normalize=True) gives the same result
-    masks, flows, _ = model.cellpose.eval(adapter_images, channels=[0, 0])
-    for image, prediction, mask, flow in zip(adapter_images, predictions, masks, flows):
+    masks, flows, _ = model.cellpose.eval(images, channels=[0, 0])
+    for image, prediction, mask, flow in zip(images, predictions, masks, flows):
         assert prediction.labels.dtype == np.int32 and np.array_equal(prediction.labels, mask)
         assert prediction.labels.max() > 0, "the tiny model should find nuclei"
         assert prediction.probability.shape == image.shape and prediction.probability.dtype == np.float32
@@ -31,19 +38,19 @@ def test_plain_prediction_is_cellposes_own(model, adapter_images):
     assert model.grey_box and model.threshold == 0.5 and model.channels == 1
 
 
-def test_dropout_zero_is_exact_and_hook_is_removed(model, adapter_images):
-    plain = model.predict(adapter_images)
-    for pair, reference in zip(model.predict_pairs(adapter_images, FeatureDropout(0.0), seed=3), plain):
+def test_dropout_zero_is_exact_and_hook_is_removed(model, images):
+    plain = model.predict(images)
+    for pair, reference in zip(model.predict_pairs(images, FeatureDropout(0.0), seed=3), plain):
         assert np.array_equal(pair.perturbed[0].probability, reference.probability)
         assert np.array_equal(pair.perturbed[0].labels, reference.labels)
-    model.predict_pairs(adapter_images[:1], FeatureDropout(0.5), seed=3)
+    model.predict_pairs(images[:1], FeatureDropout(0.5), seed=3)
     assert not model.cellpose.net.downsample._forward_hooks
 
 
-def test_dropout_changes_output_and_is_seeded(model, adapter_images):
-    first = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
-    again = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=1)
-    other = model.predict_pairs(adapter_images, FeatureDropout(0.3), seed=2)
+def test_dropout_changes_output_and_is_seeded(model, images):
+    first = model.predict_pairs(images, FeatureDropout(0.3), seed=1)
+    again = model.predict_pairs(images, FeatureDropout(0.3), seed=1)
+    other = model.predict_pairs(images, FeatureDropout(0.3), seed=2)
     for a, b, c in zip(first, again, other):
         assert not np.array_equal(a.clean.probability, a.perturbed[0].probability)
         assert np.array_equal(a.perturbed[0].probability, b.perturbed[0].probability)
@@ -71,14 +78,15 @@ def test_one_mask_per_image_across_tiles(model):
 
 
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("brightness", 0.1)], ids=["grey", "black"])
-def test_cte_scores(model, adapter_images, perturbation):
-    for consistency in ("hard", "soft", "instance"):
-        result = estimate(model, adapter_images, perturbation, consistency=consistency, seed=0)
-        assert np.isfinite(result.per_image).all() and 0 <= result.score <= 1
+def test_cte_scores(model, images, perturbation):
+    pairs = model.predict_pairs(images, perturbation, seed=0)
+    for consistency, per_image in pair_scores(pairs, ("hard", "soft", "instance"), threshold=model.threshold).items():
+        assert np.isfinite(per_image).all() and ((0 <= per_image) & (per_image <= 1)).all(), consistency
+        assert 0 <= summarize(per_image).score <= 1
 
 
-def test_brightness_is_not_undone_by_cellposes_normalisation(model, adapter_images):
-    pairs = model.predict_pairs(adapter_images[:1], InputPerturbation("brightness", 0.3), seed=0)
+def test_brightness_is_not_undone_by_cellposes_normalisation(model, images):
+    pairs = model.predict_pairs(images[:1], InputPerturbation("brightness", 0.3), seed=0)
     assert not np.array_equal(pairs[0].clean.probability, pairs[0].perturbed[0].probability)
 
 

@@ -5,7 +5,8 @@ import pytest
 
 pytest.importorskip("stardist")
 
-from cte_kit.estimator import estimate
+from cte_kit.consistency import summarize
+from cte_kit.estimator import pair_scores
 from cte_kit.models import BankEntry, load_model
 from cte_kit.models._common import PretrainedDownloadError
 from cte_kit.models.stardist import StarDistModel
@@ -62,9 +63,10 @@ def test_dropout_changes_output_and_is_seeded(model, adapter_images):
 
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("noise", 0.1)], ids=["grey", "black"])
 def test_cte_scores(model, adapter_images, perturbation):
-    for consistency in ("hard", "soft", "instance"):
-        result = estimate(model, adapter_images, perturbation, consistency=consistency, seed=0)
-        assert np.isfinite(result.per_image).all() and 0 <= result.score <= 1
+    pairs = model.predict_pairs(adapter_images, perturbation, seed=0)
+    for consistency, per_image in pair_scores(pairs, ("hard", "soft", "instance"), threshold=model.threshold).items():
+        assert np.isfinite(per_image).all() and ((0 <= per_image) & (per_image <= 1)).all(), consistency
+        assert 0 <= summarize(per_image).score <= 1
 
 
 def test_tiling_matches_whole_image(tiny_stardist_folder, adapter_images):

@@ -139,23 +139,25 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
         self._input = self._check_input()
         self._output = self._check_output()
-        self._module = None
+        self._module, self._pipeline = self._load_weights()
+        self._pipeline.load()
+        self.layers = self._layer_names()
+
+    def _load_weights(self):
+        """(torch module or None, prediction pipeline): PyTorch state-dict weights run through a module we hold."""
         formats = {name for name, entry in self.description.weights if entry is not None}
         wanted = self.weights_format or ("pytorch_state_dict" if "pytorch_state_dict" in formats else None)
         if wanted is not None and wanted not in formats:
             raise ValueError(f"model {self.name!r} has no {wanted} weights; it has {sorted(formats)}")
-        if wanted == "pytorch_state_dict":
-            from bioimageio.core.backends.pytorch_backend import load_torch_model
-
-            self._module = load_torch_model(self.description.weights.pytorch_state_dict, load_state=True,
-                                            devices=[self.device]).eval()
-            self._pipeline = _pipeline_with_module(self.description, self._module, self.device)
-        else:
+        if wanted != "pytorch_state_dict":
             from bioimageio.core import create_prediction_pipeline
 
-            self._pipeline = create_prediction_pipeline(self.description, devices=[self.device], weights_format=wanted)
-        self._pipeline.load()
-        self.layers = self._layer_names()
+            return None, create_prediction_pipeline(self.description, devices=[self.device], weights_format=wanted)
+        from bioimageio.core.backends.pytorch_backend import load_torch_model
+
+        module = load_torch_model(self.description.weights.pytorch_state_dict, load_state=True, devices=[self.device])
+        module.eval()
+        return module, _pipeline_with_module(self.description, module, self.device)
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -198,6 +200,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return cls(name=settings.pop("name", None) or source, description=description, **settings)
 
     def _check_input(self):
+        """The single 2D input's description; sets :attr:`channels` from its channel axis."""
         from bioimageio.spec.model import v0_5
 
         inputs = self.description.inputs
@@ -219,6 +222,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return descr
 
     def _check_output(self):
+        """The description of the output read, with the probability/boundary channels checked against it."""
         outputs = {str(descr.id): descr for descr in self.description.outputs}
         wanted = self.output_tensor or next(iter(outputs))
         if wanted not in outputs:
