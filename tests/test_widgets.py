@@ -24,6 +24,17 @@ from cte_kit.strength import model_performance, perturbation_for, sweep_strength
 from cte_kit.widgets import SLIDER_RANGES, perturbation_explorer, strength_sweep_panel
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny networks: one thread is fastest, and far faster than several on a shared, busy machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def bank():
     """Three small U-Nets of the shipped demo bank (width 8, 3 levels)."""
