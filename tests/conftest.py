@@ -67,7 +67,7 @@ def tiny_bioimageio_zip(tmp_path_factory, tiny_unet_checkpoint):
 
 @pytest.fixture(scope="session")
 def adapter_images():
-    """Three raw synthetic nuclei images (uint16) of different sizes, none a multiple of 16."""
+    """Three raw synthetic nuclei images (uint16) of different sizes; most need padding to a model's divisor."""
     from cte_kit.models._tiny import training_data
 
     images, _ = training_data(n_images=3, size=100, seed=11)

@@ -131,3 +131,6 @@ def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path
     assert str(tmp_path / "nucleitorch_0") in message and "CELLPOSE_LOCAL_MODELS_PATH" in message
     with pytest.raises(ValueError, match="unknown Cellpose model 'cyto9'.*cyto3"):
         CellposeModel.from_pretrained("cyto9")
+    # through a bank entry, whose `name` must not collide with the pretrained name
+    with pytest.raises(PretrainedDownloadError, match="nucleitorch_0"):
+        load_model(BankEntry("nuclei_zoo", "cellpose", pretrained="nuclei"))

@@ -110,3 +110,6 @@ def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path
     assert "KERAS_HOME" in message and "path:" in message
     with pytest.raises(ValueError, match="unknown StarDist pretrained model 'nonsense'.*2D_versatile_fluo"):
         StarDistModel.from_pretrained("nonsense")
+    # through a bank entry, whose `name` must not collide with the pretrained name
+    with pytest.raises(PretrainedDownloadError, match="2D_versatile_fluo.zip"):
+        load_model(BankEntry("versatile", "stardist", pretrained="2D_versatile_fluo"))

@@ -1,5 +1,3 @@
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -200,10 +198,8 @@ def test_training_learns_and_checkpoint_reloads(tmp_path):
     domain = SyntheticDomain(radius=(5, 7), density=20, snr=20, blur=0.5)
     data = generate(domain, 6, shape=(64, 64), seed=0)
     torch.set_num_threads(2)
-    started = time.perf_counter()
     model = train_unet(data.images, data.labels, UNetConfig(width=8), TrainingConfig(steps=60, batch_size=4, patch_size=48),
                        out=tmp_path / "m.pt", progress=False)
-    assert time.perf_counter() - started < 120
     test = generate(domain, 2, shape=(64, 64), seed=99)
     prediction = model.predict(test.images)[0]
     foreground = test.labels[0] > 0

@@ -1,6 +1,7 @@
 """Model adapters: one protocol (:class:`SegmentationModel`), one class per framework."""
 
 from .bank import BankEntry, load_bank, load_model, read_bank, write_bank
+from ._common import PretrainedDownloadError
 from .base import NotGreyBoxError, Prediction, PredictionPair, SegmentationModel
 
 __all__ = [
@@ -8,6 +9,7 @@ __all__ = [
     "NotGreyBoxError",
     "Prediction",
     "PredictionPair",
+    "PretrainedDownloadError",
     "SegmentationModel",
     "load_bank",
     "load_model",

@@ -10,6 +10,7 @@
 * :class:`PretrainedDownloadError` - the one error raised when a library cannot fetch a
   pretrained model: which file, from where, and how to place it by hand (path and environment
   variable) or use a local copy instead.
+* :func:`check_settings` - bank-entry settings checked against an adapter's fields.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def check_settings(cls: type, settings: Mapping[str, Any], internal: Sequence[st
         The adapter class; its init fields are the known settings.
     settings : mapping
     internal : sequence of str
-        Fields filled by the loader, not by the bank (the loaded library model).
+        Fields filled by the loader or derived from the model, not set in a bank (the loaded
+        library model, the input channels).
     """
     known = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in internal)
     unknown = sorted(set(settings) - set(known))

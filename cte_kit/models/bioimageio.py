@@ -173,7 +173,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return cls(name=name, description=description, **settings)
 
     @classmethod
-    def from_pretrained(cls, source: str, **settings: Any) -> "BioImageIOModel":
+    def from_pretrained(cls, source: str, /, **settings: Any) -> "BioImageIOModel":
         """A zoo id or nickname (``affable-shark``), DOI or URL, fetched by ``bioimageio.spec``.
 
         Raises
@@ -398,7 +398,9 @@ def _cover(image: np.ndarray, probability: np.ndarray, path: Path) -> Path:
         return (np.clip((values - low) / max(high - low, 1e-12), 0, 1) * 255).astype(np.uint8)
 
     grey = image if image.ndim == 2 else image.mean(axis=-1)
-    iio.imwrite(path, np.concatenate([to_uint8(grey), (np.clip(probability, 0, 1) * 255).astype(np.uint8)], axis=1))
+    cover = np.concatenate([to_uint8(grey), (np.clip(probability, 0, 1) * 255).astype(np.uint8)], axis=1)
+    zoom = max(1, 256 // cover.shape[0])  # small test images are shown at least 256 pixels high
+    iio.imwrite(path, np.repeat(np.repeat(cover, zoom, axis=0), zoom, axis=1))
     return path
 
 

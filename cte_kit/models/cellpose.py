@@ -117,7 +117,7 @@ class CellposeModel(PerImageDropout, SegmentationModel):
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name: str, **settings: Any) -> "CellposeModel":
+    def from_pretrained(cls, name: str, /, **settings: Any) -> "CellposeModel":
         """A model-zoo model, downloaded once into Cellpose's model folder.
 
         Raises

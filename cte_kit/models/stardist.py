@@ -153,7 +153,7 @@ class StarDistModel(PerImageDropout, SegmentationModel):
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, name: str, **settings: Any) -> "StarDistModel":
+    def from_pretrained(cls, name: str, /, **settings: Any) -> "StarDistModel":
         """A registered pretrained model, downloaded once into the Keras cache.
 
         Raises
