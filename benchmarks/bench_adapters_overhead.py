@@ -16,22 +16,13 @@ so the benchmark runs offline; with ``--bank`` the models of a bank YAML are mea
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 
 from cte_kit.models import BankEntry, load_bank, load_model
 from cte_kit.models._tiny import training_data
 from cte_kit.perturb import FeatureDropout
-
-
-def best_of(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from _timing import best_of
 
 
 def tiny_bank(folder: Path) -> list:

@@ -9,7 +9,6 @@ The full CTE time includes normalisation, instance labelling and the consistency
 """
 
 import argparse
-import time
 
 import numpy as np
 import torch
@@ -17,15 +16,7 @@ import torch
 from cte_kit.estimator import pair_scores
 from cte_kit.models.unet import UNetConfig, UNetModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
-
-
-def best_of(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from _timing import best_of
 
 
 def main():
