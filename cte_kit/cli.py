@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from .consistency import DEFAULT_STATISTIC, STATISTICS
+
 __all__ = ["main", "build_parser"]
 
 
@@ -34,15 +36,17 @@ def _add_rank(subparsers):
     parser.add_argument("--images", required=True, help="folder of 2D images (tif/png, grey or RGB)")
     parser.add_argument("--labels", help="optional folder of label images with the same file stems (to report true performance)")
     parser.add_argument("--perturbation", action="append",
-                        help="KIND:STRENGTH, repeatable: dropout:0.2 (default), noise:0.05, noise:0.03-0.07, "
-                             "brightness:0.1, contrast:0.8, gamma:1.2, dropout:0.1@encoder1+bottleneck")
+                        help="KIND:STRENGTH, repeatable: dropout:0.2, noise:0.05, noise:0.03-0.07, brightness:0.1, "
+                             "contrast:0.8, gamma:0.7, dropout:0.1@encoder1+bottleneck, dropout:0.05@all. Each is "
+                             "scored with every --consistency. Default: each consistency with its own default "
+                             "perturbation (hard, soft: dropout:0.2 at the bottleneck; instance: gamma:0.7)")
     parser.add_argument("--consistency", action="append", choices=("hard", "soft", "instance"),
                         help="consistency measure, repeatable (default: hard)")
     parser.add_argument("--out", required=True, help="results CSV (one row per model, image, perturbation, consistency)")
     parser.add_argument("--summary", help="summary JSON (per-model CTE, ranks, and with labels the correlations)")
     parser.add_argument("--plot", help="PNG of CTE vs true performance (needs --labels)")
-    parser.add_argument("--statistic", default="median", choices=("median", "mean", "trimmed", "tie-aware"),
-                        help="aggregation of per-image CTE (default: median, as the paper; tie-aware: the median "
+    parser.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=STATISTICS,
+                        help="aggregation of per-image CTE (default: mean; the paper: median; tie-aware: the median "
                              "with exact ties broken by the mean)")
     parser.add_argument("--choose-strength", action="store_true",
                         help="with several --perturbation settings (strengths and/or layers): pick, per "
@@ -78,6 +82,7 @@ def _add_train(subparsers):
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -147,7 +152,9 @@ _METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
 def _run_demo(args) -> int:
-    from .demo import DEMO_PERTURBATIONS, build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .estimator import default_settings
+    from .perturb import parse_perturbation
     from .sweep import read_results, run_sweep, summarize_results
 
     started = time.perf_counter()
@@ -159,19 +166,20 @@ def _run_demo(args) -> int:
     else:
         entries = demo_bank_entries()
     print(f"Bank: {len(entries)} U-Nets trained on synthetic source domains: {', '.join(e.name for e in entries)}")
-    all_summaries = {}
     targets = demo_targets(args.n_images, include_real=not args.no_real)
     if not args.no_real and len(targets) == 1:
         print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
     for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
         results = out / f"results_{target.name}.csv"
-        run_sweep(entries, target.images, target.names, results, DEMO_PERTURBATIONS, ("hard", "instance"),
+        settings = default_settings(("hard", "instance"))
+        run_sweep(entries, target.images, target.names, results, [parse_perturbation(p) for p in settings], settings,
                   labels=target.labels, seed=args.seed, progress=not args.no_progress)
-        summaries = summarize_results(read_results(results), models=[e.name for e in entries])
-        all_summaries[target.name] = summaries
+        rows = [r for r in read_results(results) if r["consistency"] in settings.get(r["perturbation"], ())]
+        summaries = summarize_results(rows, models=[e.name for e in entries])
         for summary in summaries:
-            print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency")
+            print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
+                  f"{summary['statistic']} over images")
             print(format_table(summary))
         _plot_summaries(summaries, out / f"scatter_{target.name}.png", target.name)
         _write_summary(summaries, out / f"summary_{target.name}.json", {"target": target.name})
@@ -182,31 +190,38 @@ def _run_demo(args) -> int:
 def _run_rank(args) -> int:
     from .data.folder import load_folder
     from .demo import format_table
+    from .estimator import default_settings
     from .models.bank import read_bank
     from .perturb import parse_perturbation
     from .sweep import read_results, run_sweep, summarize_results
 
     entries = read_bank(args.bank)
-    perturbations = [parse_perturbation(text) for text in (args.perturbation or ["dropout:0.2"])]
     consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
+    if args.perturbation:
+        kinds = {label: consistencies for label in dict.fromkeys(parse_perturbation(t).label for t in args.perturbation)}
+    else:
+        kinds = default_settings(consistencies)
+    perturbations = [parse_perturbation(label) for label in kinds]
     target = load_folder(args.images, args.labels)
     if args.plot and target.labels is None:
         raise ValueError("--plot needs --labels (it shows CTE against true performance)")
-    print(f"{len(entries)} models x {len(target.images)} images x {len(perturbations)} perturbation(s)")
-    result = run_sweep(entries, target.images, target.names, args.out, perturbations, consistencies,
+    print(f"{len(entries)} models x {len(target.images)} images: "
+          + ", ".join(f"{label} ({' + '.join(kinds[label])} consistency)" for label in kinds))
+    result = run_sweep(entries, target.images, target.names, args.out, perturbations, kinds,
                        labels=target.labels, seed=args.seed, n_pert=args.n_pert, boundary=args.boundary,
                        progress=not args.no_progress)
     if result.n_skipped_rows:
         print(f"Resumed: {result.n_skipped_rows} rows were already in {args.out}")
     names = [e.name for e in entries]
-    wanted = {(p.label, c) for p in perturbations for c in consistencies}
+    wanted = {(label, c) for label, kinds_of_label in kinds.items() for c in kinds_of_label}
     rows = [r for r in read_results(args.out) if (r["perturbation"], r["consistency"]) in wanted
             and r["seed"] == args.seed and r["n_pert"] == args.n_pert and r["image"] in set(target.names)]
     failed = {f.model for f in result.failures}
     summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed,
                                   models=[n for n in names if n not in failed or any(r["model"] == n for r in rows)])
     for summary in summaries:
-        print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency")
+        print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency, "
+              f"{summary['statistic']} over images")
         print(format_table(summary))
     extra = {"failures": [f.__dict__ for f in result.failures]}
     if args.choose_strength and summaries:
@@ -281,9 +296,10 @@ def _run_train(args) -> int:
     config = UNetConfig(in_channels=3 if data.images[0].ndim == 3 else 1, levels=args.levels, width=args.width,
                         output="foreground" if args.task == "semantic" else "foreground+boundary")
     training = TrainingConfig(steps=steps, batch_size=args.batch_size, patch_size=args.patch_size,
-                              learning_rate=args.learning_rate, percentiles=tuple(args.percentiles), seed=args.seed)
+                              learning_rate=args.learning_rate, percentiles=tuple(args.percentiles), seed=args.seed,
+                              device=args.device)
     print(f"Training a {args.levels}-level U-Net (width {args.width}, {args.task}) on {len(data.images)} images "
-          f"for {steps} steps")
+          f"for {steps} steps on {args.device}")
     train_unet(data.images, data.labels, config, training, out=args.out, name=Path(args.out).stem,
                source=str(Path(args.images).resolve().parent.name), progress=not args.no_progress)
     print(f"Saved {args.out}")

@@ -35,7 +35,8 @@ DEMO_ARCHITECTURE = UNetConfig(levels=3, width=8)
 DEMO_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=96)
 DEMO_TRAIN_IMAGES = 24
 
-#: Feature perturbation (the paper's nuclei default) and one input perturbation.
+#: The paper's two families: bottleneck dropout (its nuclei default) and one input perturbation.
+#: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimator.default_settings`.)
 DEMO_PERTURBATIONS: tuple[Perturbation, ...] = (FeatureDropout(0.2), InputPerturbation("contrast", 0.7))
 
 

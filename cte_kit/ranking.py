@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-from .consistency import nan_statistic
+from .consistency import DEFAULT_STATISTIC, nan_statistic
 
 __all__ = ["Correlations", "BootstrapResult", "rank_scores", "correlations", "bootstrap_scores", "tied_at_top"]
 
@@ -203,7 +203,7 @@ class BootstrapResult:
 
 
 def bootstrap_scores(
-    per_image, n_boot: int = 1000, statistic: str = "median", ci: float = 0.95, seed: int = 0, trim: float = 0.1
+    per_image, n_boot: int = 1000, statistic: str = DEFAULT_STATISTIC, ci: float = 0.95, seed: int = 0, trim: float = 0.1
 ) -> BootstrapResult:
     """Bootstrap the per-model CTE statistic by resampling target images.
 
@@ -214,7 +214,7 @@ def bootstrap_scores(
         each replicate draws one set of image indices, used for all models.
     n_boot : int
         Replicates.
-    statistic : {'median', 'mean', 'trimmed'}
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
         As :func:`cte_kit.consistency.summarize`; NaNs are ignored per model and replicate.
     ci : float
         Confidence level of the percentile interval.

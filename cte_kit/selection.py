@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .consistency import nan_statistic
+from .consistency import DEFAULT_STATISTIC, nan_statistic
 from .ranking import rank_scores, tied_at_top
 
 __all__ = [
@@ -121,7 +121,7 @@ def separation(
     floor: float = DEFAULT_FLOOR,
     tol: float = DEFAULT_TOL,
     min_resolved: float = 1.0,
-    statistic: str = "median",
+    statistic: str = DEFAULT_STATISTIC,
     n_boot: int = 200,
     confidence: float = 0.9,
     seed: int = 0,
@@ -191,7 +191,7 @@ def choose_strength(
     tol: float = DEFAULT_TOL,
     min_resolved: float = 1.0,
     order: str = "level",
-    statistic: str = "median",
+    statistic: str = DEFAULT_STATISTIC,
     n_boot: int = 200,
     confidence: float = 0.9,
     seed: int = 0,

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .consistency import nan_statistic
+from .consistency import DEFAULT_STATISTIC, nan_statistic
 from .estimator import pair_scores, performance, performance_metric_for
 from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
@@ -77,7 +77,7 @@ class StrengthSweep:
     per_image: dict
     performance: np.ndarray | None
     metric: str
-    statistic: str = "median"
+    statistic: str = DEFAULT_STATISTIC
     _correlations: dict = field(default_factory=dict, repr=False)
 
     def cte(self, strength: float) -> np.ndarray:
@@ -168,7 +168,7 @@ def sweep_strengths(
     labels: Sequence[np.ndarray] | None = None,
     consistency: str = "hard",
     seed: int = 0,
-    statistic: str = "median",
+    statistic: str = DEFAULT_STATISTIC,
     progress: bool = True,
     performance_cache: dict | None = None,
 ) -> StrengthSweep:
@@ -186,7 +186,7 @@ def sweep_strengths(
         Only to compute the true performance that the correlations compare against.
     consistency : {'hard', 'soft', 'instance'}
     seed : int
-    statistic : {'median', 'mean', 'trimmed'}
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
     progress : bool
         A progress bar over (model, strength).
     performance_cache : dict, optional

@@ -20,12 +20,12 @@ import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from .consistency import summarize
+from .consistency import DEFAULT_STATISTIC, summarize
 from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
 from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
@@ -118,7 +118,7 @@ def run_sweep(
     names: Sequence[str],
     out: str | Path,
     perturbations: Sequence[Perturbation],
-    consistencies: Sequence[str] = ("hard",),
+    consistencies: Sequence[str] | Mapping[str, Sequence[str]] = ("hard",),
     labels: Sequence[np.ndarray] | None = None,
     seed: int = 0,
     n_pert: int = 1,
@@ -139,7 +139,9 @@ def run_sweep(
     out : path
         Results CSV; created, or resumed if it exists.
     perturbations : sequence of InputPerturbation / FeatureDropout
-    consistencies : sequence of {'hard', 'soft', 'instance'}
+    consistencies : sequence of {'hard', 'soft', 'instance'}, or mapping of str to such a sequence
+        Scored for every perturbation; or, keyed by perturbation label, for that perturbation
+        only (the kit's defaults pair each consistency with its own perturbation).
     labels : sequence of arrays, optional
         Target labels; only used to fill the performance columns.
     seed, n_pert, boundary : see :func:`cte_kit.estimator.estimate`
@@ -159,6 +161,14 @@ def run_sweep(
         raise ValueError(f"{len(images)} images but {len(labels)} label images")
     if not perturbations:
         raise ValueError("give at least one perturbation")
+    if isinstance(consistencies, Mapping):
+        missing = [p.label for p in perturbations if p.label not in consistencies]
+        if missing:
+            raise ValueError(f"no consistencies given for perturbation(s) {missing}")
+
+    def kinds_for(perturbation) -> Sequence[str]:
+        return consistencies[perturbation.label] if isinstance(consistencies, Mapping) else consistencies
+
     path = Path(out)
     done = {tuple(str(row[k]) for k in _KEY) for row in read_results(path)}
     image_ids = {name: index for index, name in enumerate(names)}
@@ -172,9 +182,10 @@ def run_sweep(
             todo = []
             for perturbation in perturbations:
                 keys = {(name, kind): (model_name, name, perturbation.label, kind, str(seed), str(n_pert))
-                        for name in names for kind in consistencies}
+                        for name in names for kind in kinds_for(perturbation)}
                 n_skipped += sum(key in done for key in keys.values())
-                remaining = [name for name in names if any(keys[name, kind] not in done for kind in consistencies)]
+                remaining = [name for name in names
+                             if any(keys[name, kind] not in done for kind in kinds_for(perturbation))]
                 if remaining:
                     todo.append((perturbation, remaining))
             if not todo:
@@ -187,8 +198,9 @@ def run_sweep(
                 continue
             for perturbation, remaining in todo:
                 try:
-                    n_new += _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies,
-                                          seed, n_pert, boundary, writer, handle, progress, done)
+                    n_new += _score_model(model, perturbation, remaining, images, labels, image_ids,
+                                          kinds_for(perturbation), seed, n_pert, boundary, writer, handle, progress,
+                                          done)
                 except Exception as error:
                     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
                     failures.append(SweepFailure(model_name, perturbation.label, detail))
@@ -229,7 +241,7 @@ def _score_model(model, perturbation, remaining, images, labels, image_ids, cons
 
 def summarize_results(
     rows: Sequence[dict],
-    statistic: str = "median",
+    statistic: str = DEFAULT_STATISTIC,
     n_boot: int = 1000,
     seed: int = 0,
     models: Sequence[str] | None = None,
@@ -240,8 +252,8 @@ def summarize_results(
     ----------
     rows : sequence of dict
         From :func:`read_results`.
-    statistic : {'median', 'mean', 'trimmed', 'tie-aware'}
-        Aggregation of CTE_i over images.
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
+        Aggregation of CTE_i over images (the kit's default: the mean; the paper: the median).
     n_boot : int
         Bootstrap replicates over images for the score intervals (0 disables them).
     models : sequence of str, optional

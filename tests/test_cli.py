@@ -62,6 +62,28 @@ def test_rank_writes_rows_summary_and_resumes(tmp_path, target, capsys):
     assert len(read_results(out)) == 30
 
 
+def test_rank_defaults_pair_each_consistency_with_its_perturbation(tmp_path, target):
+    from cte_kit.consistency import DEFAULT_STATISTIC
+    from cte_kit.estimator import DEFAULT_PERTURBATIONS
+
+    bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
+    out, summary = tmp_path / "r.csv", tmp_path / "s.json"
+    assert main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--labels", str(target / "labels"),
+                 "--consistency", "hard", "--consistency", "instance", "--out", str(out), "--summary", str(summary),
+                 "--no-progress"]) == 0
+    pairs = {(r["perturbation"], r["consistency"]) for r in read_results(out)}
+    assert pairs == {(DEFAULT_PERTURBATIONS["hard"], "hard"), (DEFAULT_PERTURBATIONS["instance"], "instance")}
+    assert len(read_results(out)) == 2 * 5 * 2
+    settings = json.loads(summary.read_text())["settings"]
+    assert {(s["perturbation"], s["consistency"], s["statistic"]) for s in settings} == {
+        (DEFAULT_PERTURBATIONS["hard"], "hard", DEFAULT_STATISTIC), (DEFAULT_PERTURBATIONS["instance"], "instance", DEFAULT_STATISTIC)}
+    # the per-model score is the mean over images of the rows written
+    rows = [r for r in read_results(out) if r["consistency"] == "hard" and r["model"] == "near_target"]
+    hard = next(s for s in settings if s["consistency"] == "hard")
+    assert next(m["cte"] for m in hard["models"] if m["name"] == "near_target") == pytest.approx(
+        np.mean([r["cte"] for r in rows]))
+
+
 def test_rank_without_labels_reports_cte_only(tmp_path, target):
     bank = _bank(tmp_path / "bank.yaml", names=("near_target", "large_nuclei"))
     summary = tmp_path / "s.json"

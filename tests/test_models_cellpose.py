@@ -44,7 +44,7 @@ def test_dropout_zero_is_exact_and_hook_is_removed(model, images):
         assert np.array_equal(pair.perturbed[0].probability, reference.probability)
         assert np.array_equal(pair.perturbed[0].labels, reference.labels)
     model.predict_pairs(images[:1], FeatureDropout(0.5), seed=3)
-    assert not model.cellpose.net.downsample._forward_hooks
+    assert not model.cellpose.net.downsample.down.res_down_3._forward_hooks
 
 
 def test_dropout_changes_output_and_is_seeded(model, images):
@@ -75,6 +75,31 @@ def test_one_mask_per_image_across_tiles(model):
     dropped = (channel_scale(perturbed.shape[1], 0.5, image_seed(7, 0, 0)) == 0).numpy()
     assert perturbed.shape[0] > 1 and dropped.any(), "several tiles, some channels dropped"
     assert np.all(perturbed[:, dropped] == 0) and np.all(np.abs(perturbed[:, ~dropped]).sum(axis=(2, 3)) > 0)
+
+
+def test_layers_are_cpnets_residual_blocks(model):
+    down, up = model.cellpose.net.downsample.down, model.cellpose.net.upsample.up
+    assert model.layers == ("encoder0", "encoder1", "encoder2", "bottleneck", "decoder0", "decoder1", "decoder2", "decoder3")
+    assert model.feature_modules(["bottleneck"]) == [down.res_down_3]
+    assert model.feature_modules(["encoder0", "decoder3"]) == [down.res_down_0, up.res_up_0]
+    # symmetric layer 1: the skip features of level 2 and the decoder block of the same resolution
+    assert model.feature_modules(["sym1"]) == [down.res_down_2, up.res_up_2]
+    assert model.feature_modules(["all"]) == [*down, *reversed(up)]
+
+
+def test_dropping_every_channel_of_the_last_decoder_leaves_a_constant_map(model, images):
+    pairs = model.predict_pairs(images[:1], FeatureDropout(1 - 1e-7, ("decoder3",)), seed=0)
+    assert np.ptp(pairs[0].clean.probability) > 0.5 and np.ptp(pairs[0].perturbed[0].probability) < 1e-6
+    for module in model.feature_modules(["all"]):
+        assert not module._forward_hooks
+
+
+def test_dropout_at_several_layers_is_seeded_and_differs_from_the_bottleneck(model, images):
+    first = model.predict_pairs(images[:1], FeatureDropout(0.3, ("sym1", "sym2")), seed=1)[0]
+    again = model.predict_pairs(images[:1], FeatureDropout(0.3, ("sym1", "sym2")), seed=1)[0]
+    bottleneck = model.predict_pairs(images[:1], FeatureDropout(0.3), seed=1)[0]
+    assert np.array_equal(first.perturbed[0].probability, again.perturbed[0].probability)
+    assert not np.array_equal(first.perturbed[0].probability, bottleneck.perturbed[0].probability)
 
 
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("brightness", 0.1)], ids=["grey", "black"])

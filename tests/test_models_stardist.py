@@ -42,7 +42,7 @@ def test_dropout_zero_is_exact_and_rebuilt_model_shares_weights(model, adapter_i
             assert np.array_equal(pair.clean.probability, reference.probability)
             assert np.array_equal(pair.perturbed[0].probability, reference.probability)
             assert np.array_equal(pair.perturbed[0].labels, reference.labels)
-    rebuilt, _ = model._perturbed_model()
+    rebuilt, _ = model._perturbed_model(("middle_2",))
     assert rebuilt.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
     assert rebuilt is not model.stardist.keras_model  # the plain model is back in place
 
@@ -59,6 +59,38 @@ def test_dropout_changes_output_and_is_seeded(model, adapter_images):
     # a batch of one gives the same draw as the image inside a batch of three
     alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1, image_ids=[1])
     assert np.array_equal(alone[0].perturbed[0].probability, first[1].perturbed[0].probability)
+
+
+def test_layers_follow_csbdeep_naming(model):
+    # unet_n_depth=2: two encoder levels above the bottleneck, two decoder levels below it
+    assert model.layers == ("encoder0", "encoder1", "bottleneck", "decoder0", "decoder1")
+    assert model._keras_names == {"bottleneck": "middle_2", "encoder0": "down_level_0_no_1", "encoder1": "down_level_1_no_1",
+                                  "decoder0": "up_level_1_no_2", "decoder1": "up_level_0_no_2"}
+    assert model.check_layers(["sym1"]) == ("encoder1", "decoder0")
+    with pytest.raises(ValueError, match="sym2.*all"):
+        model.check_layers(["sym5"])
+
+
+def test_dropout_at_several_layers_draws_one_mask_per_layer(model, adapter_images):
+    from cte_kit.models._common import channel_scales
+    from cte_kit.models.base import image_seed
+
+    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4)
+    rebuilt, scales = model._perturbed_model(tuple(model._keras_names[n] for n in model.layers))
+    assert len(scales) == 5 and rebuilt.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
+    expected = channel_scales([int(s.scale.shape[0]) for s in scales], 0.5, image_seed(4, 0, 0))
+    for scale, mask in zip(scales, expected):
+        np.testing.assert_array_equal(scale.scale.numpy(), mask.numpy())
+    assert not np.array_equal(pairs[0].perturbed[0].probability, pairs[0].clean.probability)
+    bottleneck = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5), seed=4)
+    assert not np.array_equal(bottleneck[0].perturbed[0].probability, pairs[0].perturbed[0].probability)
+
+
+def test_dropping_every_channel_of_the_last_decoder_leaves_a_constant_map(model, adapter_images):
+    # nothing of the image reaches the heads, so the object probability is the same everywhere
+    pair = model.predict_pairs(adapter_images[1:2], FeatureDropout(1 - 1e-7, ("decoder1",)), seed=0)[0]
+    perturbed = pair.perturbed[0].probability
+    assert np.ptp(pair.clean.probability) > 0.5 and np.ptp(perturbed) < 1e-6
 
 
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("noise", 0.1)], ids=["grey", "black"])

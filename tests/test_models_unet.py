@@ -211,6 +211,24 @@ def test_training_learns_and_checkpoint_reloads(tmp_path):
     assert settings["percentiles"] == [1.0, 99.8] and history["n_images"] == 6
 
 
+def test_dropping_every_channel_of_the_last_decoder_leaves_a_constant_map(images):
+    model = _random_unet()
+    pair = model.predict_pairs(images[:1], FeatureDropout(1 - 1e-7, ("decoder1",)))[0]
+    # the head sees only zeros, so every pixel gets sigmoid(bias)
+    expected = torch.sigmoid(model.network.head.bias[0]).item()
+    np.testing.assert_allclose(pair.perturbed[0].probability, expected, atol=1e-6)
+    assert np.ptp(pair.clean.probability) > 0
+
+
+def test_training_device_is_checked_before_any_work():
+    with pytest.raises(ValueError, match="unknown torch device 'gpu0'"):
+        train_unet([np.zeros((64, 64))], [np.zeros((64, 64), int)], training=TrainingConfig(device="gpu0"), progress=False)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train_unet([np.zeros((64, 64))], [np.zeros((64, 64), int)], training=TrainingConfig(device="cuda"),
+                       progress=False)
+
+
 def test_training_input_errors():
     with pytest.raises(ValueError, match="no training images"):
         train_unet([], [], progress=False)

@@ -106,9 +106,9 @@ def synthetic_per_image(seed=0, n_images=25):
 
 def test_bootstrap_is_seeded_and_p_top_sums_to_one():
     per_image = synthetic_per_image()
-    result = bootstrap_scores(per_image, n_boot=300, seed=1)
+    result = bootstrap_scores(per_image, n_boot=300, statistic="median", seed=1)
     assert isinstance(result, BootstrapResult)
-    again = bootstrap_scores(per_image, n_boot=300, seed=1)
+    again = bootstrap_scores(per_image, n_boot=300, statistic="median", seed=1)
     for field in ("low", "high", "p_top"):
         np.testing.assert_array_equal(getattr(result, field), getattr(again, field))
     assert result.p_top.sum() == pytest.approx(1.0)
@@ -117,6 +117,7 @@ def test_bootstrap_is_seeded_and_p_top_sums_to_one():
     median = np.nanmedian(per_image, axis=1)
     assert np.all(result.low <= median) and np.all(median <= result.high)
     assert (result.statistic, result.n_boot) == ("median", 300)
+    assert bootstrap_scores(per_image, n_boot=2).statistic == "mean"  # the kit's default
 
 
 def test_one_replicate_is_the_statistic_of_the_drawn_images():

@@ -140,18 +140,18 @@ def _unet_model(levels=3):
 def test_symmetric_layers_follow_the_official_definition():
     model = _unet_model(levels=3)
     net = model.network
-    assert net.symmetric_names() == ("sym0", "sym1", "sym2")
-    assert net.layer_modules("sym0") == [net.encoders[2]]
+    assert model.feature_modules(["sym0"]) == [net.encoders[2]]
     # sym k: the skip at depth k from the bottleneck and decoder k-1
-    assert net.layer_modules("sym1") == [net.encoders[1], net.decoders[0]]
-    assert net.layer_modules("sym2") == [net.encoders[0], net.decoders[1]]
-    four = _unet_model(levels=4).network
-    assert four.layer_modules("sym1") == [four.encoders[2], four.decoders[0]]
-    with pytest.raises(KeyError):
-        net.layer_modules("sym3")
+    assert model.feature_modules(["sym1"]) == [net.encoders[1], net.decoders[0]]
+    assert model.feature_modules(["sym2"]) == [net.encoders[0], net.decoders[1]]
+    four = _unet_model(levels=4)
+    assert four.feature_modules(["sym1"]) == [four.network.encoders[2], four.network.decoders[0]]
+    assert four.feature_modules(["all"]) == [*four.network.encoders, *four.network.decoders]
+    with pytest.raises(ValueError, match="sym3"):
+        model.feature_modules(["sym3"])
     # aliases are accepted but do not change the plain layer list; duplicates are hooked once
     assert "sym1" not in model.layers
-    assert model.check_layers(["sym1", "bottleneck"]) == ["sym1", "bottleneck"]
+    assert model.check_layers(["sym1", "bottleneck"]) == ("encoder1", "bottleneck", "decoder0")
     assert len(model.feature_modules(["sym0", "bottleneck", "sym1"])) == 3
     with pytest.raises(ValueError, match="sym0"):
         model.check_layers(["sym9"])

@@ -1,6 +1,6 @@
 """Helpers shared by the adapters of external libraries (StarDist, Cellpose, bioimage.io).
 
-* :func:`channel_scale` and :func:`image_dropout` - grey-box dropout with **one channel mask per
+* :func:`channel_scales` and :func:`image_dropout` - grey-box dropout with **one channel mask per
   image**. StarDist, Cellpose and bioimage.io predict image by image and may cut an image into
   tiles; the mask must not depend on that tiling, so every tile and every forward call of one
   image sees the same dropped channels. The mask is drawn exactly as
@@ -21,7 +21,8 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..perturb import spatial_dropout
 
-__all__ = ["PretrainedDownloadError", "PerImageDropout", "channel_scale", "check_settings", "image_dropout"]
+__all__ = ["PretrainedDownloadError", "PerImageDropout", "channel_scale", "channel_scales", "check_settings",
+           "image_dropout"]
 
 
 def check_settings(cls: type, settings: Mapping[str, Any], internal: Sequence[str] = ()) -> dict[str, Any]:
@@ -70,27 +71,34 @@ class PretrainedDownloadError(RuntimeError):
         self.library, self.name, self.files = library, name, dict(files)
 
 
-def channel_scale(channels: int, rate: float, seed: int):
-    """The channel mask of one image: each channel 0 (dropped) or ``1 / (1 - rate)``.
+def channel_scales(channels: Sequence[int], rate: float, seed: int) -> list:
+    """The channel masks of one image for several layers: each channel 0 (dropped) or ``1 / (1 - rate)``.
 
     Parameters
     ----------
-    channels : int
-        Feature channels ``C``.
+    channels : sequence of int
+        Feature channels ``C`` of each perturbed layer, in the order the network computes them.
     rate : float
         Dropout rate in [0, 1).
     seed : int
-        Per-image seed (:func:`cte_kit.models.base.image_seed`).
+        Per-image seed (:func:`cte_kit.models.base.image_seed`). The masks are drawn one after
+        the other from one generator, as :func:`image_dropout` draws them in call order, so
+        every adapter drops the same channels for the same seed and layer widths.
 
     Returns
     -------
-    torch.Tensor, shape (C,), float32
+    list of torch.Tensor, shape (C,), float32
         Ones when ``rate == 0``.
     """
     import torch
 
-    ones = torch.ones(1, channels, 1)
-    return spatial_dropout(ones, rate, [torch.Generator().manual_seed(int(seed))]).reshape(channels)
+    generator = torch.Generator().manual_seed(int(seed))
+    return [spatial_dropout(torch.ones(1, c, 1), rate, [generator]).reshape(c) for c in channels]
+
+
+def channel_scale(channels: int, rate: float, seed: int):
+    """The channel mask of one image for one layer (see :func:`channel_scales`); shape (C,), float32."""
+    return channel_scales([channels], rate, seed)[0]
 
 
 @contextlib.contextmanager

@@ -8,12 +8,13 @@ bioimage.io model) and answers three questions the estimator asks:
   ``n_pert`` perturbed ones, under an input perturbation (any model) or feature dropout (grey
   box only);
 * what the model is: black or grey box, which layer is its bottleneck, which layers can be
-  perturbed.
+  perturbed (:attr:`SegmentationModel.layer_map`, see :mod:`cte_kit.models.layers`).
 
 Subclasses implement :meth:`SegmentationModel._predict_normalised` (a batch of normalised
-images in, predictions out) and, for grey boxes, :meth:`SegmentationModel.feature_modules`
-(torch modules for layer names). Everything else - validation, normalisation, seeding,
-batching of equal shapes - is shared here.
+images in, predictions out) and, for grey boxes, set :attr:`SegmentationModel.layer_map` and
+implement :meth:`SegmentationModel._layer_modules` (the torch modules of one plain layer name).
+Everything else - validation, normalisation, seeding, batching of equal shapes, layer aliases -
+is shared here.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import numpy as np
 
 from ..data.images import check_image, normalize_percentile, to_grey
 from ..perturb import FeatureDropout, InputPerturbation, Perturbation, feature_dropout
+from .layers import LayerMap
 
 __all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_seed"]
 
@@ -96,10 +98,15 @@ class SegmentationModel(abc.ABC):
     channels: int = 1
     rgb: str = "error"
     batch_size: int = 4
-    #: Layer names accepted by :class:`~cte_kit.perturb.FeatureDropout` (empty for black boxes).
-    layers: tuple[str, ...] = field(default=(), init=False)
+    #: The layers :class:`~cte_kit.perturb.FeatureDropout` can perturb (None for black boxes).
+    layer_map: LayerMap | None = field(default=None, init=False)
 
     # -- what the model is ------------------------------------------------------------------
+    @property
+    def layers(self) -> tuple[str, ...]:
+        """Plain names of the perturbable layers (empty for black boxes); aliases in :attr:`layer_map`."""
+        return self.layer_map.plain if self.layer_map is not None else ()
+
     @property
     def grey_box(self) -> bool:
         """True when feature perturbation is possible."""
@@ -130,25 +137,43 @@ class SegmentationModel(abc.ABC):
     def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
         """Predict a batch of normalised float32 images of one shape."""
 
-    def feature_modules(self, layers: Sequence[str]) -> list:
-        """The torch modules whose outputs stand for ``layers`` (grey boxes override)."""
+    def _layer_modules(self, name: str) -> list:
+        """The torch modules whose outputs make up the plain layer ``name`` (grey boxes override)."""
         raise NotGreyBoxError(
             f"model {self.name!r} ({type(self).__name__}) is a black box: feature perturbation is "
             "not available; use an input perturbation (noise, brightness, contrast, gamma)"
         )
 
-    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
-        """Return ``layers`` if this model has them all, else raise a ValueError listing its layers."""
-        unknown = [layer for layer in layers if layer not in self.layers]
-        if unknown:
-            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {list(self.layers)}")
-        return layers
+    def feature_modules(self, layers: Sequence[str]) -> list:
+        """The torch modules whose outputs stand for ``layers`` (plain names or aliases), each once.
+
+        Raises
+        ------
+        NotGreyBoxError
+            The model is a black box.
+        ValueError
+            An unknown layer name.
+        """
+        if self.layer_map is None:
+            return self._layer_modules("bottleneck")  # a black box raises NotGreyBoxError with advice
+        modules: list = []
+        for name in self.check_layers(layers):
+            for module in self._layer_modules(name):
+                if not any(module is seen for seen in modules):  # a module shared by two names is hooked once
+                    modules.append(module)
+        return modules
+
+    def check_layers(self, layers: Sequence[str]) -> tuple[str, ...]:
+        """Plain layer names for ``layers`` (aliases expanded), or a ValueError listing the model's layers."""
+        if self.layer_map is None:
+            raise ValueError(f"model {self.name!r} is a black box: it has no layers to perturb")
+        return self.layer_map.resolve(layers, self.name)
 
     def _predict_feature_pairs(
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
     ) -> tuple[list[Prediction], list[Prediction]]:
         """Clean and dropout predictions of one batch; adapters may share work between them."""
-        modules = self.feature_modules(self.check_layers(dropout.layers))
+        modules = self.feature_modules(dropout.layers)
         clean = self._predict_normalised(batch)
         with feature_dropout(modules, dropout.rate, seeds):
             perturbed = self._predict_normalised(batch)

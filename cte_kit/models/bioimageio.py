@@ -37,6 +37,7 @@ from scipy.special import expit
 from ._common import PerImageDropout, PretrainedDownloadError, check_settings
 from .base import NotGreyBoxError, Prediction, SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
+from .layers import LayerMap
 
 __all__ = ["BioImageIOModel", "export_unet", "from_bank_entry"]
 
@@ -141,7 +142,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         self._output = self._check_output()
         self._module, self._pipeline = self._load_weights()
         self._pipeline.load()
-        self.layers = self._layer_names()
+        self.layer_map = self._layer_map()
 
     def _load_weights(self):
         """(torch module or None, prediction pipeline): PyTorch state-dict weights run through a module we hold."""
@@ -308,50 +309,32 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return Prediction(probability=probability, labels=labels)
 
     # -- grey box -------------------------------------------------------------------------------
-    def _layer_names(self) -> tuple[str, ...]:
-        """Plain layer names: a kit U-Net's own (duck-typed, its class comes from the package's
-        ``unet_arch.py``), plus ``bottleneck`` when ``bottleneck_layer`` names a submodule."""
+    def _layer_map(self) -> LayerMap | None:
+        """A kit U-Net's layers (duck-typed: its class comes from the package's ``unet_arch.py``), or
+        only ``bottleneck`` when ``bottleneck_layer`` names a submodule of another network."""
         if self._module is None:
-            return ()
-        names = tuple(self._module.layer_names()) if hasattr(self._module, "layer_names") else ()
+            return None
         if self.bottleneck_layer is not None:
             self._module.get_submodule(self.bottleneck_layer)  # fail early on a wrong name
-            names = tuple(dict.fromkeys(("bottleneck", *names)))
-        return names
+        if hasattr(self._module, "layer") and hasattr(self._module, "levels"):
+            return LayerMap.unet(self._module.levels)
+        return LayerMap() if self.bottleneck_layer is not None else None
 
-    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
-        """Plain names, and a kit U-Net's ``sym{k}`` aliases (as :class:`~cte_kit.models.unet.UNetModel`)."""
-        aliases = tuple(self._module.symmetric_names()) if hasattr(self._module, "symmetric_names") else ()
-        unknown = [layer for layer in layers if layer not in (*self.layers, *aliases)]
-        if unknown:
-            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {[*self.layers, *aliases]}")
-        return layers
-
-    def feature_modules(self, layers: Sequence[str]) -> list:
+    def _layer_modules(self, name: str) -> list:
         if self._module is None:
             formats = sorted(name for name, entry in self.description.weights if entry is not None)
             raise NotGreyBoxError(
                 f"model {self.name!r} runs {formats} weights, a black box: feature perturbation needs "
                 "pytorch_state_dict weights; use an input perturbation"
             )
-        if not self.layers:
+        if self.layer_map is None:
             children = [name for name, _ in self._module.named_modules() if name][:12]
             raise NotGreyBoxError(
                 f"model {self.name!r}: its bottleneck is unknown; set `bottleneck_layer:` to the dotted name of "
                 f"the torch module to perturb, e.g. one of {children}"
             )
-        modules = []
-        for name in self.check_layers(layers):
-            for module in self._modules_of(name):
-                if not any(module is seen for seen in modules):  # a module shared by two names is hooked once
-                    modules.append(module)
-        return modules
-
-    def _modules_of(self, name: str) -> list:
         if name == "bottleneck" and self.bottleneck_layer is not None:
             return [self._module.get_submodule(self.bottleneck_layer)]
-        if hasattr(self._module, "layer_modules"):
-            return list(self._module.layer_modules(name))
         return [self._module.layer(name)]
 
 

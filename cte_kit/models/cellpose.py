@@ -12,9 +12,14 @@ Outputs: the masks of ``CellposeModel.eval`` and the cell probability ``sigmoid(
 perturbations, and ``eval`` runs with ``normalize=False``: otherwise Cellpose would undo a
 brightness or contrast perturbation by normalising again.
 
-Grey box (Cellpose 3 only): a forward hook on ``CPnet.downsample``, whose output is the list of
-encoder levels, scales the channels of the deepest level - the bottleneck that feeds the style
-vector and the decoder - by one mask per image, the same for every tile Cellpose cuts.
+Grey box (Cellpose 3 only): forward hooks on CPnet's residual blocks scale their output
+channels by one mask per image, the same for every tile Cellpose cuts. Layer names (see
+:mod:`cte_kit.models.layers`) for CPnet's four levels: ``encoder0`` .. ``encoder2`` are
+``downsample.down.res_down_0`` .. ``res_down_2`` (also the skip features), ``bottleneck`` is
+``res_down_3`` - the deepest level, which feeds both the style vector and the decoder -, and
+``decoder0`` .. ``decoder3`` are ``upsample.up.res_up_3`` .. ``res_up_0`` (deepest first;
+``decoder0`` runs at the bottleneck's resolution, so ``sym{k}`` pairs ``encoder{3-k}`` with
+``decoder{k}``).
 
 Cellpose 4 (Cellpose-SAM) keeps ``CellposeModel(pretrained_model=...)`` and the 3-value
 ``eval``, so this adapter runs it as a **black box** (input perturbations only): its network is
@@ -34,6 +39,7 @@ from scipy.special import expit
 
 from ._common import PerImageDropout, PretrainedDownloadError, check_settings
 from .base import NotGreyBoxError, Prediction, SegmentationModel
+from .layers import LayerMap
 
 __all__ = ["CellposeModel", "cellpose_major_version", "from_bank_entry"]
 
@@ -113,7 +119,8 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         if self.threshold is None:
             self.threshold = float(expit(self.cellprob_threshold))
         self.version = cellpose_major_version()
-        self.layers = ("bottleneck",) if self.version < 4 else ()
+        if self.version < 4:
+            self.layer_map = LayerMap.unet(len(self.cellpose.net.downsample.down), decoder_at_bottleneck=True)
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -196,13 +203,17 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         ]
 
     # -- grey box -------------------------------------------------------------------------------
-    def feature_modules(self, layers: Sequence[str]) -> list:
+    def _layer_modules(self, name: str) -> list:
         if self.version >= 4:
             raise NotGreyBoxError(
                 f"model {self.name!r}: feature dropout needs a Cellpose 3 CPnet (cellpose>=3.1.1,<4); under Cellpose "
                 f"{self.version} (Cellpose-SAM) the adapter is a black box - use an input perturbation"
             )
-        return [self.cellpose.net.downsample for _ in self.check_layers(layers)]
+        down, up = self.cellpose.net.downsample.down, self.cellpose.net.upsample.up
+        if name == "bottleneck":
+            return [down[len(down) - 1]]
+        index = int(name.removeprefix("encoder").removeprefix("decoder"))
+        return [down[index]] if name.startswith("encoder") else [up[len(up) - 1 - index]]
 
 
 def _torch_device(device):

@@ -11,11 +11,14 @@ Outputs: instance labels from ``predict_instances`` and StarDist's object probab
 repeated from the grid resolution to the image size the way StarDist's own export does.
 
 Grey box: the Keras functional model is rebuilt with :func:`keras.models.clone_model` around
-the *same* layer objects (hence the same weights) with one extra layer after the bottleneck,
-the output of CSBDeep's ``middle_*`` block, that multiplies its channels by a per-image mask
-(:func:`cte_kit.models._common.channel_scale`). The rebuilt model stands in for
-``keras_model`` while StarDist predicts, so padding, tiling and non-maximum suppression stay
-StarDist's own. ``p = 0`` never touches the network.
+the *same* layer objects (hence the same weights) with one extra layer after each perturbed
+block, which multiplies its channels by a per-image mask (:func:`cte_kit.models._common.channel_scales`).
+The rebuilt model stands in for ``keras_model`` while StarDist predicts, so padding, tiling and
+non-maximum suppression stay StarDist's own. ``p = 0`` never touches the network. Layer names
+(see :mod:`cte_kit.models.layers`) follow CSBDeep's U-Net naming: ``encoder{n}`` is the output
+of ``down_level_{n}`` (the skip features of level n), ``bottleneck`` the output of the
+``middle_*`` block and ``decoder{j}`` the output of ``up_level_{depth-1-j}``; a network without
+that naming offers the bottleneck only.
 
 TensorFlow and StarDist are imported on first use only; importing :mod:`cte_kit.models` does
 not import them.
@@ -35,8 +38,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import PerImageDropout, PretrainedDownloadError, channel_scale, check_settings
+from ._common import PerImageDropout, PretrainedDownloadError, channel_scales, check_settings
 from .base import Prediction, SegmentationModel
+from .layers import LayerMap
 
 __all__ = ["StarDistModel", "from_bank_entry"]
 
@@ -144,8 +148,10 @@ class StarDistModel(PerImageDropout, SegmentationModel):
             self.threshold = float(self.stardist.thresholds.prob)
         self.bottleneck_layer = self.bottleneck_layer or _find_bottleneck(self.stardist.keras_model)
         self.stardist.keras_model.get_layer(self.bottleneck_layer)  # raises ValueError for unknown names
-        self.layers = ("bottleneck",)
-        self._perturbed = None
+        self._keras_names = _keras_layer_names(self.stardist, self.bottleneck_layer)
+        depth = sum(name.startswith("encoder") for name in self._keras_names) + 1
+        self.layer_map = LayerMap.unet(depth) if depth > 1 else LayerMap()
+        self._perturbed: dict[tuple[str, ...], tuple] = {}
         if self.tile_size is not None:
             # StarDist measures the tile overlap (receptive field) once, with whatever model is
             # current: measure it now with the plain one, so results never depend on call order.
@@ -228,18 +234,18 @@ class StarDistModel(PerImageDropout, SegmentationModel):
         return np.ascontiguousarray(full[: shape[0], : shape[1]], dtype=np.float32)
 
     # -- grey box -------------------------------------------------------------------------------
-    def _perturbed_model(self):
-        """The Keras model with a channel-scale layer after the bottleneck (built once, weights shared)."""
-        if self._perturbed is None:
+    def _perturbed_model(self, targets: tuple[str, ...]):
+        """The Keras model with a channel-scale layer after each of the Keras layers ``targets``
+        (built once per set of layers; weights shared with the plain model) and those scale layers."""
+        if targets not in self._perturbed:
             from csbdeep.utils.tf import keras_import
 
             clone_model = keras_import("models", "clone_model")
-            scale = _channel_scale_layer()(name="cte_kit_dropout")
-            target = self.bottleneck_layer
+            scales = {name: _channel_scale_layer()(name=f"cte_kit_dropout_{index}") for index, name in enumerate(targets)}
 
             def call(layer, *args, **kwargs):
                 output = layer(*args, **kwargs)
-                return scale(output) if layer.name == target else output
+                return scales[layer.name](output) if layer.name in scales else output
 
             try:
                 # identity clone_function: reuse every layer object, so weights are shared, not copied
@@ -249,16 +255,18 @@ class StarDistModel(PerImageDropout, SegmentationModel):
                     f"model {self.name!r}: feature dropout needs Keras 3 (clone_model with call_function); "
                     f"this Keras cannot rebuild the model ({error})"
                 ) from None
-            self._perturbed = (rebuilt, scale)
-        return self._perturbed
+            self._perturbed[targets] = (rebuilt, [scales[name] for name in targets])
+        return self._perturbed[targets]
 
     @contextlib.contextmanager
     def _dropout(self, layers: Sequence[str], rate: float, seed: int):
         if rate == 0.0:
             yield
             return
-        rebuilt, scale = self._perturbed_model()
-        scale.scale.assign(channel_scale(int(scale.scale.shape[0]), rate, seed).numpy())
+        rebuilt, scales = self._perturbed_model(tuple(self._keras_names[name] for name in self.check_layers(layers)))
+        masks = channel_scales([int(scale.scale.shape[0]) for scale in scales], rate, seed)
+        for scale, mask in zip(scales, masks):
+            scale.scale.assign(mask.numpy())
         plain = self.stardist.keras_model
         self.stardist.keras_model = rebuilt
         try:
@@ -268,7 +276,40 @@ class StarDistModel(PerImageDropout, SegmentationModel):
 
     def feature_modules(self, layers: Sequence[str]) -> list:
         raise TypeError("StarDist is a Keras model and has no torch modules: its grey-box pass rebuilds the "
-                        "Keras model around the bottleneck instead (StarDistModel._dropout)")
+                        "Keras model around the perturbed layers instead (StarDistModel._dropout)")
+
+
+def _keras_layer_names(stardist, bottleneck: str) -> dict[str, str]:
+    """Plain layer name -> Keras layer name, from CSBDeep's U-Net naming (the bottleneck alone without it).
+
+    A block's output is its last named convolution, followed through the BatchNormalization and
+    Activation layers CSBDeep appends when ``unet_batch_norm`` is on.
+    """
+    config = stardist.config
+    prefix, depth, convs = config.unet_prefix, config.unet_n_depth, config.unet_n_conv_per_depth
+    names = {"bottleneck": bottleneck}
+    try:
+        for level in range(depth):
+            names[f"encoder{level}"] = _block_output(stardist.keras_model, f"{prefix}down_level_{level}_no_{convs - 1}")
+            # CSBDeep numbers the last convolution of an up level n_conv_per_depth, not n_conv_per_depth - 1
+            names[f"decoder{depth - 1 - level}"] = _block_output(stardist.keras_model, f"{prefix}up_level_{level}_no_{convs}")
+    except ValueError:  # not CSBDeep's naming: offer the bottleneck alone
+        return {"bottleneck": bottleneck}
+    return names
+
+
+def _block_output(keras_model, name: str) -> str:
+    """The last layer of the block that starts at layer ``name`` (through BatchNormalization / Activation)."""
+    from csbdeep.utils.tf import keras_import
+
+    followers = (keras_import("layers", "BatchNormalization"), keras_import("layers", "Activation"))
+    current = keras_model.get_layer(name)  # ValueError for an unknown name
+    while True:
+        follower = next((layer for layer in keras_model.layers
+                         if isinstance(layer, followers) and layer.input is current.output), None)
+        if follower is None:
+            return current.name
+        current = follower
 
 
 def _find_bottleneck(keras_model) -> str:

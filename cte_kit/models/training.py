@@ -41,6 +41,9 @@ class TrainingConfig:
     percentiles : (float, float)
         Per-image normalisation, stored with the model so that prediction uses the same.
     seed : int
+    device : str
+        Torch device of the optimisation, e.g. ``'cpu'`` or ``'cuda'``. Patches are sampled on
+        the CPU either way; the checkpoint is always written with CPU tensors.
     """
 
     steps: int = 600
@@ -50,6 +53,7 @@ class TrainingConfig:
     augment: bool = True
     percentiles: tuple[float, float] = (1.0, 99.8)
     seed: int = 0
+    device: str = "cpu"
 
 
 def training_targets(labels: np.ndarray, output: str) -> np.ndarray:
@@ -74,6 +78,20 @@ _AUGMENTATIONS = (
     InputPerturbation("contrast", (0.75, 1.25)),
     InputPerturbation("gamma", (0.8, 1.25)),
 )
+
+
+def _training_device(name: str) -> torch.device:
+    """The torch device called ``name``, refused early (not after the data is prepared) if absent."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"unknown torch device {name!r} ({error}); use e.g. 'cpu' or 'cuda'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but this torch has no CUDA GPU; train with device 'cpu'")
+    if device.type == "cuda":
+        # every batch has the same shape, so cuDNN's autotuned convolutions pay off after one step
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 def _sample_batch(images, targets, size, batch_size, augment, rng):
@@ -158,10 +176,11 @@ def train_unet(
     """
     if training.patch_size % (2 ** (config.levels - 1)):
         raise ValueError(f"patch_size {training.patch_size} must be a multiple of {2 ** (config.levels - 1)}")
+    device = _training_device(training.device)
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
     prepared, targets = _prepare_training_data(images, labels, config, training)
-    network = config.build()
+    network = config.build().to(device)
     network.train()
     optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=training.learning_rate, total_steps=training.steps)
@@ -169,6 +188,7 @@ def train_unet(
     bar = tqdm(range(training.steps), desc=f"training {name or 'U-Net'}", disable=not progress, leave=False)
     for _ in bar:
         inputs, target = _sample_batch(prepared, targets, training.patch_size, training.batch_size, training.augment, rng)
+        inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = network(inputs)
         loss = F.binary_cross_entropy_with_logits(logits, target) + _dice_loss(logits, target)
         optimiser.zero_grad()
@@ -185,4 +205,4 @@ def train_unet(
     if out is not None:
         save_checkpoint(network, config, out, settings=settings, history=history)
     return UNetModel(name=name or (Path(out).stem if out else "unet"), network=network, config=config,
-                     percentiles=tuple(training.percentiles), instances=method)
+                     percentiles=tuple(training.percentiles), instances=method, device=training.device)

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from ..perturb import FeatureDropout, feature_dropout
 from .base import Prediction, SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
+from .layers import LayerMap
 from .unet_arch import UNet
 
 __all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "CHECKPOINT_FORMAT"]
@@ -152,7 +153,7 @@ class UNetModel(SegmentationModel):
             raise ValueError(f"unknown instance method {self.instances!r}; choose from {INSTANCE_METHODS}")
         self.channels = self.config.in_channels
         self.network = self.network.to(self.device).eval()
-        self.layers = self.network.layer_names()
+        self.layer_map = LayerMap.unet(self.network.levels)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str | None = None, **settings: Any) -> "UNetModel":
@@ -161,7 +162,7 @@ class UNetModel(SegmentationModel):
         merged = {**stored, **settings}
         if merged.get("percentiles") is not None:
             merged["percentiles"] = tuple(merged["percentiles"])
-        known = {f for f in cls.__dataclass_fields__ if f not in ("network", "config", "name", "layers")}
+        known = {f for f in cls.__dataclass_fields__ if f not in ("network", "config", "name", "layer_map")}
         unknown = sorted(set(merged) - known)
         if unknown:
             raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {sorted(known)}")
@@ -171,22 +172,8 @@ class UNetModel(SegmentationModel):
     def output(self) -> str:
         return "both"
 
-    def feature_modules(self, layers: Sequence[str]) -> list:
-        """Modules for ``layers``; ``sym{k}`` aliases expand to their two modules, duplicates are hooked once."""
-        modules = []
-        for layer in layers:
-            for module in self.network.layer_modules(layer):
-                if not any(module is seen for seen in modules):
-                    modules.append(module)
-        return modules
-
-    def check_layers(self, layers: Sequence[str]) -> Sequence[str]:
-        """Plain layer names (:attr:`layers`) and the symmetric aliases ``sym0`` .. ``sym{L-1}``."""
-        known = (*self.layers, *self.network.symmetric_names())
-        unknown = [layer for layer in layers if layer not in known]
-        if unknown:
-            raise ValueError(f"model {self.name!r} has no layer(s) {unknown}; available: {list(known)}")
-        return layers
+    def _layer_modules(self, name: str) -> list:
+        return [self.network.layer(name)]
 
     def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
         stack = np.stack(batch)
@@ -220,7 +207,7 @@ class UNetModel(SegmentationModel):
         return self._to_predictions(logits, size)
 
     def _predict_feature_pairs(self, batch, dropout: FeatureDropout, seeds):
-        modules = self.feature_modules(self.check_layers(dropout.layers))
+        modules = self.feature_modules(dropout.layers)
         tensor, size = self._to_tensor(batch)
         with torch.inference_mode(), feature_dropout(modules, dropout.rate, seeds, fork=True):
             logits = self.network(tensor)

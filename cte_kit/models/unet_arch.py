@@ -9,11 +9,10 @@ Layer names used for feature perturbation:
   shallowest first;
 * ``bottleneck``: output of the deepest encoder block (``encoders[L-1]``), the paper's
   perturbation site;
-* ``decoder0`` .. ``decoder{L-2}``: outputs of the decoder blocks, deepest first;
-* ``sym0`` .. ``sym{L-1}`` (aliases, :meth:`UNet.layer_modules`): the official implementation's
-  "symmetric" layer k - ``sym0`` is the bottleneck, ``sym{k}`` (k >= 1) the encoder output at depth k
-  above the bottleneck (``encoder{L-1-k}``, the skip features of that depth) together with the
-  output of decoder ``k-1``.
+* ``decoder0`` .. ``decoder{L-2}``: outputs of the decoder blocks, deepest first.
+
+The adapter (:class:`cte_kit.models.unet.UNetModel`) adds the aliases of
+:mod:`cte_kit.models.layers` (``sym{k}``, ``encoders``, ``decoders``, ``all``).
 
 The forward pass accepts a batch that a hook doubled (``cat([clean, perturbed])``) at any of
 these sites: skip features computed before the doubling are repeated to match, which lets the
@@ -86,25 +85,6 @@ class UNet(nn.Module):
             if name.startswith(prefix) and name[len(prefix):].isdigit() and int(name[len(prefix):]) < count:
                 return blocks[int(name[len(prefix):])]
         raise KeyError(f"no layer {name!r}; layers: {self.layer_names()}")
-
-    def symmetric_names(self) -> tuple[str, ...]:
-        """``sym0`` .. ``sym{L-1}``: the official implementation's symmetric layer indices."""
-        return tuple(f"sym{k}" for k in range(self.levels))
-
-    def layer_modules(self, name: str) -> list[nn.Module]:
-        """The modules whose outputs make up ``name``: one for a plain layer, two for ``sym{k}``, k >= 1.
-
-        ``sym{k}`` follows the official CTE implementation (layer k perturbs the skip features at
-        depth k from the bottleneck and the output of decoder k-1); ``sym0`` is the bottleneck.
-        """
-        if name.startswith("sym") and name[3:].isdigit():
-            depth = int(name[3:])
-            if depth >= self.levels:
-                raise KeyError(f"no layer {name!r}; symmetric layers: {self.symmetric_names()}")
-            if depth == 0:
-                return [self.encoders[-1]]
-            return [self.encoders[self.levels - 1 - depth], self.decoders[depth - 1]]
-        return [self.layer(name)]
 
     def layer_names(self) -> tuple[str, ...]:
         encoders = [f"encoder{i}" for i in range(self.levels - 1)]
