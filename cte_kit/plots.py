@@ -10,7 +10,14 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["scatter_cte", "sweep_lines", "separation_sweep", "show_prediction_pair", "save_figure"]
+__all__ = ["scatter_cte", "sweep_lines", "separation_sweep", "show_prediction_pair", "save_figure", "series_style"]
+
+
+def series_style(index: int) -> tuple[str, str, str]:
+    """(colour, marker, line style) of the ``index``-th model: ten colours, then new markers and dashes,
+    so that banks of more than ten models stay readable."""
+    cycle = index // 10
+    return f"C{index % 10}", "osD^v"[cycle % 5], ("-", "--", ":", "-.")[cycle % 4]
 
 
 def _axes(ax):
@@ -55,13 +62,13 @@ def scatter_cte(
     """
     ax = _axes(ax)
     x, y = np.asarray(cte, float), np.asarray(performance, float)
-    colors = [f"C{i % 10}" for i in range(len(x))]
     if errors is not None:
         low, high = np.asarray(errors[0], float), np.asarray(errors[1], float)
         ax.errorbar(x, y, xerr=[np.clip(x - low, 0, None), np.clip(high - x, 0, None)], fmt="none",
                     ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
-    ax.scatter(x, y, c=colors, s=50, zorder=2, edgecolors="k", linewidths=0.5)
-    for xi, yi, name, color in zip(x, y, names, colors):
+    for index, (xi, yi, name) in enumerate(zip(x, y, names)):
+        color, marker, _ = series_style(index)
+        ax.scatter([xi], [yi], color=color, marker=marker, s=50, zorder=2, edgecolors="k", linewidths=0.5)
         ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
     _fit_line(ax, x, y, color="0.3")
     if stats:
@@ -143,7 +150,8 @@ def separation_sweep(
     scores = np.array([s.scores for s in choice.settings], dtype=float)  # (n_settings, n_models)
     for model in range(scores.shape[1]):
         label = names[model] if names is not None and model < len(names) else f"model {model}"
-        left.plot(x, scores[:, model], "-o", markersize=4, color=f"C{model % 10}", label=label)
+        color, marker, linestyle = series_style(model)
+        left.plot(x, scores[:, model], linestyle=linestyle, marker=marker, markersize=4, color=color, label=label)
     left.axhline(choice.floor, color="0.4", linestyle="--", linewidth=1, label=f"floor {choice.floor:g}")
     if choice.setting in settings:
         for ax in axes:

@@ -307,10 +307,11 @@ def summarize_results(
         entry.update(near_tied_at_top=spread.tied_at_top, resolved_pairs=spread.resolved,
                      separated=spread.tied_at_top <= 1)
         if len(names) > 1 and spread.tied_at_top > 1:
+            advice = "" if statistic in ("mean", "trimmed") else ", or the mean over images (the kit's default)"
             warnings.warn(f"{spread.tied_at_top} models tie at the top (CTE within {DEFAULT_TOL:g} of "
-                          f"{spread.top:.4f}) under {perturbation}, {consistency}: the bank is not separated by "
-                          "this setting; try a stronger perturbation or another layer (see "
-                          "cte_kit.selection.choose_strength), or the mean / tie-aware statistic", stacklevel=2)
+                          f"{spread.top:.4f}) under {perturbation}, {consistency}, {statistic} over images: the bank is "
+                          "not separated by this setting; try a stronger perturbation or another layer (see "
+                          f"cte_kit.selection.choose_strength){advice}", stacklevel=2)
         if has_labels:
             perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])
