@@ -62,8 +62,10 @@ CONSISTENCIES = ("hard", "soft", "instance")
 PAPER = "dropout:0.2"
 
 
-def sweep_groups(fast: bool = False) -> list[tuple[int, tuple[str, ...]]]:
+def sweep_groups(fast: bool = False, settings: tuple[str, ...] = ()) -> list[tuple[int, tuple[str, ...]]]:
     """(n_pert, settings) groups, most important first: every target gets a group before the next."""
+    if settings:
+        return [(1, settings)]
     if fast:
         return [(1, ("dropout:0.2", "dropout:0.2@sym1", "gamma:0.7"))]
     return [(1, BOTTLENECK), (1, LAYERS), (1, INPUTS), *((n, labels) for n, labels in REPEATED.items())]
@@ -295,7 +297,7 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
 
 
 # -- main -------------------------------------------------------------------------------------
-def sweep_target(entries, images, labels, names, csv, domain, fast, threads) -> list[str]:
+def sweep_target(entries, images, labels, names, csv, domain, fast, settings, threads) -> list[str]:
     """Every setting group on one target (resumable rows in ``csv``); returns the log lines."""
     import torch
 
@@ -304,7 +306,7 @@ def sweep_target(entries, images, labels, names, csv, domain, fast, threads) -> 
     from cte_kit.sweep import run_sweep
 
     lines = []
-    for n_pert, group in sweep_groups(fast):
+    for n_pert, group in sweep_groups(fast, settings):
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -374,6 +376,9 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="targets swept at once, one process each (default: 2)")
     parser.add_argument("--sweep-only", action="store_true", help="compute the rows, skip the evaluation")
     parser.add_argument("--fast", action="store_true", help="smoke run: 3 settings, 6 images per target")
+    parser.add_argument("--settings", nargs="*",
+                        help="sweep only these perturbations (N_pert 1), e.g. the paper's and the kit's defaults "
+                             "on a second bank; the options that need others are left out")
     args = parser.parse_args(argv)
 
     import torch
@@ -397,7 +402,7 @@ def main(argv=None) -> int:
     order = sorted(targets, key=lambda d: -len(targets[d][0]) * len(targets[d][1]))
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
         futures = [pool.submit(sweep_target, targets[d][0], targets[d][1], targets[d][2], targets[d][3], targets[d][4],
-                               d, args.fast, args.threads) for d in order]
+                               d, args.fast, tuple(args.settings or ()), args.threads) for d in order]
         for future in futures:
             for line in future.result():
                 print(line, flush=True)

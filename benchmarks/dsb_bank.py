@@ -13,7 +13,7 @@ The script is rerunnable: a model whose checkpoint exists is not trained again (
 training time is kept in ``OUT/training_times.json``).
 
     python benchmarks/dsb_bank.py [--data PATH] [--out results/dsb_bank] [--scale 1.0] [--only NAME ...]
-                                  [--device cuda] [--jobs 14]
+                                  [--device cuda] [--jobs 14] [--seed 0]
 
 The full bank (14 models, 3000 steps of 16 patches of 128 x 128 for most) trains in a few
 minutes on one GPU with ``--device cuda --jobs 14`` (one process per model); on a CPU, ``--scale``
@@ -158,7 +158,7 @@ def write_bank_files(out: Path, times: dict) -> None:
     (out / "bank_info.json").write_text(json.dumps(bank_info(out, times), indent=2))
 
 
-def train_one(spec: ModelSpec, out: Path, steps: int, device: str, threads: int) -> tuple[str, int, float]:
+def train_one(spec: ModelSpec, out: Path, steps: int, device: str, threads: int, seed: int) -> tuple[str, int, float]:
     """Train one model of the bank through the real CLI; returns (name, exit code, seconds)."""
     import torch
 
@@ -170,7 +170,7 @@ def train_one(spec: ModelSpec, out: Path, steps: int, device: str, threads: int)
     code = cli_main(["train", "--images", str(images), "--labels", str(labels), "--task", "instance",
                      "--out", str(out / "models" / f"{spec.name}.pt"), "--steps", str(steps),
                      "--width", str(spec.width), "--levels", str(spec.levels), "--patch-size", str(PATCH),
-                     "--batch-size", str(BATCH), "--seed", str(spec.seed), "--device", device, "--no-progress"])
+                     "--batch-size", str(BATCH), "--seed", str(seed), "--device", device, "--no-progress"])
     return spec.name, code, time.perf_counter() - started
 
 
@@ -183,6 +183,8 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--jobs", type=int, default=1, help="models trained at once, one process each (default: 1)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per process (default: 2)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="added to every model's training seed: a second bank of the same design (default: 0)")
     args = parser.parse_args(argv)
 
     data, out = Path(args.data), Path(args.out)
@@ -208,7 +210,8 @@ def main(argv=None) -> int:
     # spawn, not fork: a forked child must not inherit a parent's CUDA or thread-pool state
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=max(1, args.jobs), mp_context=context) as pool:
-        futures = [pool.submit(train_one, spec, out, steps, args.device, args.threads) for spec, steps in todo]
+        futures = [pool.submit(train_one, spec, out, steps, args.device, args.threads, spec.seed + args.seed)
+                   for spec, steps in todo]
         for future, (spec, steps) in zip(futures, todo):
             name, code, seconds = future.result()
             if code != 0:
