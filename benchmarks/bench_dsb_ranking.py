@@ -98,11 +98,15 @@ class Option:
     note: str = ""
 
 
+    @property
+    def cross_kinds(self) -> tuple[str, ...]:
+        """The consistencies a ``cross`` combination ranks by (every one for a single component)."""
+        return ("hard", "soft", "instance") if len(self.components) == 1 else ("hard", "instance")
+
     def keys(self) -> set[tuple[str, int, str]]:
         """The (perturbation, n_pert, consistency) rows this option reads."""
         if self.combine == "cross":
-            kinds = ("hard", "soft", "instance") if len(self.components) == 1 else ("hard", "instance")
-            return {(c.perturbation, c.n_pert, k) for c in self.components for k in kinds}
+            return {(c.perturbation, c.n_pert, k) for c in self.components for k in self.cross_kinds}
         return {(c.perturbation, c.n_pert, c.consistency or k) for c in self.components for k in self.kinds}
 
 
@@ -122,9 +126,9 @@ def kit_default() -> Option:
 
 def build_options(fast: bool = False) -> list[Option]:
     """Every option of the protocol; the first one is the paper's default."""
-    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference"), kit_default()]
-    default = kit_default().components
-    options.append(Option("Borda: kit default's hard and instance rankings", default, combine="borda"))
+    default = kit_default()
+    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference"), default,
+               Option("Borda: kit default's hard and instance rankings", default.components, combine="borda")]
     for label in BOTTLENECK + LAYERS:
         for statistic in ("median", "mean", "trimmed", "tie-aware"):
             if (label, statistic) != (PAPER, "median"):
@@ -237,8 +241,7 @@ def option_scores(option: Option, tables: TargetTables, kind: str, columns: np.n
     if option.combine == "borda":
         return aggregate_ranks([vector(c, kind) for c in option.components])
     if option.combine == "cross":
-        kinds = ("hard", "soft", "instance") if len(option.components) == 1 else ("hard", "instance")
-        return aggregate_ranks([vector(c, k) for c in option.components for k in kinds])
+        return aggregate_ranks([vector(c, k) for c in option.components for k in option.cross_kinds])
     if option.combine == "choose":
         by_setting = {c.perturbation: vector(c, kind) for c in option.components}
         choice = choose_strength(by_setting)

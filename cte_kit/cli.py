@@ -166,14 +166,15 @@ def _run_demo(args) -> int:
     else:
         entries = demo_bank_entries()
     print(f"Bank: {len(entries)} U-Nets trained on synthetic source domains: {', '.join(e.name for e in entries)}")
+    settings = default_settings(("hard", "instance"))
+    perturbations = [parse_perturbation(label) for label in settings]
     targets = demo_targets(args.n_images, include_real=not args.no_real)
     if not args.no_real and len(targets) == 1:
         print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
     for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
         results = out / f"results_{target.name}.csv"
-        settings = default_settings(("hard", "instance"))
-        run_sweep(entries, target.images, target.names, results, [parse_perturbation(p) for p in settings], settings,
+        run_sweep(entries, target.images, target.names, results, perturbations, settings,
                   labels=target.labels, seed=args.seed, progress=not args.no_progress)
         rows = [r for r in read_results(results) if r["consistency"] in settings.get(r["perturbation"], ())]
         summaries = summarize_results(rows, models=[e.name for e in entries])

@@ -81,9 +81,9 @@ class LayerMap:
     @property
     def aliases(self) -> dict[str, tuple[str, ...]]:
         """Alias -> plain names."""
-        groups = {"encoders": self.encoders, "decoders": self.decoders, "all": self.plain}
+        groups = zip(GROUP_ALIASES, (self.encoders, self.decoders, self.plain))
         return {**{f"sym{k}": names for k, names in enumerate(self.symmetric)},
-                **{name: names for name, names in groups.items() if names}}
+                **{name: names for name, names in groups if names}}
 
     @property
     def names(self) -> tuple[str, ...]:
