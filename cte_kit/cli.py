@@ -60,6 +60,9 @@ def _add_rank(subparsers):
     parser.add_argument("--n-pert", type=int, default=1, help="perturbed predictions per image (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boundary", type=int, default=1, help="boundary band width for instance consistency (default: 1)")
+    parser.add_argument("--no-guards", action="store_true",
+                        help="rank by CTE alone: do not rank models whose outputs look degenerate or far from the "
+                             "rest of the bank after the others (they are still reported)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -143,7 +146,8 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
                     title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
                     cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
                     performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} (median over images)",
-                    stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]))
+                    stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]),
+                    flagged=[bool(m.get("flags")) for m in models])
     save_figure(figure, path)
     plt.close(figure)
 
@@ -155,7 +159,7 @@ def _run_demo(args) -> int:
     from .demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
     from .estimator import default_settings
     from .perturb import parse_perturbation
-    from .sweep import read_results, run_sweep, summarize_results
+    from .sweep import read_results, run_sweep, summarize_results, sweep_guards
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -169,15 +173,19 @@ def _run_demo(args) -> int:
     settings = default_settings(("hard", "instance"))
     perturbations = [parse_perturbation(label) for label in settings]
     targets = demo_targets(args.n_images, include_real=not args.no_real)
+    failures = []
     if not args.no_real and len(targets) == 1:
         print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
     for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
         results = out / f"results_{target.name}.csv"
-        run_sweep(entries, target.images, target.names, results, perturbations, settings,
-                  labels=target.labels, seed=args.seed, progress=not args.no_progress)
+        sweep = run_sweep(entries, target.images, target.names, results, perturbations, settings,
+                          labels=target.labels, seed=args.seed, progress=not args.no_progress)
+        failures.extend(sweep.failures)
+        names = [e.name for e in entries]
         rows = [r for r in read_results(results) if r["consistency"] in settings.get(r["perturbation"], ())]
-        summaries = summarize_results(rows, models=[e.name for e in entries])
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(results, names, target.names))
+        _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
                   f"{summary['statistic']} over images")
@@ -185,7 +193,9 @@ def _run_demo(args) -> int:
         _plot_summaries(summaries, out / f"scatter_{target.name}.png", target.name)
         _write_summary(summaries, out / f"summary_{target.name}.json", {"target": target.name})
     print(f"\nResults, summaries and scatter plots are in {out}/ ({time.perf_counter() - started:.0f} s)")
-    return 0
+    for failure in failures:
+        print(f"FAILED {failure.model} ({failure.perturbation}): {failure.error}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def _run_rank(args) -> int:
@@ -194,7 +204,7 @@ def _run_rank(args) -> int:
     from .estimator import default_settings
     from .models.bank import read_bank
     from .perturb import parse_perturbation
-    from .sweep import read_results, run_sweep, summarize_results
+    from .sweep import read_results, run_sweep, summarize_results, sweep_guards
 
     entries = read_bank(args.bank)
     consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
@@ -218,8 +228,10 @@ def _run_rank(args) -> int:
     rows = [r for r in read_results(args.out) if (r["perturbation"], r["consistency"]) in wanted
             and r["seed"] == args.seed and r["n_pert"] == args.n_pert and r["image"] in set(target.names)]
     failed = {f.model for f in result.failures}
-    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed,
-                                  models=[n for n in names if n not in failed or any(r["model"] == n for r in rows)])
+    ranked = [n for n in names if n not in failed or any(r["model"] == n for r in rows)]
+    guards = None if args.no_guards else sweep_guards(args.out, ranked, target.names)
+    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards)
+    _warn_flagged(summaries)
     for summary in summaries:
         print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency, "
               f"{summary['statistic']} over images")
@@ -236,6 +248,26 @@ def _run_rank(args) -> int:
     for failure in result.failures:
         print(f"FAILED {failure.model} ({failure.perturbation}): {failure.error}", file=sys.stderr)
     return 1 if result.failures else 0
+
+
+def _warn_flagged(summaries: list[dict]) -> None:
+    """One warning naming every flagged model with its reasons, and one when no model can be recommended."""
+    import warnings
+
+    reasons = {}
+    for summary in summaries:
+        for model in summary["models"]:
+            for flag in model.get("flags", ()):
+                reasons.setdefault(model["name"], {})[flag["reason"]] = None  # ordered, no repeats
+    if reasons:
+        listing = "; ".join(f"{name} {', '.join(found)}" for name, found in reasons.items())
+        warnings.warn(f"{len(reasons)} model(s) look degenerate or far from the rest of the bank and are ranked after "
+                      f"the others: {listing}. Their consistency can be high although their segmentation is wrong "
+                      "(--no-guards ranks by CTE alone).", stacklevel=2)
+    for summary in summaries:
+        if summary.get("verdict"):
+            warnings.warn(f"{summary['perturbation']}, {summary['consistency']} consistency: {summary['verdict']}.",
+                          stacklevel=2)
 
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:

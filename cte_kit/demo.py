@@ -126,19 +126,37 @@ def demo_targets(n_images: int = 16, seed: int = 7, include_real: bool = True) -
 
 
 def format_table(summary: dict) -> str:
-    """A plain-text ranking table for one summary entry of :func:`cte_kit.sweep.summarize_results`."""
+    """A plain-text ranking table for one summary entry of :func:`cte_kit.sweep.summarize_results`.
+
+    Rows follow the kit's ranking (flagged models after the others); flagged models are marked
+    ``!`` and listed with their reasons below the table, and the bootstrap probability is
+    printed as what it is - sampling stability, not validity.
+    """
     metric = summary["performance_metric"]
-    header = f"{'model':<20} {'CTE':>7} {'95% CI':>15} {'F1':>6} {'mAP':>6} {'rank CTE':>8} {'rank ' + metric:>9}"
+    header = (f"{'model':<22} {'CTE':>7} {'95% CI':>15} {'F1':>6} {'mAP':>6} {'rank':>5} {'rank CTE':>8} "
+              f"{'rank ' + metric:>9}")
     lines = [header, "-" * len(header)]
-    for model in sorted(summary["models"], key=lambda m: m["rank_cte"]):
+    for model in sorted(summary["models"], key=lambda m: (m.get("rank", m["rank_cte"]), m["rank_cte"])):
         interval = f"[{model.get('cte_low', np.nan):.3f}, {model.get('cte_high', np.nan):.3f}]"
-        lines.append(f"{model['name']:<20} {model['cte']:7.4f} {interval:>15} {model.get('f1', np.nan):6.3f} "
-                     f"{model.get('map', np.nan):6.3f} {model['rank_cte']:8.1f} {model.get('rank_performance', np.nan):9.1f}")
+        name = ("! " if model.get("flags") else "") + model["name"]
+        lines.append(f"{name:<22} {model['cte']:7.4f} {interval:>15} {model.get('f1', np.nan):6.3f} "
+                     f"{model.get('map', np.nan):6.3f} {model.get('rank', model['rank_cte']):5.1f} "
+                     f"{model['rank_cte']:8.1f} {model.get('rank_performance', np.nan):9.1f}")
+    flagged = [m for m in summary["models"] if m.get("flags")]
+    if flagged:
+        lines.append("! flagged by the label-free guards, ranked after the others:")
+        lines.extend(f"    {m['name']}: {'; '.join(flag['reason'] for flag in m['flags'])}" for m in flagged)
     if "kendall" in summary:
         lines.append(f"Kendall tau = {summary['kendall']:.2f} (p = {summary['kendall_p']:.3f}), "
-                     f"Spearman rho = {summary['spearman']:.2f}, Pearson r = {summary['pearson']:.2f}  "
-                     f"[CTE vs true {metric}]")
-    if "p_best_is_top" in summary:
-        lines.append(f"Probability that the top-ranked model stays on top (bootstrap over images): "
-                     f"{summary['p_best_is_top']:.2f}")
+                     f"Spearman rho = {summary['spearman']:.2f} [the kit's ranking vs true {metric}]; "
+                     f"Pearson r = {summary['pearson']:.2f} [CTE values vs true {metric}]")
+    if summary.get("verdict"):
+        lines.append(f"No recommendation: {summary['verdict']}.")
+    elif summary.get("recommended") is not None:
+        line = f"Recommended: {summary['recommended']}."
+        if np.isfinite(summary.get("p_best_is_top", np.nan)):
+            line += (f" Sampling stability: it stays first among the unflagged models in "
+                     f"{summary['p_best_is_top']:.0%} of bootstrap resamples of the images (how much the "
+                     "scores move with the images, not whether they can be trusted: that is what the flags say).")
+        lines.append(line)
     return "\n".join(lines)

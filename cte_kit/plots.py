@@ -47,6 +47,7 @@ def scatter_cte(
     performance_label: str = "true performance",
     stats: Mapping[str, float] | None = None,
     errors: tuple[Sequence[float], Sequence[float]] | None = None,
+    flagged: Sequence[bool] | None = None,
 ):
     """One point per model: CTE on x, true performance on y, least-squares line (paper Fig. 2).
 
@@ -59,16 +60,24 @@ def scatter_cte(
         ``kendall``, ``spearman``, ``pearson`` to print in the corner.
     errors : (low, high), optional
         Bootstrap interval of each CTE, drawn as horizontal error bars.
+    flagged : sequence of bool, optional
+        Models flagged by the label-free guards (:mod:`cte_kit.guards`): drawn grey and hollow,
+        their label marked "(flagged)".
     """
     ax = _axes(ax)
     x, y = np.asarray(cte, float), np.asarray(performance, float)
+    flagged = np.zeros(len(x), bool) if flagged is None else np.asarray(flagged, bool)
     if errors is not None:
         low, high = np.asarray(errors[0], float), np.asarray(errors[1], float)
         ax.errorbar(x, y, xerr=[np.clip(x - low, 0, None), np.clip(high - x, 0, None)], fmt="none",
                     ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
     for index, (xi, yi, name) in enumerate(zip(x, y, names)):
         color, marker, _ = series_style(index)
-        ax.scatter([xi], [yi], color=color, marker=marker, s=50, zorder=2, edgecolors="k", linewidths=0.5)
+        if flagged[index]:
+            color, name = "0.55", f"{name} (flagged)"
+            ax.scatter([xi], [yi], facecolors="none", marker=marker, s=50, zorder=2, edgecolors=color, linewidths=1.2)
+        else:
+            ax.scatter([xi], [yi], color=color, marker=marker, s=50, zorder=2, edgecolors="k", linewidths=0.5)
         ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
     _fit_line(ax, x, y, color="0.3")
     if stats:

@@ -6,6 +6,11 @@ are flushed to disk after every batch, so a crash loses at most the batch in fli
 with the same file resumes where it stopped. A model that fails (missing weights, an image it
 cannot process) is reported and skipped; the others go on.
 
+Beside the rows, the clean prediction of every (model, image) is kept in a folder next to the
+results file (:func:`predictions_folder`: foreground mask and instance labels, compressed), so
+that :func:`sweep_guards` can compare each model with the rest of the bank without predicting
+again (:mod:`cte_kit.guards`).
+
 :func:`summarize_results` turns the rows into per-model scores, ranks and the correlation
 between CTE and true performance (when labels were given).
 """
@@ -25,15 +30,20 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from urllib.parse import quote
+
 from .consistency import DEFAULT_STATISTIC, summarize
 from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
+from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards
 from .models.bank import BankEntry, load_model
-from .models.base import SegmentationModel
+from .models.base import Prediction, SegmentationModel
+from .models.instances import connected_components
 from .perturb import Perturbation
 from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from .selection import DEFAULT_TOL, separation
 
-__all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "run_sweep", "read_results", "summarize_results"]
+__all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "load_clean_prediction", "predictions_folder", "read_results",
+           "run_sweep", "summarize_results", "sweep_guards"]
 
 RESULT_COLUMNS = ("model", "image", "perturbation", "consistency", "seed", "n_pert", "cte", *PERFORMANCE_METRICS)
 _KEY = ("model", "image", "perturbation", "consistency", "seed", "n_pert")
@@ -112,6 +122,59 @@ def _open_for_append(path: Path) -> io.TextIOBase:
     return handle
 
 
+def predictions_folder(out: str | Path) -> Path:
+    """Where a sweep writing ``out`` keeps its clean predictions: ``<out stem>_predictions/`` beside it."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_predictions")
+
+
+def _prediction_path(folder: Path, model: str, image: str) -> Path:
+    # names come from users (bank) and file stems: quote them into safe file names
+    return folder / quote(model, safe="") / f"{quote(image, safe='')}.npz"
+
+
+def _save_clean_prediction(folder: Path, model: SegmentationModel, image: str, prediction: Prediction) -> None:
+    path = _prediction_path(folder, model.name, image)
+    if path.exists():
+        return
+    if prediction.probability is not None:
+        foreground = prediction.probability > model.threshold
+    else:
+        foreground = prediction.labels > 0
+    labels = prediction.labels if prediction.labels is not None else connected_components(foreground, 0.5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.npz")
+    np.savez_compressed(partial, foreground=np.packbits(foreground), shape=np.asarray(foreground.shape),
+                        labels=np.asarray(labels, dtype=np.int32))
+    os.replace(partial, path)  # atomic: a crash never leaves a half-written prediction behind
+
+
+def load_clean_prediction(out: str | Path, model: str, image: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """The clean prediction a sweep kept: ``((H, W) bool foreground, (H, W) int32 labels)``, or None.
+
+    Raises
+    ------
+    ValueError
+        The stored file is corrupt (delete it and rerun the sweep to predict it again).
+    """
+    path = _prediction_path(predictions_folder(out), model, image)
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as stored:
+            shape = tuple(int(v) for v in stored["shape"])
+            foreground = np.unpackbits(stored["foreground"], count=int(np.prod(shape))).reshape(shape).astype(bool)
+            return foreground, stored["labels"]
+    except Exception as error:
+        raise ValueError(f"stored prediction {path} is corrupt ({error}); delete it and rerun") from None
+
+
+def sweep_guards(out: str | Path, models: Sequence[str], images: Sequence[str],
+                 config: GuardConfig = GuardConfig()) -> dict[str, ModelGuards]:
+    """The label-free guards (:func:`cte_kit.guards.compute_guards`) from a sweep's kept predictions."""
+    return compute_guards(models, images, lambda model, image: load_clean_prediction(out, model, image), config)
+
+
 def run_sweep(
     bank: Sequence[BankEntry | SegmentationModel],
     images: Sequence[np.ndarray],
@@ -170,6 +233,7 @@ def run_sweep(
         return consistencies[perturbation.label] if isinstance(consistencies, Mapping) else consistencies
 
     path = Path(out)
+    folder = predictions_folder(path)
     done = {tuple(str(row[k]) for k in _KEY) for row in read_results(path)}
     image_ids = {name: index for index, name in enumerate(names)}
     failures: list[SweepFailure] = []
@@ -188,31 +252,44 @@ def run_sweep(
                              if any(keys[name, kind] not in done for kind in kinds_for(perturbation))]
                 if remaining:
                     todo.append((perturbation, remaining))
-            if not todo:
+            unkept = [name for name in names if not _prediction_path(folder, model_name, name).exists()]
+            if not todo and not unkept:
                 continue
             try:
                 model = item if isinstance(item, SegmentationModel) else load(item)
             except Exception as error:  # a broken entry must not stop the bank
-                failures.extend(SweepFailure(model_name, p.label, f"could not load: {error}") for p, _ in todo)
+                settings = [p.label for p, _ in todo] or ["clean"]
+                failures.extend(SweepFailure(model_name, label, f"could not load: {error}") for label in settings)
                 warnings.warn(f"model {model_name!r} skipped: could not load it ({error})", stacklevel=2)
                 continue
             for perturbation, remaining in todo:
                 try:
                     n_new += _score_model(model, perturbation, remaining, images, labels, image_ids,
                                           kinds_for(perturbation), seed, n_pert, boundary, writer, handle, progress,
-                                          done)
+                                          done, folder)
                 except Exception as error:
-                    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
-                    failures.append(SweepFailure(model_name, perturbation.label, detail))
-                    warnings.warn(f"model {model_name!r} failed under {perturbation.label}: {detail}; "
-                                  "rows written so far are kept, rerun to retry", stacklevel=2)
+                    _record_failure(failures, model_name, perturbation.label, error)
+            unkept = [name for name in names if not _prediction_path(folder, model_name, name).exists()]
+            if unkept:  # scored before predictions were kept: the guards need them
+                try:
+                    for name, prediction in zip(unkept, model.predict([images[image_ids[n]] for n in unkept], unkept)):
+                        _save_clean_prediction(folder, model, name, prediction)
+                except Exception as error:
+                    _record_failure(failures, model_name, "clean", error)
     finally:
         handle.close()
     return SweepResult(path, n_new, n_skipped, tuple(failures))
 
 
+def _record_failure(failures: list, model_name: str, setting: str, error: Exception) -> None:
+    detail = "".join(traceback.format_exception_only(type(error), error)).strip()
+    failures.append(SweepFailure(model_name, setting, detail))
+    warnings.warn(f"model {model_name!r} failed under {setting}: {detail}; rows written so far are kept, rerun to "
+                  "retry", stacklevel=3)
+
+
 def _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies, seed, n_pert, boundary,
-                 writer, handle, progress, done) -> int:
+                 writer, handle, progress, done, folder) -> int:
     written = 0
     chunk = max(1, model.batch_size)
     bar = tqdm(total=len(remaining), desc=f"{model.name} {perturbation.label}", disable=not progress, leave=False)
@@ -221,6 +298,8 @@ def _score_model(model, perturbation, remaining, images, labels, image_ids, cons
         ids = [image_ids[name] for name in batch_names]
         pairs = model.predict_pairs([images[i] for i in ids], perturbation, seed=seed, n_pert=n_pert,
                                     image_ids=ids, names=batch_names)
+        for name, pair in zip(batch_names, pairs):
+            _save_clean_prediction(folder, model, name, pair.clean)
         scores = pair_scores(pairs, consistencies, threshold=model.threshold, boundary=boundary)
         truth = (performance([p.clean for p in pairs], [labels[i] for i in ids], model.threshold)
                  if labels is not None else {m: np.full(len(ids), np.nan) for m in PERFORMANCE_METRICS})
@@ -239,12 +318,21 @@ def _score_model(model, perturbation, remaining, images, labels, image_ids, cons
     return written
 
 
+def _guarded_order(cte: np.ndarray, flagged: np.ndarray) -> np.ndarray:
+    """A score whose descending order is the kit's ranking: unflagged models first, each group by CTE.
+
+    CTE lies in [0, 1], so moving flagged models down by 2 orders the groups lexicographically.
+    """
+    return np.where(flagged, cte - 2.0, cte)
+
+
 def summarize_results(
     rows: Sequence[dict],
     statistic: str = DEFAULT_STATISTIC,
     n_boot: int = 1000,
     seed: int = 0,
     models: Sequence[str] | None = None,
+    guards: Mapping[str, ModelGuards] | None = None,
 ) -> list[dict]:
     """Per-setting rankings from result rows.
 
@@ -258,18 +346,29 @@ def summarize_results(
         Bootstrap replicates over images for the score intervals (0 disables them).
     models : sequence of str, optional
         Restrict to these models (in this order).
+    guards : mapping of str to ModelGuards, optional
+        Label-free guards (:func:`sweep_guards`). A model with a flag that concerns the setting's
+        consistency is ranked after every unflagged model; None ranks by CTE alone.
 
     Returns
     -------
     list of dict, one per (perturbation, consistency)
         Each with ``perturbation``, ``consistency``, ``performance_metric``, ``models`` (a list
         of per-model dicts: ``name``, ``cte``, ``cte_median``, ``cte_mean``, ``cte_low``,
-        ``cte_high``, ``n_images``, ``n_empty``, ``rank_cte``, and with labels ``performance``,
-        ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top`` (exact ties),
-        ``near_tied_at_top`` (within ``cte_kit.selection.DEFAULT_TOL``), ``resolved_pairs`` (the
-        fraction of model pairs further apart than that), ``separated`` (a unique best model;
-        otherwise a warning is issued), and with labels
-        ``kendall``, ``spearman``, ``pearson``, ``weighted_kendall`` and their p-values.
+        ``cte_high``, ``p_top``, ``n_images``, ``n_empty``, ``rank`` (the kit's ranking:
+        unflagged models first), ``rank_cte`` (by CTE alone), ``flags`` (each a dict with
+        ``code``, ``scope``, ``reason``; empty when clean), ``guards`` (the guard values), and
+        with labels ``performance``, ``f1``, ``map``, ``rank_performance``),
+        ``recommended`` (the top unflagged model, None when every model is flagged),
+        ``verdict`` (a sentence when no model can be recommended), ``p_best_is_top`` (sampling
+        stability: how often the recommended model stays first among the unflagged models when
+        images are resampled - it says nothing about validity, which is what the flags are
+        for), ``tied_at_top`` (exact ties), ``near_tied_at_top`` (within
+        ``cte_kit.selection.DEFAULT_TOL``), ``resolved_pairs`` (the fraction of model pairs
+        further apart than that), ``separated`` (a unique best model; otherwise a warning is
+        issued), and with labels ``kendall``, ``spearman``, ``weighted_kendall`` (of the kit's
+        ranking against true performance), ``kendall_unguarded`` (of CTE alone), ``pearson``
+        (of the CTE values) and their p-values.
     """
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
@@ -287,26 +386,41 @@ def summarize_results(
         metric = performance_metric_for(consistency)
         cte_summaries = [summarize(table["cte"][i], statistic) for i in range(len(names))]
         cte = np.array([s.score for s in cte_summaries])
+        flags = [guards[name].flags_for(consistency) if guards and name in guards else () for name in names]
+        flagged = np.array([bool(f) for f in flags])
+        eligible = ~flagged & np.isfinite(cte)
         has_labels = bool(np.isfinite(table[metric]).any())
         entry = {"perturbation": perturbation, "consistency": consistency, "seed": run_seed, "n_pert": n_pert,
-                 "statistic": statistic, "performance_metric": metric, "n_images": len(image_names)}
+                 "statistic": statistic, "performance_metric": metric, "n_images": len(image_names),
+                 "guards": guards is not None}
         boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
-        ranks = rank_scores(cte)
+        ranks, ranks_cte = rank_scores(_guarded_order(cte, flagged)), rank_scores(cte)
         model_rows = []
         for i, name in enumerate(names):
             item = {"name": name, "cte": float(cte[i]), "cte_median": cte_summaries[i].median,
                     "cte_mean": cte_summaries[i].mean, "n_images": cte_summaries[i].n_images,
-                    "n_empty": cte_summaries[i].n_empty, "rank_cte": float(ranks[i])}
+                    "n_empty": cte_summaries[i].n_empty, "rank": float(ranks[i]), "rank_cte": float(ranks_cte[i]),
+                    "flags": [flag.__dict__ for flag in flags[i]]}
+            if guards and name in guards:
+                item["guards"] = {k: v for k, v in guards[name].as_dict().items() if k not in ("name", "flags")}
             if boot is not None:
                 item.update(cte_low=float(boot.low[i]), cte_high=float(boot.high[i]), p_top=float(boot.p_top[i]))
             model_rows.append(item)
-        if boot is not None:
-            entry["p_best_is_top"] = float(boot.p_best_is_top)
-        entry["tied_at_top"] = tied_at_top(cte)
-        spread = separation(cte)
+        recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
+        entry["recommended"] = names[recommended] if recommended is not None else None
+        entry["verdict"] = bank_verdict(guards, consistency) if guards else None
+        if recommended is None and entry["verdict"] is None:
+            entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
+        if n_boot and eligible.sum() > 1:
+            among = bootstrap_scores(table["cte"][eligible], n_boot=n_boot, statistic=statistic, seed=seed)
+            entry["p_best_is_top"] = float(among.p_best_is_top)
+        elif recommended is not None:
+            entry["p_best_is_top"] = 1.0 if n_boot else math.nan
+        entry["tied_at_top"] = tied_at_top(cte[eligible]) if eligible.any() else 0
+        spread = separation(cte[eligible]) if eligible.sum() > 1 else separation(cte)
         entry.update(near_tied_at_top=spread.tied_at_top, resolved_pairs=spread.resolved,
                      separated=spread.tied_at_top <= 1)
-        if len(names) > 1 and spread.tied_at_top > 1:
+        if eligible.sum() > 1 and spread.tied_at_top > 1:
             advice = "" if statistic in ("mean", "trimmed") else ", or the mean over images (the kit's default)"
             warnings.warn(f"{spread.tied_at_top} models tie at the top (CTE within {DEFAULT_TOL:g} of "
                           f"{spread.top:.4f}) under {perturbation}, {consistency}, {statistic} over images: the bank is "
@@ -322,10 +436,11 @@ def summarize_results(
                 for extra in ("f1", "map"):
                     values = table[extra][i]
                     item[extra] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
-            stats = correlations(cte, perf, seed=seed)
-            entry.update(kendall=stats.kendall, kendall_p=stats.kendall_p, spearman=stats.spearman,
-                         spearman_p=stats.spearman_p, pearson=stats.pearson, pearson_p=stats.pearson_p,
-                         weighted_kendall=stats.weighted_kendall)
+            ordered = correlations(_guarded_order(cte, flagged), perf, seed=seed)
+            raw = correlations(cte, perf, seed=seed)
+            entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,
+                         spearman_p=ordered.spearman_p, pearson=raw.pearson, pearson_p=raw.pearson_p,
+                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall)
         entry["models"] = model_rows
         summaries.append(entry)
     return summaries

@@ -1,0 +1,368 @@
+"""Label-free guards: is a model's output degenerate, or far from the rest of the bank?
+
+Consistency can be high for a model that is plainly wrong: a model that marks almost the whole
+image as foreground (an H&E model on fluorescence inverts the contrast) or nothing at all is
+very stable under perturbation, so CTE alone can rank it first. The guards look at the clean
+predictions the estimator already makes, never at a label:
+
+* the **foreground fraction** of every image, against the bank's consensus on the same image
+  (the median over models);
+* **objects per image** and the **median object size**, against the consensus;
+* **agreement with the other models**: each model's foreground against the majority vote of
+  the *other* models (IoU), and its objects against the connected components of that vote
+  (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
+  compared with itself.
+
+A model whose output is degenerate or an outlier gets a :class:`Flag` with a reason in plain
+words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
+``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
+:class:`GuardConfig`.
+
+What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` models there is no
+consensus and only the absolute checks run; where most of the bank fails the same way, the
+consensus is that failure and a lone good model looks like the outlier. :func:`bank_verdict`
+says when the bank as a whole looks unusable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+from skimage import measure
+
+from .metrics import match_instances
+
+__all__ = [
+    "Flag",
+    "GuardConfig",
+    "ModelGuards",
+    "ImageStatistics",
+    "bank_verdict",
+    "compute_guards",
+    "foreground_agreement",
+    "image_statistics",
+    "leave_one_out_consensus",
+]
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    """When a model's clean output counts as degenerate or as an outlier of the bank.
+
+    Attributes
+    ----------
+    min_models : int
+        Models needed for the consensus checks (each model is compared with the others).
+    fraction_ratio : float
+        A mean foreground fraction this many times above (or below) the consensus's ...
+    fraction_gap : float
+        ... and at least this far from it (fraction of the image) is an outlier.
+    flood_fraction : float
+        A mean foreground fraction above this is degenerate whatever the bank says.
+    empty_fraction : float
+        An image with a foreground fraction below this counts as empty.
+    empty_share : float
+        A model empty on more than this share of the images where the consensus is not empty
+        predicts nothing.
+    agreement_ratio : float
+        An IoU with the others' consensus below this fraction of the bank's median IoU is an
+        outlier.
+    count_ratio : float
+        Objects per image this many times above or below the consensus (instance scope).
+    """
+
+    min_models: int = 3
+    fraction_ratio: float = 2.5
+    fraction_gap: float = 0.1
+    flood_fraction: float = 0.9
+    empty_fraction: float = 1e-3
+    empty_share: float = 0.5
+    agreement_ratio: float = 0.5
+    count_ratio: float = 3.0
+
+    def __post_init__(self):
+        if self.min_models < 3:
+            raise ValueError(f"min_models must be >= 3 (a leave-one-out majority needs 2 others), got {self.min_models}")
+        for name in ("fraction_ratio", "count_ratio"):
+            if getattr(self, name) <= 1:
+                raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
+        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio"):
+            if not 0 < getattr(self, name) < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """Why a model's ranking is not to be trusted.
+
+    Attributes
+    ----------
+    code : str
+        ``'floods'``, ``'empty'``, ``'disagrees'``, ``'over-splits'`` or ``'merges'``.
+    scope : {'all', 'instance'}
+        What it concerns: the foreground (every consistency) or the objects only.
+    reason : str
+        A sentence for the user.
+    """
+
+    code: str
+    scope: str
+    reason: str
+
+    def applies_to(self, consistency: str) -> bool:
+        return self.scope == "all" or consistency == "instance"
+
+
+@dataclass(frozen=True)
+class ImageStatistics:
+    """What one clean prediction looks like: foreground fraction, object count, median object area."""
+
+    foreground_fraction: float
+    n_objects: int
+    median_object_size: float
+
+
+@dataclass(frozen=True)
+class ModelGuards:
+    """The guard values of one model on one target, and its flags.
+
+    Attributes
+    ----------
+    name : str
+    n_images : int
+        Images the model has a prediction for.
+    foreground_fraction, consensus_fraction : float
+        Mean over images of the model's foreground fraction and of the bank's median.
+    objects_per_image, consensus_objects : float
+        Median over images of the model's object count and of the bank's median count.
+    object_size, consensus_object_size : float
+        Median over images of the median object area (pixels), model and bank.
+    agreement_iou, agreement_f1 : float
+        Mean over images of the IoU / object F1 against the other models' consensus (NaN
+        without a consensus).
+    bank_agreement_iou : float
+        The median of ``agreement_iou`` over the bank (the reference of the ``disagrees`` flag).
+    flags : tuple of Flag
+    """
+
+    name: str
+    n_images: int
+    foreground_fraction: float
+    consensus_fraction: float
+    objects_per_image: float
+    consensus_objects: float
+    object_size: float
+    consensus_object_size: float
+    agreement_iou: float
+    agreement_f1: float
+    bank_agreement_iou: float
+    flags: tuple[Flag, ...] = field(default_factory=tuple)
+
+    def flags_for(self, consistency: str) -> tuple[Flag, ...]:
+        """The flags that concern a ranking by ``consistency``."""
+        return tuple(flag for flag in self.flags if flag.applies_to(consistency))
+
+    def as_dict(self) -> dict:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "flags"}
+        values["flags"] = [flag.__dict__ for flag in self.flags]
+        return values
+
+
+def _check_mask(mask, name: str) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.dtype != bool:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {mask.dtype}")
+    return mask
+
+
+def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatistics:
+    """Foreground fraction, object count and median object area of one clean prediction.
+
+    Parameters
+    ----------
+    foreground : (H, W) bool ndarray
+    labels : (H, W) int ndarray
+        Instance labels, 0 = background.
+
+    Returns
+    -------
+    ImageStatistics
+        ``median_object_size`` is NaN without objects.
+    """
+    foreground = _check_mask(foreground, "foreground")
+    labels = np.asarray(labels)
+    if labels.shape != foreground.shape:
+        raise ValueError(f"labels shape {labels.shape} differs from foreground shape {foreground.shape}")
+    sizes = np.bincount(labels.ravel())[1:]
+    sizes = sizes[sizes > 0]
+    return ImageStatistics(float(foreground.mean()), int(sizes.size),
+                           float(np.median(sizes)) if sizes.size else float("nan"))
+
+
+def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
+    """For every model, the strict majority vote of the *other* models.
+
+    Parameters
+    ----------
+    masks : (n_models, H, W) bool ndarray
+        Foreground of each model on one image; ``n_models >= 3``.
+
+    Returns
+    -------
+    (n_models, H, W) bool ndarray
+        ``consensus[i]`` is True where more than half of the models other than ``i`` mark
+        foreground (a tie is background).
+    """
+    masks = _check_mask(masks, "masks")
+    if masks.ndim != 3 or masks.shape[0] < 3:
+        raise ValueError(f"masks must be (n_models >= 3, H, W), got shape {masks.shape}")
+    votes = masks.sum(axis=0, dtype=np.int32)
+    others = votes[None] - masks
+    return 2 * others > masks.shape[0] - 1
+
+
+def foreground_agreement(reference: np.ndarray, mask: np.ndarray) -> float:
+    """IoU of two foreground masks; 1.0 when both are empty (they agree that nothing is there)."""
+    reference, mask = _check_mask(reference, "reference"), _check_mask(mask, "mask")
+    union = np.count_nonzero(reference | mask)
+    return 1.0 if union == 0 else np.count_nonzero(reference & mask) / union
+
+
+def compute_guards(
+    models: Sequence[str],
+    images: Sequence[str],
+    load: Callable[[str, str], tuple[np.ndarray, np.ndarray] | None],
+    config: GuardConfig = GuardConfig(),
+) -> dict[str, ModelGuards]:
+    """Guard values and flags of every model of a bank on one target.
+
+    Images are visited one at a time, so memory holds one image of every model.
+
+    Parameters
+    ----------
+    models : sequence of str
+    images : sequence of str
+        Image keys.
+    load : callable (model, image) -> ((H, W) bool foreground, (H, W) int labels) or None
+        The clean prediction of a model on an image (None where it is missing).
+    config : GuardConfig
+
+    Returns
+    -------
+    dict of str -> ModelGuards
+    """
+    models = list(models)
+    per_model = {name: {"fraction": [], "consensus_fraction": [], "objects": [], "consensus_objects": [],
+                        "size": [], "consensus_size": [], "iou": [], "f1": [], "empty_where_bank_not": []}
+                 for name in models}
+    for image in images:
+        loaded = {name: load(name, image) for name in models}
+        present = [name for name in models if loaded[name] is not None]
+        if not present:
+            continue
+        stats = {name: image_statistics(*loaded[name]) for name in present}
+        consensus_fraction = float(np.median([stats[n].foreground_fraction for n in present]))
+        consensus_objects = float(np.median([stats[n].n_objects for n in present]))
+        sizes = [stats[n].median_object_size for n in present if stats[n].n_objects]
+        consensus_size = float(np.median(sizes)) if sizes else float("nan")
+        agreement = {}
+        if len(present) >= config.min_models:
+            masks = np.stack([loaded[n][0] for n in present])
+            for name, consensus in zip(present, leave_one_out_consensus(masks)):
+                consensus_objects_labels = measure.label(consensus, connectivity=1)
+                predicted = loaded[name][1]
+                both_empty = consensus_objects_labels.max() == 0 and predicted.max() == 0
+                agreement[name] = (foreground_agreement(consensus, loaded[name][0]),
+                                   1.0 if both_empty else match_instances(consensus_objects_labels, predicted).f1)
+        for name in present:
+            record = per_model[name]
+            record["fraction"].append(stats[name].foreground_fraction)
+            record["consensus_fraction"].append(consensus_fraction)
+            record["objects"].append(stats[name].n_objects)
+            record["consensus_objects"].append(consensus_objects)
+            record["size"].append(stats[name].median_object_size)
+            record["consensus_size"].append(consensus_size)
+            if consensus_fraction >= config.empty_fraction:
+                record["empty_where_bank_not"].append(stats[name].foreground_fraction < config.empty_fraction)
+            if name in agreement:
+                record["iou"].append(agreement[name][0])
+                record["f1"].append(agreement[name][1])
+    iou = {name: float(np.mean(per_model[name]["iou"])) if per_model[name]["iou"] else float("nan") for name in models}
+    defined_iou = [value for value in iou.values() if np.isfinite(value)]
+    bank_iou = float(np.median(defined_iou)) if len(defined_iou) >= config.min_models else float("nan")
+    guards = {}
+    for name in models:
+        record = per_model[name]
+        values = dict(
+            name=name,
+            n_images=len(record["fraction"]),
+            foreground_fraction=_mean(record["fraction"]),
+            consensus_fraction=_mean(record["consensus_fraction"]),
+            objects_per_image=_median(record["objects"]),
+            consensus_objects=_median(record["consensus_objects"]),
+            object_size=_median(record["size"]),
+            consensus_object_size=_median(record["consensus_size"]),
+            agreement_iou=iou[name],
+            agreement_f1=_mean(record["f1"]),
+            bank_agreement_iou=bank_iou,
+        )
+        empty_share = _mean(record["empty_where_bank_not"])
+        guards[name] = ModelGuards(**values, flags=_flags(values, empty_share, len(models), config))
+    return guards
+
+
+def _mean(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _median(values) -> float:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
+
+
+def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig) -> tuple[Flag, ...]:
+    flags = []
+    fraction, consensus = values["foreground_fraction"], values["consensus_fraction"]
+    if not np.isfinite(fraction):
+        return ()
+    with_consensus = n_models >= config.min_models and np.isfinite(consensus)
+    if fraction > config.flood_fraction or (
+            with_consensus and fraction > config.fraction_ratio * consensus and fraction - consensus > config.fraction_gap):
+        where = f" where the bank predicts {_percent(consensus)}" if with_consensus else ""
+        flags.append(Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground{where}"))
+    if np.isfinite(empty_share) and empty_share > config.empty_share:
+        flags.append(Flag("empty", "all", f"predicts no foreground on {empty_share:.0%} of the images where the bank "
+                                          "finds objects"))
+    elif with_consensus and consensus > config.fraction_ratio * fraction and consensus - fraction > config.fraction_gap:
+        flags.append(Flag("empty", "all", f"predicts {_percent(fraction)} of the image as foreground where the bank "
+                                          f"predicts {_percent(consensus)}"))
+    iou, bank_iou = values["agreement_iou"], values["bank_agreement_iou"]
+    if np.isfinite(iou) and np.isfinite(bank_iou) and iou < config.agreement_ratio * bank_iou:
+        flags.append(Flag("disagrees", "all", f"agrees with the other models' consensus on IoU {iou:.2f} where the "
+                                              f"bank's median is {bank_iou:.2f}"))
+    objects, consensus_objects = values["objects_per_image"], values["consensus_objects"]
+    if with_consensus and np.isfinite(objects) and np.isfinite(consensus_objects) and consensus_objects >= 1:
+        if objects > config.count_ratio * consensus_objects:
+            flags.append(Flag("over-splits", "instance", f"finds {objects:.0f} objects per image where the bank finds "
+                                                         f"{consensus_objects:.0f}"))
+        elif objects * config.count_ratio < consensus_objects:
+            flags.append(Flag("merges", "instance", f"finds {objects:.0f} objects per image where the bank finds "
+                                                    f"{consensus_objects:.0f}"))
+    return tuple(flags)
+
+
+def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard") -> str | None:
+    """A sentence when no model of the bank can be recommended for ``consistency``, else None."""
+    if guards and all(g.flags_for(consistency) for g in guards.values()):
+        return ("every model of the bank is flagged: none of them can be recommended for this target; "
+                "its outputs look degenerate or the bank does not agree on what the objects are")
+    return None

@@ -1,0 +1,164 @@
+"""Label-free guards: leave-one-out consensus, flags and their place in the ranking."""
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from cte_kit.cli import main
+from cte_kit.data.synthetic import DEMO_TARGET, generate
+from cte_kit.demo import demo_checkpoint
+from cte_kit.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_statistics,
+                            leave_one_out_consensus)
+from cte_kit.models.unet import UNetModel, load_checkpoint, save_checkpoint
+from cte_kit.perturb import parse_perturbation
+from cte_kit.sweep import read_results, run_sweep, summarize_results, sweep_guards
+
+
+def test_leave_one_out_consensus_never_counts_the_model_itself():
+    masks = np.zeros((4, 1, 3), bool)
+    masks[0, 0] = [True, True, False]
+    masks[1, 0] = [True, False, False]
+    masks[2, 0] = [True, False, True]
+    masks[3, 0] = [False, True, True]
+    consensus = leave_one_out_consensus(masks)
+    # by hand: pixel 0 has votes (_,1,1,0) for model 0 -> 2 of 3 others: foreground
+    assert consensus[:, 0, 0].tolist() == [True, True, True, True]
+    # pixel 1: models 0 and 3 vote; for model 0 the others give 1 of 3 -> background,
+    # for model 1 the others give 2 of 3 -> foreground
+    assert consensus[:, 0, 1].tolist() == [False, True, True, False]
+    # pixel 2: models 2 and 3; each of them sees only 1 other vote of 3
+    assert consensus[:, 0, 2].tolist() == [True, True, False, False]
+    # a model alone against the rest never makes its own majority
+    lone = np.zeros((3, 2, 2), bool)
+    lone[0] = True
+    assert not leave_one_out_consensus(lone)[0].any()
+    with pytest.raises(ValueError, match="n_models >= 3"):
+        leave_one_out_consensus(np.zeros((2, 4, 4), bool))
+    with pytest.raises(TypeError, match="boolean"):
+        leave_one_out_consensus(np.zeros((3, 4, 4)))
+
+
+def test_image_statistics_and_agreement_by_hand():
+    labels = np.zeros((4, 5), np.int32)
+    labels[0, :2] = 1
+    labels[2:, 2:] = 7
+    stats = image_statistics(labels > 0, labels)
+    assert stats.foreground_fraction == pytest.approx(8 / 20)
+    assert stats.n_objects == 2 and stats.median_object_size == 4.0
+    assert foreground_agreement(labels > 0, labels == 7) == pytest.approx(6 / 8)
+    assert foreground_agreement(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
+    assert np.isnan(image_statistics(np.zeros((2, 2), bool), np.zeros((2, 2), int)).median_object_size)
+
+
+def _discs(shape=(64, 64), centres=((16, 16), (40, 44), (16, 48))):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for index, (cy, cx) in enumerate(centres, start=1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= 36] = index
+    return labels
+
+
+def test_flags_floods_empty_and_oversplit_with_reasons():
+    truth = _discs()
+    good = [(truth > 0, truth)] * 3
+    flooding = np.ones_like(truth, bool)
+    over_split = np.arange(truth.size, dtype=np.int32).reshape(truth.shape) * (truth > 0)
+    predictions = {"good_a": good[0], "good_b": good[1], "good_c": good[2], "floods": (flooding, flooding.astype(np.int32)),
+                   "nothing": (np.zeros_like(flooding), np.zeros_like(truth)), "splits": (truth > 0, over_split)}
+    guards = compute_guards(list(predictions), ["a", "b"], lambda model, image: predictions[model])
+    assert [g.flags for g in (guards["good_a"], guards["good_b"], guards["good_c"])] == [(), (), ()]
+    assert [f.code for f in guards["floods"].flags] == ["floods", "disagrees"]
+    assert "100 % of the image" in guards["floods"].flags[0].reason
+    assert f"where the bank predicts {100 * (truth > 0).mean():.1f} %" in guards["floods"].flags[0].reason
+    assert guards["nothing"].flags[0].code == "empty" and "100% of the images" in guards["nothing"].flags[0].reason
+    assert [f.code for f in guards["splits"].flags] == ["over-splits"]
+    assert guards["splits"].flags_for("hard") == () and guards["splits"].flags_for("instance")
+    assert guards["good_a"].agreement_iou == 1.0 and guards["good_a"].agreement_f1 == 1.0
+    assert bank_verdict(guards) is None
+
+
+def test_small_bank_gets_absolute_checks_only_and_a_verdict_when_all_fail():
+    truth = _discs()
+    predictions = {"fine": (truth > 0, truth), "floods": (np.ones_like(truth, bool), np.ones_like(truth))}
+    guards = compute_guards(list(predictions), ["a"], lambda model, image: predictions[model])
+    assert guards["fine"].flags == () and np.isnan(guards["fine"].agreement_iou)
+    assert [f.code for f in guards["floods"].flags] == ["floods"]
+    only_bad = {name: g for name, g in guards.items() if g.flags}
+    assert "none of them can be recommended" in bank_verdict(only_bad)
+    with pytest.raises(ValueError, match="min_models"):
+        GuardConfig(min_models=2)
+
+
+@pytest.fixture(scope="module")
+def inverted_checkpoint(tmp_path_factory):
+    """A U-Net whose output is 1 - p of a good demo model: its head's weights and bias negated."""
+    network, config, settings, history = load_checkpoint(demo_checkpoint("near_target"))
+    network.head.weight.data.neg_()
+    network.head.bias.data.neg_()
+    return save_checkpoint(network, config, tmp_path_factory.mktemp("inverted") / "inverted.pt", settings=settings)
+
+
+def test_inverted_model_is_flagged_and_not_ranked_first(tmp_path, inverted_checkpoint):
+    data = generate(DEMO_TARGET, 6, shape=(96, 96), seed=11)
+    good = UNetModel.from_checkpoint(demo_checkpoint("near_target"))
+    inverted = UNetModel.from_checkpoint(inverted_checkpoint)
+    image = data.images[0]
+    assert np.allclose(inverted.predict([image])[0].probability, 1 - good.predict([image])[0].probability, atol=1e-5)
+    bank = [UNetModel.from_checkpoint(demo_checkpoint(name)) for name in ("near_target", "sharp_clean", "small_nuclei")]
+    bank.append(inverted)
+    out = tmp_path / "rows.csv"
+    run_sweep(bank, data.images, data.names, out, [parse_perturbation("gamma:0.7")], ["hard"], progress=False)
+    names = [m.name for m in bank]
+    rows = read_results(out)
+    raw = summarize_results(rows, models=names, n_boot=0)[0]
+    guarded = summarize_results(rows, models=names, n_boot=50, guards=sweep_guards(out, names, data.names))[0]
+    by_name = {m["name"]: m for m in guarded["models"]}
+    assert by_name["inverted"]["flags"] and by_name["inverted"]["rank"] == len(names)
+    assert "as foreground where the bank predicts" in by_name["inverted"]["flags"][0]["reason"]
+    assert guarded["recommended"] != "inverted" and guarded["verdict"] is None
+    # the raw ranking would have put the stable inverted model at least as high as the guarded one
+    assert {m["name"]: m["rank_cte"] for m in raw["models"]}["inverted"] <= by_name["inverted"]["rank_cte"]
+
+
+def test_guards_read_no_labels(tmp_path):
+    data = generate(DEMO_TARGET, 3, shape=(64, 64), seed=5)
+    bank = [UNetModel.from_checkpoint(demo_checkpoint(name)) for name in ("near_target", "very_noisy", "small_nuclei")]
+    names = [m.name for m in bank]
+    guards = {}
+    for with_labels in (False, True):
+        out = tmp_path / f"{with_labels}.csv"
+        run_sweep(bank, data.images, data.names, out, [parse_perturbation("noise:0.05")], ["hard"],
+                  labels=data.labels if with_labels else None, progress=False)
+        guards[with_labels] = sweep_guards(out, names, data.names)
+    assert guards[False] == guards[True]
+
+
+def test_flag_and_reason_in_cli_table_and_summary_json(tmp_path, inverted_checkpoint, capsys):
+    data = generate(DEMO_TARGET, 4, shape=(96, 96), seed=3)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    for name, image, label in zip(data.names, data.images, data.labels):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", image)
+        tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", label)
+    lines = ["models:"]
+    for name in ("near_target", "sharp_clean", "small_nuclei"):
+        lines += [f"  - name: {name}", "    kind: unet", f"    pretrained: demo/{name}"]
+    lines += ["  - name: inverted", "    kind: unet", f"    path: {inverted_checkpoint}"]
+    (tmp_path / "bank.yaml").write_text("\n".join(lines) + "\n")
+    argv = ["rank", "--bank", str(tmp_path / "bank.yaml"), "--images", str(tmp_path / "images"), "--labels",
+            str(tmp_path / "labels"), "--perturbation", "gamma:0.7", "--out", str(tmp_path / "rows.csv"),
+            "--summary", str(tmp_path / "summary.json"), "--no-progress"]
+    with pytest.warns(UserWarning, match="inverted predicts"):
+        assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "! inverted" in printed and "flagged by the label-free guards" in printed
+    document = json.loads((tmp_path / "summary.json").read_text())
+    flags = {m["name"]: m["flags"] for m in document["models"]}
+    assert flags["near_target"] == [] and flags["inverted"][0]["code"] == "floods"
+    assert flags["inverted"][0]["reason"].startswith("predicts")
+    assert document["recommended"] != "inverted"
+    assert main(argv + ["--no-guards"]) == 0
+    raw = json.loads((tmp_path / "summary.json").read_text())
+    assert all(m["flags"] == [] for m in raw["models"]) and raw["guards"] is False
