@@ -39,7 +39,7 @@ import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,8 @@ class Option:
     combine: str = "single"
     kinds: tuple[str, ...] = ("hard", "instance")
     note: str = ""
+    #: rank models flagged by the label-free guards (cte_kit.guards) after the others
+    guards: bool = False
 
 
     @property
@@ -124,11 +126,23 @@ def kit_default() -> Option:
                   combine="per-kind")
 
 
+#: The kit's default before the guards existed (chosen by this protocol on a GPU-trained bank).
+PREVIOUS_DEFAULT = Option("kit default before guards (hard dropout:0.2, instance gamma:0.7; mean)",
+                          (_c(PAPER, 1, "mean", "hard"), _c("gamma:0.7", 1, "mean", "instance")), combine="per-kind")
+
+
+def with_guards(option: Option) -> Option:
+    return replace(option, name=f"{option.name} + guards", guards=True)
+
+
 def build_options(fast: bool = False) -> list[Option]:
-    """Every option of the protocol; the first one is the paper's default."""
+    """Every option of the protocol, each also with the guards; the first one is the paper's default."""
+    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference")]
     default = kit_default()
-    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference"), default,
-               Option("Borda: kit default's hard and instance rankings", default.components, combine="borda")]
+    for candidate in (PREVIOUS_DEFAULT, default):
+        if candidate.components not in [o.components for o in options if o.combine == "per-kind"]:
+            options.append(candidate)
+    options.append(Option("Borda: kit default's hard and instance rankings", default.components, combine="borda"))
     for label in BOTTLENECK + LAYERS:
         for statistic in ("median", "mean", "trimmed", "tie-aware"):
             if (label, statistic) != (PAPER, "median"):
@@ -163,7 +177,7 @@ def build_options(fast: bool = False) -> list[Option]:
     if fast:
         wanted = {"dropout:0.2", "dropout:0.2@sym1", "gamma:0.7"}
         options = [o for o in options if all(c.perturbation in wanted and c.n_pert == 1 for c in o.components)]
-    return options
+    return options + [with_guards(o) for o in options]
 
 
 # -- target data ------------------------------------------------------------------------------
@@ -200,6 +214,10 @@ class TargetTables:
     images: list[str]
     cte: dict = field(default_factory=dict)  # (perturbation, n_pert, kind) -> (n_models, n_images)
     perf: dict = field(default_factory=dict)  # metric -> (n_models, n_images)
+    guards: dict = field(default_factory=dict)  # model -> cte_kit.guards.ModelGuards (label-free, all images)
+
+    def flagged(self, kind: str) -> np.ndarray:
+        return np.array([bool(self.guards[m].flags_for(kind)) if m in self.guards else False for m in self.models])
 
 
 def tables_from_rows(rows, models, images) -> TargetTables:
@@ -224,6 +242,13 @@ def tables_from_rows(rows, models, images) -> TargetTables:
 
 def option_scores(option: Option, tables: TargetTables, kind: str, columns: np.ndarray):
     """One score per model for ``option`` judged on ``kind``, using the image columns ``columns``."""
+    from cte_kit.guards import guarded_order
+
+    score = _unguarded_scores(option, tables, kind, columns)
+    return guarded_order(score, tables.flagged(kind)) if option.guards else score
+
+
+def _unguarded_scores(option: Option, tables: TargetTables, kind: str, columns: np.ndarray):
     from cte_kit.consistency import nan_statistic
     from cte_kit.selection import aggregate_ranks, choose_strength
 
@@ -295,7 +320,15 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
                 t = np.nanmedian(tables.perf[metric][:, columns], axis=1)
                 boot["all"][b] = _correlate(s, t)
                 boot["usable"][b] = _correlate(s[usable], t[usable])
-            results[(option.name, kind)] = {"score": score, "point": point, "boot": boot}
+            top = int(np.nanargmax(score)) if np.isfinite(score).any() else None
+            results[(option.name, kind)] = {
+                "score": score, "point": point, "boot": boot,
+                "top": tables.models[top] if top is not None else None,
+                "top_usable": bool(usable[top]) if top is not None else False,
+                "top_flagged": bool(tables.flagged(kind)[top]) if top is not None else False,
+                # with the guards, a bank whose every model is flagged gets no recommendation
+                "no_recommendation": bool(option.guards and tables.flagged(kind).all()),
+            }
     return results, {"f1": truth["f1"], "map": truth["map"], "usable": usable}
 
 
@@ -387,7 +420,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cte_kit.sweep import read_results
+    from cte_kit.sweep import read_results, sweep_guards
 
     bank_dir, out = Path(args.bank), Path(args.out)
     if not (bank_dir / "bank.yaml").exists():
@@ -415,6 +448,7 @@ def main(argv=None) -> int:
     available = None
     for domain, (entries, images, labels, names, csv) in targets.items():
         tables = tables_from_rows(read_results(csv), [e.name for e in entries], names)
+        tables.guards = sweep_guards(csv, tables.models, names)
         tables_by_target[domain] = tables
         # a model without any foreground has no score (it ranks last); a setting needs scores on every target
         keys = {key for key, matrix in tables.cte.items() if np.isfinite(matrix).any()}
@@ -513,7 +547,8 @@ def write_report(options, per_target, truths, tables_by_target, out: Path, args)
     ranking = sorted(((np.nanmean(v), name) for name, v in by_option.items() if len(v) == 2), reverse=True)
     best = ranking[0][1]
     paper = options[0].name
-    default = next((o.name for o in options if o.combine == "per-kind"), paper)
+    names = {o.name for o in options}
+    default = next((n for n in (with_guards(kit_default()).name, kit_default().name) if n in names), paper)
     lines += ["", "## Selection (mean Kendall among usable models, average of the F1 and mAP columns)", ""]
     for value, name in ranking:
         lines.append(f"- {value:+.3f}  {name}{'  <- best' if name == best else ''}{'  (paper default)' if name == paper else ''}"
@@ -527,6 +562,9 @@ def write_report(options, per_target, truths, tables_by_target, out: Path, args)
                          f"[{fmt(r['per_target'][d]['usable']['kendall_ci'][0])}, {fmt(r['per_target'][d]['usable']['kendall_ci'][1])}]"
                          for d in targets]
                 lines.append(f"- {name} / {r['consistency']}: " + "; ".join(cells))
+    lines += top_pick_lines([o.name for o in options if o.name in
+                             (paper, f"{paper} + guards", PREVIOUS_DEFAULT.name, f"{PREVIOUS_DEFAULT.name} + guards",
+                              default, best)], per_target, truths, tables_by_target, report)
     choices = [r for r in summary_rows if "chosen" in next(iter(r["per_target"].values()))]
     if choices:
         lines += ["", "## Label-free choices per target", ""]
@@ -542,6 +580,36 @@ def write_report(options, per_target, truths, tables_by_target, out: Path, args)
     except Exception as error:  # plotting must not lose the table
         print(f"(separation plots failed: {error})", file=sys.stderr)
     return report
+
+
+def top_pick_lines(names, per_target, truths, tables_by_target, report) -> list[str]:
+    """Which model each option puts first on each target: usable? flagged? ("never confidently wrong")."""
+    targets = list(per_target)
+    lines = ["", "## Top pick per target (F1 of the pick; `unusable`: F1 < "
+             f"{USABLE_F1}; `flagged`: by the guards; `no pick`: every model flagged)", "",
+             "| option | consistency | " + " | ".join(targets) + " | unusable or flagged picks where a usable model exists |",
+             "|---|---|" + "---|" * (len(targets) + 1)]
+    report["top_picks"] = {}
+    for name in names:
+        for kind in ("hard", "instance"):
+            cells, bad = [], 0
+            for domain in targets:
+                entry, truth = per_target[domain].get((name, kind)), truths[domain]
+                if entry is None:
+                    cells.append("")
+                    continue
+                any_usable = bool(truth["usable"].any())
+                if entry["no_recommendation"]:
+                    cells.append("no pick" + ("" if not any_usable else " (a usable model existed)"))
+                    bad += any_usable
+                    continue
+                index = tables_by_target[domain].models.index(entry["top"])
+                tags = [t for t, on in (("unusable", not entry["top_usable"]), ("flagged", entry["top_flagged"])) if on]
+                cells.append(f"{entry['top']} {truth['f1'][index]:.2f}" + (f" ({', '.join(tags)})" if tags else ""))
+                bad += any_usable and bool(tags)
+            report["top_picks"][f"{name} / {kind}"] = {"cells": cells, "bad": bad}
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + f" | {bad} |")
+    return lines
 
 
 def selection_checks(by_option, per_target, targets, best, paper, default, report) -> list[str]:

@@ -42,6 +42,7 @@ __all__ = [
     "bank_verdict",
     "compute_guards",
     "foreground_agreement",
+    "guarded_order",
     "image_statistics",
     "leave_one_out_consensus",
 ]
@@ -358,6 +359,29 @@ def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig)
             flags.append(Flag("merges", "instance", f"finds {objects:.0f} objects per image where the bank finds "
                                                     f"{consensus_objects:.0f}"))
     return tuple(flags)
+
+
+def guarded_order(scores, flagged) -> np.ndarray:
+    """A score whose descending order is the guarded ranking: unflagged models first, each group by score.
+
+    Parameters
+    ----------
+    scores : (n_models,) float array_like
+        Scores in [0, 1] (CTE, or a normalised rank aggregate), higher is better; NaN ranks last.
+    flagged : (n_models,) bool array_like
+
+    Returns
+    -------
+    (n_models,) float ndarray
+        ``scores - 2`` for flagged models: below every unflagged one, in their own order.
+    """
+    scores, flagged = np.asarray(scores, dtype=float), np.asarray(flagged, dtype=bool)
+    if scores.shape != flagged.shape:
+        raise ValueError(f"{scores.size} scores but {flagged.size} flags")
+    finite = scores[np.isfinite(scores)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        raise ValueError("guarded_order needs scores in [0, 1]")
+    return np.where(flagged, scores - 2.0, scores)
 
 
 def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard") -> str | None:

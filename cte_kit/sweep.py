@@ -34,7 +34,7 @@ from urllib.parse import quote
 
 from .consistency import DEFAULT_STATISTIC, summarize
 from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
-from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards
+from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards, guarded_order
 from .models.bank import BankEntry, load_model
 from .models.base import Prediction, SegmentationModel
 from .models.instances import connected_components
@@ -318,14 +318,6 @@ def _score_model(model, perturbation, remaining, images, labels, image_ids, cons
     return written
 
 
-def _guarded_order(cte: np.ndarray, flagged: np.ndarray) -> np.ndarray:
-    """A score whose descending order is the kit's ranking: unflagged models first, each group by CTE.
-
-    CTE lies in [0, 1], so moving flagged models down by 2 orders the groups lexicographically.
-    """
-    return np.where(flagged, cte - 2.0, cte)
-
-
 def summarize_results(
     rows: Sequence[dict],
     statistic: str = DEFAULT_STATISTIC,
@@ -394,7 +386,7 @@ def summarize_results(
                  "statistic": statistic, "performance_metric": metric, "n_images": len(image_names),
                  "guards": guards is not None}
         boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
-        ranks, ranks_cte = rank_scores(_guarded_order(cte, flagged)), rank_scores(cte)
+        ranks, ranks_cte = rank_scores(guarded_order(cte, flagged)), rank_scores(cte)
         model_rows = []
         for i, name in enumerate(names):
             item = {"name": name, "cte": float(cte[i]), "cte_median": cte_summaries[i].median,
@@ -436,7 +428,7 @@ def summarize_results(
                 for extra in ("f1", "map"):
                     values = table[extra][i]
                     item[extra] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
-            ordered = correlations(_guarded_order(cte, flagged), perf, seed=seed)
+            ordered = correlations(guarded_order(cte, flagged), perf, seed=seed)
             raw = correlations(cte, perf, seed=seed)
             entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,
                          spearman_p=ordered.spearman_p, pearson=raw.pearson, pearson_p=raw.pearson_p,

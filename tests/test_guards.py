@@ -162,3 +162,15 @@ def test_flag_and_reason_in_cli_table_and_summary_json(tmp_path, inverted_checkp
     assert main(argv + ["--no-guards"]) == 0
     raw = json.loads((tmp_path / "summary.json").read_text())
     assert all(m["flags"] == [] for m in raw["models"]) and raw["guards"] is False
+
+
+def test_guarded_order_puts_flagged_models_last_in_their_own_order():
+    from cte_kit.guards import guarded_order
+    from cte_kit.ranking import rank_scores
+
+    order = guarded_order([0.9, 0.99, 0.5, np.nan, 0.7], [False, True, False, False, True])
+    assert rank_scores(order).tolist() == [1.0, 3.0, 2.0, 5.0, 4.0]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        guarded_order([1.5, 0.2], [False, False])
+    with pytest.raises(ValueError, match="flags"):
+        guarded_order([0.5], [False, True])
