@@ -56,10 +56,12 @@ class GuardConfig:
     ----------
     min_models : int
         Models needed for the consensus checks (each model is compared with the others).
-    fraction_ratio : float
-        A mean foreground fraction this many times above (or below) the consensus's ...
+    fraction_odds_ratio : float
+        A mean foreground fraction whose odds ``f / (1 - f)`` are this many times above (or
+        below) the consensus's ... (odds, not the fraction itself: 85 % against 35 % is as
+        wrong as 20 % against 5 %, and a plain ratio would miss the first on dense targets)
     fraction_gap : float
-        ... and at least this far from it (fraction of the image) is an outlier.
+        ... and that is at least this far from it (fraction of the image) is an outlier.
     flood_fraction : float
         A mean foreground fraction above this is degenerate whatever the bank says.
     empty_fraction : float
@@ -75,7 +77,7 @@ class GuardConfig:
     """
 
     min_models: int = 3
-    fraction_ratio: float = 2.5
+    fraction_odds_ratio: float = 4.0
     fraction_gap: float = 0.1
     flood_fraction: float = 0.9
     empty_fraction: float = 1e-3
@@ -86,7 +88,7 @@ class GuardConfig:
     def __post_init__(self):
         if self.min_models < 3:
             raise ValueError(f"min_models must be >= 3 (a leave-one-out majority needs 2 others), got {self.min_models}")
-        for name in ("fraction_ratio", "count_ratio"):
+        for name in ("fraction_odds_ratio", "count_ratio"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
         for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio"):
@@ -326,6 +328,12 @@ def _median(values) -> float:
     return float(np.median(values)) if values.size else float("nan")
 
 
+def _odds(fraction: float) -> float:
+    # clipped so that an all-or-nothing prediction has large but finite odds
+    fraction = min(max(fraction, 1e-4), 1 - 1e-4)
+    return fraction / (1 - fraction)
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
@@ -336,14 +344,15 @@ def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig)
     if not np.isfinite(fraction):
         return ()
     with_consensus = n_models >= config.min_models and np.isfinite(consensus)
+    odds_ratio = _odds(fraction) / _odds(consensus) if with_consensus else 1.0
     if fraction > config.flood_fraction or (
-            with_consensus and fraction > config.fraction_ratio * consensus and fraction - consensus > config.fraction_gap):
+            with_consensus and odds_ratio > config.fraction_odds_ratio and fraction - consensus > config.fraction_gap):
         where = f" where the bank predicts {_percent(consensus)}" if with_consensus else ""
         flags.append(Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground{where}"))
     if np.isfinite(empty_share) and empty_share > config.empty_share:
         flags.append(Flag("empty", "all", f"predicts no foreground on {empty_share:.0%} of the images where the bank "
                                           "finds objects"))
-    elif with_consensus and consensus > config.fraction_ratio * fraction and consensus - fraction > config.fraction_gap:
+    elif with_consensus and odds_ratio * config.fraction_odds_ratio < 1 and consensus - fraction > config.fraction_gap:
         flags.append(Flag("empty", "all", f"predicts {_percent(fraction)} of the image as foreground where the bank "
                                           f"predicts {_percent(consensus)}"))
     iou, bank_iou = values["agreement_iou"], values["bank_agreement_iou"]

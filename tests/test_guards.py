@@ -174,3 +174,21 @@ def test_guarded_order_puts_flagged_models_last_in_their_own_order():
         guarded_order([1.5, 0.2], [False, False])
     with pytest.raises(ValueError, match="flags"):
         guarded_order([0.5], [False, True])
+
+
+def _fraction_mask(fraction, shape=(20, 50)):
+    mask = np.zeros(shape, bool)
+    mask.flat[: int(round(fraction * mask.size))] = True
+    return mask, mask.astype(np.int32)
+
+
+def test_foreground_outliers_judged_on_odds_on_dense_targets():
+    # dense target: the bank predicts 35 %; 85 % is 2.4 times that (a plain ratio would let it pass) but its
+    # odds are 10 times the bank's; 45 % is a normal spread
+    predictions = {"a": _fraction_mask(0.35), "b": _fraction_mask(0.35), "c": _fraction_mask(0.36),
+                   "near": _fraction_mask(0.45), "floods": _fraction_mask(0.85), "sparse": _fraction_mask(0.08)}
+    guards = compute_guards(list(predictions), ["x"], lambda model, image: predictions[model])
+    codes = {name: [f.code for f in g.flags if f.scope == "all"] for name, g in guards.items()}
+    assert codes["near"] == [] and codes["a"] == []
+    assert "floods" in codes["floods"] and "empty" in codes["sparse"]
+    assert "85 % of the image as foreground where the bank predicts 36 %" in guards["floods"].flags[0].reason
