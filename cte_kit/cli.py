@@ -329,11 +329,16 @@ _COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "dataset
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input)."""
+    import warnings
+
     from .data.registry import DownloadError
+    from .notebook_env import plain_warnings
 
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # restores Python's warning display when main() returns
+            plain_warnings()
+            return _COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, DownloadError) as error:
         print(f"cte-kit {args.command}: error: {error}", file=sys.stderr)
         return 2

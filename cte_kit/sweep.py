@@ -32,6 +32,7 @@ from .models.base import SegmentationModel
 from .perturb import Perturbation
 from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from .selection import DEFAULT_TOL, separation
+from .types import CTEKitWarning
 
 __all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "run_sweep", "read_results", "summarize_results"]
 
@@ -194,7 +195,8 @@ def run_sweep(
                 model = item if isinstance(item, SegmentationModel) else load(item)
             except Exception as error:  # a broken entry must not stop the bank
                 failures.extend(SweepFailure(model_name, p.label, f"could not load: {error}") for p, _ in todo)
-                warnings.warn(f"model {model_name!r} skipped: could not load it ({error})", stacklevel=2)
+                warnings.warn(f"Model {model_name!r} skipped: could not load it ({error}).", CTEKitWarning,
+                              stacklevel=2)
                 continue
             for perturbation, remaining in todo:
                 try:
@@ -204,8 +206,8 @@ def run_sweep(
                 except Exception as error:
                     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
                     failures.append(SweepFailure(model_name, perturbation.label, detail))
-                    warnings.warn(f"model {model_name!r} failed under {perturbation.label}: {detail}; "
-                                  "rows written so far are kept, rerun to retry", stacklevel=2)
+                    warnings.warn(f"Model {model_name!r} failed under {perturbation.label}: {detail}. The rows "
+                                  "written so far are kept; rerun to retry.", CTEKitWarning, stacklevel=2)
     finally:
         handle.close()
     return SweepResult(path, n_new, n_skipped, tuple(failures))
@@ -311,7 +313,7 @@ def summarize_results(
             warnings.warn(f"{spread.tied_at_top} models tie at the top (CTE within {DEFAULT_TOL:g} of "
                           f"{spread.top:.4f}) under {perturbation}, {consistency}, {statistic} over images: the bank is "
                           "not separated by this setting; try a stronger perturbation or another layer (see "
-                          f"cte_kit.selection.choose_strength){advice}", stacklevel=2)
+                          f"cte_kit.selection.choose_strength){advice}.", CTEKitWarning, stacklevel=2)
         if has_labels:
             perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])

@@ -271,3 +271,27 @@ def test_correlation_tables():
     text = format_correlation_table(averages, title="T")
     assert text.splitlines()[0] == "T" and "+0.80 ± 0.20" in text
     assert method_name("dropout:0.1@encoder1", "instance") == "CTE-VRand (Feat)"
+
+
+def test_plain_warnings_print_the_kits_warnings_as_sentences(capsys, warnings_shown):
+    import warnings
+
+    from cte_kit import CTEKitWarning
+    from cte_kit.notebook_env import plain_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        plain_warnings()
+        plain_warnings()  # a second call does not wrap the first
+        warnings.warn("Model 'a' skipped: could not load it.", CTEKitWarning)
+        assert capsys.readouterr().err == "Warning: Model 'a' skipped: could not load it.\n"
+        warnings.warn("from another library", UserWarning)
+        other = capsys.readouterr().err
+        assert "test_notebooks.py:" in other and "UserWarning: from another library" in other
+        warnings.simplefilter("ignore", CTEKitWarning)
+        warnings.warn("filtered", CTEKitWarning)
+        assert capsys.readouterr().err == ""
+    with warnings.catch_warnings():
+        plain_warnings()
+        with pytest.warns(CTEKitWarning, match="recorded"):
+            warnings.warn("recorded", CTEKitWarning)
