@@ -140,27 +140,38 @@ def environment_summary(fast: bool | None = None) -> str:
 def plain_warnings() -> None:
     """Print the kit's warnings as ``Warning: <sentence>``, without the file and line that issued them.
 
-    Only :class:`cte_kit.CTEKitWarning` and its subclasses change; every other warning keeps Python's
-    format. It replaces how warnings are *formatted* (``warnings.formatwarning``), not whether or
-    where they are shown, so filters (``warnings.simplefilter("ignore", CTEKitWarning)``) and
-    recording (``warnings.catch_warnings(record=True)``, ``pytest.warns``) work as before. Calling
-    it again changes nothing.
+    Only :class:`cte_kit.CTEKitWarning` and its subclasses change; every other warning keeps its
+    format. Filters (``warnings.simplefilter("ignore", CTEKitWarning)``) and recording
+    (``warnings.catch_warnings(record=True)``, ``pytest.warns``) work as before: the kit's warnings
+    still go through the ``showwarning`` that was in place, only formatted as sentences. Calling it
+    again changes nothing.
     """
     import warnings
 
     from .types import CTEKitWarning
 
-    previous = warnings.formatwarning
+    previous = warnings.showwarning
     if getattr(previous, "plain_for", None) is CTEKitWarning:
         return
 
-    def formatwarning(message, category, filename, lineno, line=None):
-        if issubclass(category, CTEKitWarning):
-            return f"Warning: {message}\n"
-        return previous(message, category, filename, lineno, line)
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, CTEKitWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        # swapped in per warning, not once: StarDist replaces warnings.formatwarning when it is imported
+        formatter = warnings.formatwarning
+        warnings.formatwarning = _as_sentence
+        try:
+            previous(message, category, filename, lineno, file, line)
+        finally:
+            warnings.formatwarning = formatter
 
-    formatwarning.plain_for = CTEKitWarning
-    warnings.formatwarning = formatwarning
+    showwarning.plain_for = CTEKitWarning
+    warnings.showwarning = showwarning
+
+
+def _as_sentence(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
 
 
 def strip_outputs(path) -> bool:
