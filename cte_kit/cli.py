@@ -142,7 +142,8 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
         scatter_cte([m["cte"] for m in models], [m["performance"] for m in models], [m["name"] for m in models], ax=ax,
                     title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
                     cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
-                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} (median over images)",
+                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} "
+                                      f"({summary['performance_statistic']} over images)",
                     stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]))
     save_figure(figure, path)
     plt.close(figure)

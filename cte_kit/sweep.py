@@ -25,8 +25,8 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .consistency import DEFAULT_STATISTIC, summarize
-from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
+from .consistency import DEFAULT_STATISTIC, nan_statistic, summarize
+from .estimator import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
 from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
 from .perturb import Perturbation
@@ -264,7 +264,8 @@ def summarize_results(
     Returns
     -------
     list of dict, one per (perturbation, consistency)
-        Each with ``perturbation``, ``consistency``, ``performance_metric``, ``models`` (a list
+        Each with ``perturbation``, ``consistency``, ``statistic`` (of CTE), ``performance_metric``,
+        ``performance_statistic`` (:data:`~cte_kit.estimator.PERFORMANCE_STATISTIC`), ``models`` (a list
         of per-model dicts: ``name``, ``cte``, ``cte_median``, ``cte_mean``, ``cte_low``,
         ``cte_high``, ``n_images``, ``n_empty``, ``rank_cte``, and with labels ``performance``,
         ``f1``, ``map``, ``rank_performance``), ``p_best_is_top``, ``tied_at_top`` (exact ties),
@@ -291,7 +292,8 @@ def summarize_results(
         cte = np.array([s.score for s in cte_summaries])
         has_labels = bool(np.isfinite(table[metric]).any())
         entry = {"perturbation": perturbation, "consistency": consistency, "seed": run_seed, "n_pert": n_pert,
-                 "statistic": statistic, "performance_metric": metric, "n_images": len(image_names)}
+                 "statistic": statistic, "performance_metric": metric,
+                 "performance_statistic": PERFORMANCE_STATISTIC, "n_images": len(image_names)}
         boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
         ranks = rank_scores(cte)
         model_rows = []
@@ -315,7 +317,7 @@ def summarize_results(
                           "not separated by this setting; try a stronger perturbation or another layer (see "
                           f"cte_kit.selection.choose_strength){advice}.", CTEKitWarning, stacklevel=2)
         if has_labels:
-            perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
+            perf = np.array([nan_statistic(table[metric][i], PERFORMANCE_STATISTIC) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])
             perf_ranks = rank_scores(perf)
             for i, item in enumerate(model_rows):
@@ -323,7 +325,7 @@ def summarize_results(
                 item["rank_performance"] = float(perf_ranks[i])
                 for extra in ("f1", "map"):
                     values = table[extra][i]
-                    item[extra] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+                    item[extra] = float(nan_statistic(values, PERFORMANCE_STATISTIC)) if np.isfinite(values).any() else math.nan
             stats = correlations(cte, perf, seed=seed)
             entry.update(kendall=stats.kendall, kendall_p=stats.kendall_p, spearman=stats.spearman,
                          spearman_p=stats.spearman_p, pearson=stats.pearson, pearson_p=stats.pearson_p,
