@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+# pip options for the installs, e.g. PIP_ARGS="--extra-index-url https://download.pytorch.org/whl/cpu"
+PIP_ARGS ?=
+# the exact CPU builds (torch, TensorFlow) for this machine and CI; users get pyproject.toml's ranges
+CONSTRAINTS := constraints-cpu.txt
 
 .PHONY: demo test notebooks clean
 
@@ -12,13 +16,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# torch is pinned (pyproject.toml) so that pip takes the CPU build rather than the CUDA one
-$(VENV)/.core: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e .
+# the constraints pin torch to the CPU build rather than the CUDA one
+$(VENV)/.core: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -c $(CONSTRAINTS) -e .
 	touch $@
 
-$(VENV)/.full: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[adapters,notebooks,test]"
+# StarDist's TensorFlow is not in the adapters extra (users bring theirs); here it is the CPU build
+$(VENV)/.full: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
+	$(BIN)/python -m pip install --quiet $(PIP_ARGS) -c $(CONSTRAINTS) -e ".[adapters,notebooks,test]" tensorflow-cpu
 	touch $@ $(VENV)/.core
 
 demo: $(VENV)/.core

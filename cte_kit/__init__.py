@@ -6,4 +6,8 @@ Data flows one way: ``cte_kit.data`` (images) -> ``cte_kit.models`` (adapters, p
 command line.
 """
 
+from .types import CTEKitWarning
+
+__all__ = ["CTEKitWarning", "__version__"]
+
 __version__ = "0.1.0"

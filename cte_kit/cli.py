@@ -145,7 +145,8 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
         scatter_cte([m["cte"] for m in models], [m["performance"] for m in models], [m["name"] for m in models], ax=ax,
                     title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
                     cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
-                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} (median over images)",
+                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} "
+                                      f"({summary['performance_statistic']} over images)",
                     stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]),
                     flagged=[bool(m.get("flags")) for m in models])
     save_figure(figure, path)
@@ -254,6 +255,8 @@ def _warn_flagged(summaries: list[dict]) -> None:
     """One warning naming every flagged model with its reasons, and one when no model can be recommended."""
     import warnings
 
+    from .types import CTEKitWarning
+
     reasons = {}
     for summary in summaries:
         for model in summary["models"]:
@@ -261,13 +264,14 @@ def _warn_flagged(summaries: list[dict]) -> None:
                 reasons.setdefault(model["name"], {})[flag["reason"]] = None  # ordered, no repeats
     if reasons:
         listing = "; ".join(f"{name} {', '.join(found)}" for name, found in reasons.items())
-        warnings.warn(f"{len(reasons)} model(s) look degenerate or far from the rest of the bank and are ranked after "
-                      f"the others: {listing}. Their consistency can be high although their segmentation is wrong "
-                      "(--no-guards ranks by CTE alone).", stacklevel=2)
+        which = "1 model whose outputs look" if len(reasons) == 1 else f"{len(reasons)} models whose outputs look"
+        warnings.warn(f"The guards flagged {which} degenerate or far from the rest of the bank, ranked after the "
+                      f"others: {listing}. A model can be very consistent and still segment the wrong thing; "
+                      "--no-guards ranks by CTE alone.", CTEKitWarning, stacklevel=2)
     for summary in summaries:
         if summary.get("verdict"):
-            warnings.warn(f"{summary['perturbation']}, {summary['consistency']} consistency: {summary['verdict']}.",
-                          stacklevel=2)
+            warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
+                          f"{summary['verdict']}.", CTEKitWarning, stacklevel=2)
 
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:
@@ -361,11 +365,16 @@ _COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "dataset
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input)."""
+    import warnings
+
     from .data.registry import DownloadError
+    from .notebook_env import plain_warnings
 
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        with warnings.catch_warnings():  # restores Python's warning display when main() returns
+            plain_warnings()
+            return _COMMANDS[args.command](args)
     except (ValueError, TypeError, FileNotFoundError, KeyError, DownloadError) as error:
         print(f"cte-kit {args.command}: error: {error}", file=sys.stderr)
         return 2

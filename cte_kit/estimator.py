@@ -25,6 +25,7 @@ __all__ = [
     "PAPER_PERTURBATION",
     "PAPER_STATISTIC",
     "PERFORMANCE_METRICS",
+    "PERFORMANCE_STATISTIC",
     "ModelEstimate",
     "default_perturbation",
     "default_settings",
@@ -37,6 +38,9 @@ __all__ = [
 #: Per-image performance metrics: foreground F1 (Dice) and IoU at the model threshold, mean
 #: average precision over IoU 0.5:0.05:0.95 and average precision at IoU 0.5 (DSB2018 definition).
 PERFORMANCE_METRICS = ("f1", "iou", "map", "ap50")
+#: How a model's true performance is aggregated over the target images in summaries and sweeps
+#: (whatever the CTE statistic is): the median, as in the paper. Plots name it on their axes.
+PERFORMANCE_STATISTIC = "median"
 
 
 #: The paper's setting: channel dropout of 20 % at the bottleneck, one draw (with

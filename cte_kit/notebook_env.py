@@ -13,6 +13,11 @@ Containers (Binder, CI runners) often report the host's CPU count while granting
 CPUs; PyTorch then starts one thread per host CPU and runs many times slower than with one.
 :func:`limit_threads` caps torch at the CPUs the process may really use.
 
+Python prints a warning after the file and line that issued it; in a notebook that is the kernel's
+temporary file for the cell (``/tmp/ipykernel_.../1235145437.py:9: UserWarning: ...``), which tells
+a student nothing. :func:`plain_warnings` prints the kit's own warnings
+(:class:`cte_kit.CTEKitWarning`) as the sentences they are; the command line uses it too.
+
 Notebooks are committed without outputs (a test checks it); strip them with
 ``python -m cte_kit.notebook_env strip notebooks/*.ipynb`` (:func:`strip_outputs`).
 
@@ -27,7 +32,7 @@ import sys
 from typing import TypeVar
 
 __all__ = ["FAST_ENV", "fast_mode", "pick", "on_colab", "on_binder", "available_cpus", "limit_threads",
-           "environment_summary", "strip_outputs"]
+           "environment_summary", "plain_warnings", "strip_outputs"]
 
 #: Environment variable that switches the notebooks to fast mode.
 FAST_ENV = "CTE_KIT_FAST"
@@ -130,6 +135,43 @@ def environment_summary(fast: bool | None = None) -> str:
     mode = "fast mode (small data)" if fast else f"full mode (set {FAST_ENV}=1 for a quick run)"
     return (f"cte_kit {__version__} | {mode} | {where} | Python {platform.python_version()} | "
             f"{available_cpus()} CPU(s) | {sys.platform}")
+
+
+def plain_warnings() -> None:
+    """Print the kit's warnings as ``Warning: <sentence>``, without the file and line that issued them.
+
+    Only :class:`cte_kit.CTEKitWarning` and its subclasses change; every other warning keeps its
+    format. Filters (``warnings.simplefilter("ignore", CTEKitWarning)``) and recording
+    (``warnings.catch_warnings(record=True)``, ``pytest.warns``) work as before: the kit's warnings
+    still go through the ``showwarning`` that was in place, only formatted as sentences. Calling it
+    again changes nothing.
+    """
+    import warnings
+
+    from .types import CTEKitWarning
+
+    previous = warnings.showwarning
+    if getattr(previous, "plain_for", None) is CTEKitWarning:
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if not issubclass(category, CTEKitWarning):
+            previous(message, category, filename, lineno, file, line)
+            return
+        # swapped in per warning, not once: StarDist replaces warnings.formatwarning when it is imported
+        formatter = warnings.formatwarning
+        warnings.formatwarning = _as_sentence
+        try:
+            previous(message, category, filename, lineno, file, line)
+        finally:
+            warnings.formatwarning = formatter
+
+    showwarning.plain_for = CTEKitWarning
+    warnings.showwarning = showwarning
+
+
+def _as_sentence(message, category, filename, lineno, line=None) -> str:
+    return f"Warning: {message}\n"
 
 
 def strip_outputs(path) -> bool:

@@ -28,6 +28,89 @@ def _axes(ax):
     return plt.subplots(figsize=(5.5, 4.5), constrained_layout=True)[1]
 
 
+def _legend_outside(ax, **options):
+    """The legend right of the axes, where it cannot cover a point or a line."""
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, **options)
+
+
+#: Where a point's name may go, in order of preference: (dx, dy) directions, at growing distances (points).
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+_LABEL_DISTANCES = (4, 9, 15, 22, 30)
+
+
+def _label_points(ax, x: np.ndarray, y: np.ndarray, names: Sequence[str], colors: Sequence, fontsize: float = 8,
+                  avoid: Sequence = ()) -> list:
+    """Name each point next to it, inside the axes, overlapping no other name, no point and nothing in ``avoid``.
+
+    Greedy: each name takes the first free spot of a ring of candidate offsets around its point
+    (nearest first); a name pushed away from its point gets a thin leader line. When no spot is
+    free, the one that overlaps least is taken. The axes limits are frozen first (with margins
+    that leave room for names at the edge), and the figure's layout is run so that positions are
+    measured at their final size.
+    """
+    from matplotlib.transforms import Bbox
+
+    finite = np.isfinite(x) & np.isfinite(y)
+    ax.margins(x=0.15, y=0.1)
+    ax.autoscale_view()
+    ax.set_xlim(ax.get_xlim())
+    ax.set_ylim(ax.get_ylim())
+    figure = ax.figure
+    figure.draw_without_rendering()  # runs constrained layout: the axes get their final size
+    renderer = figure.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    radius = 4.5 * figure.dpi / 72  # a scatter marker of size 50 is about 7 points across
+    centres = ax.transData.transform(np.column_stack([x[finite], y[finite]]))
+    taken = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+    taken += [artist.get_window_extent(renderer) for artist in avoid]
+
+    def overlap(box) -> float:
+        area = 0.0
+        for other in taken:
+            width = min(box.x1, other.x1) - max(box.x0, other.x0)
+            height = min(box.y1, other.y1) - max(box.y0, other.y0)
+            area += max(width, 0.0) * max(height, 0.0)
+        return area
+
+    texts = []
+    for index in np.flatnonzero(finite):
+        text = ax.annotate(names[index], (x[index], y[index]), textcoords="offset points", xytext=(0, 0),
+                           fontsize=fontsize, color=colors[index])
+        best = None
+        for distance in _LABEL_DISTANCES:
+            for dx, dy in _LABEL_DIRECTIONS:
+                text.set_position((dx * distance, dy * distance))
+                text.set_horizontalalignment({1: "left", -1: "right", 0: "center"}[dx])
+                text.set_verticalalignment({1: "bottom", -1: "top", 0: "center"}[dy])
+                box = text.get_window_extent(renderer)
+                if not (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1):
+                    continue
+                cost = overlap(box)
+                if best is None or cost < best[0]:
+                    best = (cost, (dx * distance, dy * distance), text.get_horizontalalignment(),
+                            text.get_verticalalignment(), box)
+                if cost == 0.0:
+                    break
+            if best is not None and best[0] == 0.0:
+                break
+        if best is None:  # no spot inside the axes (a very long name): keep it next to its point
+            best = (0.0, (4, 4), "left", "bottom", None)
+        _, offset, horizontal, vertical, box = best
+        text.set_position(offset)
+        text.set_horizontalalignment(horizontal)
+        text.set_verticalalignment(vertical)
+        if max(abs(offset[0]), abs(offset[1])) > _LABEL_DISTANCES[1]:
+            text.remove()
+            text = ax.annotate(names[index], (x[index], y[index]), textcoords="offset points", xytext=offset,
+                               fontsize=fontsize, color=colors[index], ha=horizontal, va=vertical,
+                               arrowprops=dict(arrowstyle="-", color=colors[index], linewidth=0.6, shrinkA=0,
+                                               shrinkB=3))
+        if box is not None:
+            taken.append(box)
+        texts.append(text)
+    return texts
+
+
 def _fit_line(ax, x: np.ndarray, y: np.ndarray, color=None, label=None):
     finite = np.isfinite(x) & np.isfinite(y)
     if finite.sum() < 2 or np.ptp(x[finite]) == 0:
@@ -71,25 +154,29 @@ def scatter_cte(
         low, high = np.asarray(errors[0], float), np.asarray(errors[1], float)
         ax.errorbar(x, y, xerr=[np.clip(x - low, 0, None), np.clip(high - x, 0, None)], fmt="none",
                     ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
-    for index, (xi, yi, name) in enumerate(zip(x, y, names)):
+    colors = []
+    for index, (xi, yi) in enumerate(zip(x, y)):
         color, marker, _ = series_style(index)
         if flagged[index]:
-            color, name = "0.55", f"{name} (flagged)"
+            color = "0.55"
             ax.scatter([xi], [yi], facecolors="none", marker=marker, s=50, zorder=2, edgecolors=color, linewidths=1.2)
         else:
             ax.scatter([xi], [yi], color=color, marker=marker, s=50, zorder=2, edgecolors="k", linewidths=0.5)
-        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8, color=color)
+        colors.append(color)
     _fit_line(ax, x, y, color="0.3")
+    avoid = []
     if stats:
         text = "\n".join(f"{key.capitalize()} = {stats[key]:.2f}" for key in ("kendall", "spearman", "pearson")
                          if key in stats and stats[key] is not None and np.isfinite(stats[key]))
-        ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
-                bbox=dict(boxstyle="round", facecolor="white", alpha=0.8))
+        avoid.append(ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
+                             bbox=dict(boxstyle="round", facecolor="white", alpha=0.8)))
     ax.set_xlabel(cte_label)
     ax.set_ylabel(performance_label)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
+    names = [f"{name} (flagged)" if flag else name for name, flag in zip(names, flagged)]
+    _label_points(ax, x, y, names, colors, fontsize=8, avoid=avoid)
     return ax
 
 
@@ -101,12 +188,23 @@ def sweep_lines(
     strength_name: str = "dropout p",
     performance_label: str = "true performance",
     kendall_by_strength: Mapping[float, float] | None = None,
+    cte_label: str = "CTE (consistency under perturbation)",
+    all_strengths: Sequence[float] | None = None,
 ):
-    """CTE vs performance at several perturbation strengths, one fitted line each (paper Fig. 3)."""
+    """CTE vs performance at several perturbation strengths, one fitted line each (paper Fig. 3).
+
+    Parameters
+    ----------
+    all_strengths : sequence of float, optional
+        Every strength that may be drawn (a panel's options): each strength keeps its colour and
+        marker when others are added or removed. Default: the strengths in ``cte_by_strength``.
+    """
     ax = _axes(ax)
     y = np.asarray(performance, float)
     markers = "osD^vP*X"
-    for index, (strength, values) in enumerate(sorted(cte_by_strength.items())):
+    palette = sorted(set(float(s) for s in (all_strengths or ())) | set(float(s) for s in cte_by_strength))
+    for strength, values in sorted(cte_by_strength.items()):
+        index = palette.index(float(strength))
         color = f"C{index % 10}"
         label = f"{strength_name} = {strength:g}"
         if kendall_by_strength and strength in kendall_by_strength:
@@ -114,9 +212,9 @@ def sweep_lines(
         x = np.asarray(values, float)
         ax.scatter(x, y, color=color, marker=markers[index % len(markers)], s=36, label=label, edgecolors="k", linewidths=0.4)
         _fit_line(ax, x, y, color=color)
-    ax.set_xlabel("CTE (consistency under perturbation)")
+    ax.set_xlabel(cte_label)
     ax.set_ylabel(performance_label)
-    ax.legend(fontsize=8, loc="lower right")
+    _legend_outside(ax, fontsize=8)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -167,7 +265,7 @@ def separation_sweep(
             ax.axvspan(settings.index(choice.setting) - 0.4, settings.index(choice.setting) + 0.4,
                        color="gold", alpha=0.3, zorder=0)
     left.set_ylabel("CTE of each model")
-    left.legend(fontsize=7, loc="lower left", ncol=2)
+    _legend_outside(left, fontsize=7)
     right.plot(x, [s.resolved for s in choice.settings], "-o", color="C0", label="model pairs resolved")
     tied = [s.tied_at_top for s in choice.settings]
     right.plot(x, np.asarray(tied, float) / max(1, scores.shape[1]), "-s", color="C3",
@@ -180,7 +278,7 @@ def separation_sweep(
             lowest = min(lowest, float(np.nanmin(kendall)))
     right.set_ylabel("fraction (Kendall: tau)")
     right.set_ylim(lowest - 0.05, 1.05)
-    right.legend(fontsize=8, loc="lower right")
+    _legend_outside(right, fontsize=8)
     for ax in axes:
         ax.set_xticks(x)
         ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=8)
@@ -253,21 +351,25 @@ def scatter_by_group(
         Model names, to annotate the points (same order in every group).
     """
     ax = _axes(ax)
+    xs, ys, labels, colors = [], [], [], []
     for index, (group, (cte, performance)) in enumerate(groups.items()):
         color = f"C{index % 10}"
         x, y = np.asarray(cte, float), np.asarray(performance, float)
         ax.scatter(x, y, color=color, s=40, edgecolors="k", linewidths=0.4, label=group, zorder=2)
         _fit_line(ax, x, y, color=color)
         if names is not None:
-            for xi, yi, name in zip(x, y, names):
-                if np.isfinite(xi) and np.isfinite(yi):
-                    ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(3, 3), fontsize=6, color=color)
+            xs.append(x)
+            ys.append(y)
+            labels += list(names)
+            colors += [color] * len(x)
     ax.set_xlabel(cte_label)
     ax.set_ylabel(performance_label)
-    ax.legend(fontsize=8, loc="best")
+    _legend_outside(ax, fontsize=8)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)
+    if names is not None:
+        _label_points(ax, np.concatenate(xs), np.concatenate(ys), labels, colors, fontsize=6)
     return ax
 
 
@@ -296,7 +398,7 @@ def strength_curves(rows: Sequence[Mapping], ax=None, title: str | None = None, 
     ax.set_ylabel("correlation / fraction")
     ax.set_ylim(-1.05, 1.05)
     ax.axhline(0, color="0.8", linewidth=0.8)
-    ax.legend(fontsize=7, loc="lower left")
+    _legend_outside(ax, fontsize=7)
     if title:
         ax.set_title(title)
     ax.grid(alpha=0.3)

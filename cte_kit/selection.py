@@ -201,9 +201,10 @@ def choose_strength(
     The rule: order the settings from weakest to strongest, then take the first one that
     *separates* the bank (a unique best model and at least ``min_resolved`` of the model pairs
     told apart, see :func:`separation`) while its most consistent model stays at or above
-    ``floor``. If none separates, take the setting above the floor that resolves the most pairs
-    (the weaker on a tie); if every setting drops below the floor, the one whose best model is
-    most consistent.
+    ``floor``. If none separates, take the setting above the floor that resolves the most pairs;
+    among settings that resolve as many, the one with the fewest models tied at the top (a ranking
+    that names its best model beats one that cannot choose between several), then the weaker. If
+    every setting drops below the floor, take the one whose best model is most consistent.
 
     Parameters
     ----------
@@ -243,13 +244,17 @@ def choose_strength(
                                   f"{s.resolved:.0%} of model pairs resolved) with its best model at "
                                   f"{s.top:.3f} >= floor {floor:g}", **common)
     if usable:
-        best = max(usable, key=lambda s: (s.resolved, -candidates.index(s)))
+        best = max(usable, key=lambda s: (s.resolved, -s.tied_at_top, -candidates.index(s)))
         return StrengthChoice(best.setting, f"no setting separates the bank; {best.setting} resolves the most "
-                              f"model pairs ({best.resolved:.0%}, {best.tied_at_top} tied at the top) "
+                              f"model pairs ({best.resolved:.0%}) with {_top_in_words(best.tied_at_top)} "
                               f"above the floor {floor:g}", **common)
     best = max(scored, key=lambda s: s.top)
     return StrengthChoice(best.setting, f"every setting drops the best model below the floor {floor:g}; "
                           f"{best.setting} keeps it highest ({best.top:.3f})", **common)
+
+
+def _top_in_words(tied: int) -> str:
+    return "a single best model" if tied == 1 else f"{tied} models tied at the top"
 
 
 def aggregate_ranks(scores, weights: Sequence[float] | None = None) -> np.ndarray:

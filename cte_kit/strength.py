@@ -20,7 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .consistency import DEFAULT_STATISTIC, nan_statistic
-from .estimator import pair_scores, performance, performance_metric_for
+from .estimator import PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
 from .models.bank import BankEntry, load_model
 from .models.base import SegmentationModel
 from .perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation, Perturbation
@@ -46,9 +46,10 @@ def _as_models(bank: Sequence[BankEntry | SegmentationModel]) -> list[Segmentati
 
 
 def model_performance(model: SegmentationModel, images, labels, metric: str = "f1") -> float:
-    """Median over images of the true performance (``'f1'``, ``'iou'``, ``'map'``, ``'ap50'``) of clean predictions."""
+    """True performance (``'f1'``, ``'iou'``, ``'map'``, ``'ap50'``) of clean predictions, aggregated over images
+    by :data:`~cte_kit.estimator.PERFORMANCE_STATISTIC` (the median)."""
     values = performance(model.predict(images), labels, model.threshold)[metric]
-    return float(np.nanmedian(values)) if np.isfinite(values).any() else float("nan")
+    return float(nan_statistic(values, PERFORMANCE_STATISTIC)) if np.isfinite(values).any() else float("nan")
 
 
 @dataclass

@@ -32,8 +32,8 @@ from tqdm.auto import tqdm
 
 from urllib.parse import quote
 
-from .consistency import DEFAULT_STATISTIC, summarize
-from .estimator import PERFORMANCE_METRICS, pair_scores, performance, performance_metric_for
+from .consistency import DEFAULT_STATISTIC, nan_statistic, summarize
+from .estimator import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
 from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards, guarded_order
 from .models.bank import BankEntry, load_model
 from .models.base import Prediction, SegmentationModel
@@ -41,6 +41,7 @@ from .models.instances import connected_components
 from .perturb import Perturbation
 from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from .selection import DEFAULT_TOL, separation
+from .types import CTEKitWarning
 
 __all__ = ["RESULT_COLUMNS", "SweepFailure", "SweepResult", "load_clean_prediction", "predictions_folder", "read_results",
            "run_sweep", "summarize_results", "sweep_guards"]
@@ -260,7 +261,8 @@ def run_sweep(
             except Exception as error:  # a broken entry must not stop the bank
                 settings = [p.label for p, _ in todo] or ["clean"]
                 failures.extend(SweepFailure(model_name, label, f"could not load: {error}") for label in settings)
-                warnings.warn(f"model {model_name!r} skipped: could not load it ({error})", stacklevel=2)
+                warnings.warn(f"Model {model_name!r} skipped: could not load it ({error}).", CTEKitWarning,
+                              stacklevel=2)
                 continue
             for perturbation, remaining in todo:
                 try:
@@ -284,8 +286,8 @@ def run_sweep(
 def _record_failure(failures: list, model_name: str, setting: str, error: Exception) -> None:
     detail = "".join(traceback.format_exception_only(type(error), error)).strip()
     failures.append(SweepFailure(model_name, setting, detail))
-    warnings.warn(f"model {model_name!r} failed under {setting}: {detail}; rows written so far are kept, rerun to "
-                  "retry", stacklevel=3)
+    warnings.warn(f"Model {model_name!r} failed under {setting}: {detail}. The rows written so far are kept; rerun "
+                  "to retry.", CTEKitWarning, stacklevel=3)
 
 
 def _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies, seed, n_pert, boundary,
@@ -345,7 +347,8 @@ def summarize_results(
     Returns
     -------
     list of dict, one per (perturbation, consistency)
-        Each with ``perturbation``, ``consistency``, ``performance_metric``, ``models`` (a list
+        Each with ``perturbation``, ``consistency``, ``statistic`` (of CTE), ``performance_metric``,
+        ``performance_statistic`` (:data:`~cte_kit.estimator.PERFORMANCE_STATISTIC`), ``models`` (a list
         of per-model dicts: ``name``, ``cte``, ``cte_median``, ``cte_mean``, ``cte_low``,
         ``cte_high``, ``p_top``, ``n_images``, ``n_empty``, ``rank`` (the kit's ranking:
         unflagged models first), ``rank_cte`` (by CTE alone), ``flags`` (each a dict with
@@ -383,7 +386,8 @@ def summarize_results(
         eligible = ~flagged & np.isfinite(cte)
         has_labels = bool(np.isfinite(table[metric]).any())
         entry = {"perturbation": perturbation, "consistency": consistency, "seed": run_seed, "n_pert": n_pert,
-                 "statistic": statistic, "performance_metric": metric, "n_images": len(image_names),
+                 "statistic": statistic, "performance_metric": metric,
+                 "performance_statistic": PERFORMANCE_STATISTIC, "n_images": len(image_names),
                  "guards": guards is not None}
         boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
         ranks, ranks_cte = rank_scores(guarded_order(cte, flagged)), rank_scores(cte)
@@ -417,9 +421,9 @@ def summarize_results(
             warnings.warn(f"{spread.tied_at_top} models tie at the top (CTE within {DEFAULT_TOL:g} of "
                           f"{spread.top:.4f}) under {perturbation}, {consistency}, {statistic} over images: the bank is "
                           "not separated by this setting; try a stronger perturbation or another layer (see "
-                          f"cte_kit.selection.choose_strength){advice}", stacklevel=2)
+                          f"cte_kit.selection.choose_strength){advice}.", CTEKitWarning, stacklevel=2)
         if has_labels:
-            perf = np.array([np.nanmedian(table[metric][i]) if np.isfinite(table[metric][i]).any() else np.nan
+            perf = np.array([nan_statistic(table[metric][i], PERFORMANCE_STATISTIC) if np.isfinite(table[metric][i]).any() else np.nan
                              for i in range(len(names))])
             perf_ranks = rank_scores(perf)
             for i, item in enumerate(model_rows):
@@ -427,7 +431,7 @@ def summarize_results(
                 item["rank_performance"] = float(perf_ranks[i])
                 for extra in ("f1", "map"):
                     values = table[extra][i]
-                    item[extra] = float(np.nanmedian(values)) if np.isfinite(values).any() else math.nan
+                    item[extra] = float(nan_statistic(values, PERFORMANCE_STATISTIC)) if np.isfinite(values).any() else math.nan
             ordered = correlations(guarded_order(cte, flagged), perf, seed=seed)
             raw = correlations(cte, perf, seed=seed)
             entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,

@@ -16,6 +16,7 @@ run a sweep.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -330,15 +331,18 @@ class StrengthSweepPanel:
         self.figure = None
         self._performance: dict = {}
         self._cache: dict = {}
-        self.kind = widgets.Dropdown(options=list(STRENGTH_KINDS), value=kind, description="perturbation")
+        self.kind = widgets.Dropdown(options=list(STRENGTH_KINDS), value=kind, description="perturbation",
+                                     style={"description_width": "initial"})
         self.strengths = widgets.SelectMultiple(description="strengths", rows=6)
         self._set_options(kind, strengths)
         self.kind.observe(lambda change: self._set_options(change["new"]), names="value")
         self.button = widgets.Button(description="Run sweep", button_style="primary", icon="play")
         self.button.on_click(lambda _button: self.run())
+        self.status = widgets.HTML()
         self.table = widgets.HTML()
         self.output = widgets.Output()
-        self.widget = widgets.VBox([widgets.HBox([self.kind, self.strengths, self.button]), self.table, self.output])
+        self.widget = widgets.VBox([widgets.HBox([self.kind, self.strengths, self.button]), self.status, self.table,
+                                    self.output])
 
     def _set_options(self, kind: str, chosen: Sequence[float] | None = None) -> None:
         options = sorted(set(DEFAULT_STRENGTHS[kind]) | set(float(s) for s in (chosen or ())))
@@ -363,10 +367,17 @@ class StrengthSweepPanel:
         if not chosen:
             raise ValueError("select at least one strength")
         missing = [s for s in chosen if (kind, s) not in self._cache]
-        self.button.disabled = True
+        # a sweep started by the button runs in a widget callback, where JupyterLab's status stays "Idle":
+        # the panel itself says that it is busy (and the progress bars draw into its output)
+        self.button.disabled, self.button.description, self.button.icon = True, "Running...", "hourglass-half"
+        started = time.perf_counter()
+        if missing:
+            self.status.value = (f"<b>Running:</b> {kind} at {', '.join(f'{s:g}' for s in missing)} on "
+                                 f"{len(self.models)} models x {len(self.images)} images...")
         try:
             if missing:
                 with self.output:
+                    self.output.clear_output()
                     fresh = sweep_strengths(self.models, self.images, kind, missing, labels=self.labels,
                                             consistency=self.consistency, seed=self.seed, progress=self.progress,
                                             performance_cache=self._performance)
@@ -378,7 +389,9 @@ class StrengthSweepPanel:
             self.result = StrengthSweep(kind, chosen, [m.name for m in self.models], self.consistency,
                                         {s: self._cache[(kind, s)] for s in chosen}, perf, metric)
         finally:
-            self.button.disabled = False
+            self.button.disabled, self.button.description, self.button.icon = False, "Run sweep", "play"
+        self.status.value = (f"Done: {kind} at {', '.join(f'{s:g}' for s in chosen)} "
+                             f"({time.perf_counter() - started:.0f} s).")
         self.choice = self.result.choice()
         self.rows = self.result.rows(self.choice)
         self.table.value = self._table_html()
@@ -406,17 +419,20 @@ class StrengthSweepPanel:
         import matplotlib.pyplot as plt
 
         from .plots import strength_curves, sweep_lines
+        from .estimator import PERFORMANCE_STATISTIC
 
         result = self.result
         labelled = result.performance is not None
-        figure, axes = plt.subplots(1, 2 if labelled else 1, figsize=(12 if labelled else 6, 4.6),
+        figure, axes = plt.subplots(1, 2 if labelled else 1, figsize=(15 if labelled else 7.5, 4.8),
                                     constrained_layout=True, squeeze=False)
         name = "dropout p" if result.kind == "dropout" else f"{result.kind} strength"
         if labelled:
             kendall = {row["strength"]: row["kendall"] for row in self.rows}
             sweep_lines(result.cte_by_strength(), result.performance, ax=axes[0][0], strength_name=name,
-                        performance_label=f"true {result.metric.upper()} (median over images)",
-                        kendall_by_strength=kendall, title=f"CTE vs true {result.metric.upper()} per {name}")
+                        cte_label=f"CTE ({result.consistency} consistency, {result.statistic} over images)",
+                        performance_label=f"true {result.metric.upper()} ({PERFORMANCE_STATISTIC} over images)",
+                        kendall_by_strength=kendall, title=f"CTE vs true {result.metric.upper()} per {name}",
+                        all_strengths=[value for _, value in self.strengths.options])
         strength_curves(self.rows, ax=axes[0][-1], strength_name=name,
                         title=f"{result.consistency} CTE: how each {name} ranks the bank")
         self.figure = figure

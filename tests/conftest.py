@@ -72,3 +72,19 @@ def adapter_images():
 
     images, _ = training_data(n_images=3, size=100, seed=11)
     return [images[0][:90, :77], images[1][:100, :100], images[2][:72, :95]]
+
+
+@pytest.fixture
+def warnings_shown(monkeypatch):
+    """Warnings reach stderr through ``warnings.formatwarning``, as outside pytest.
+
+    pytest records warnings instead of showing them; a ``showwarning`` that writes
+    ``formatwarning``'s text is what Python's own ``showwarning`` does.
+    """
+    import sys
+    import warnings
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    monkeypatch.setattr(warnings, "showwarning", showwarning)

@@ -144,6 +144,24 @@ def test_bad_inputs_give_clear_errors(tmp_path, target, capsys):
     assert "rgb: grey" in capsys.readouterr().err
 
 
+def test_warnings_are_printed_as_sentences(tmp_path, target, capsys, warnings_shown):
+    import shutil
+    import warnings
+
+    labels = tmp_path / "labels"
+    shutil.copytree(target / "labels", labels)
+    tifffile.imwrite(labels / "orphan.tif", np.zeros((8, 8), np.uint16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert _run_rank_on(tmp_path, target / "images", labels) == 0
+        err = capsys.readouterr().err
+        assert "Warning: 1 label file(s) in" in err and "orphan." in err
+        assert ".py:" not in err and "UserWarning" not in err
+        # main() puts Python's format back when it returns
+        warnings.warn("after", UserWarning)
+        assert "UserWarning: after" in capsys.readouterr().err
+
+
 def test_missing_bank_and_bad_perturbation(tmp_path, target, capsys):
     assert main(["rank", "--bank", str(tmp_path / "nope.yaml"), "--images", str(target / "images"),
                  "--out", str(tmp_path / "r.csv")]) == 2

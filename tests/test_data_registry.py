@@ -499,7 +499,7 @@ def test_fetch_all_reports_every_failure(env, monkeypatch):
 
 def test_export_mirror_warns_about_datasets_not_fetched(env, tmp_path):
     reg.fetch("dsb2018", progressbar=False)
-    with pytest.warns(UserWarning, match="not fetched yet.*bbbc039/images.zip"):
+    with pytest.warns(UserWarning, match="Not fetched yet.*bbbc039/images.zip"):
         exported = reg.export_mirror(tmp_path / "mirror")
     assert exported == [tmp_path / "mirror" / "dsb2018" / "dsb2018.zip"]
     with pytest.raises(ValueError, match="is the cache itself"):

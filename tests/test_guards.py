@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from cte_kit import CTEKitWarning
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.demo import demo_checkpoint
@@ -150,7 +151,7 @@ def test_flag_and_reason_in_cli_table_and_summary_json(tmp_path, inverted_checkp
     argv = ["rank", "--bank", str(tmp_path / "bank.yaml"), "--images", str(tmp_path / "images"), "--labels",
             str(tmp_path / "labels"), "--perturbation", "gamma:0.7", "--out", str(tmp_path / "rows.csv"),
             "--summary", str(tmp_path / "summary.json"), "--no-progress"]
-    with pytest.warns(UserWarning, match="inverted predicts"):
+    with pytest.warns(CTEKitWarning, match="inverted predicts"):
         assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "! inverted" in printed and "flagged by the label-free guards" in printed

@@ -271,3 +271,31 @@ def test_correlation_tables():
     text = format_correlation_table(averages, title="T")
     assert text.splitlines()[0] == "T" and "+0.80 ± 0.20" in text
     assert method_name("dropout:0.1@encoder1", "instance") == "CTE-VRand (Feat)"
+
+
+def test_plain_warnings_print_the_kits_warnings_as_sentences(capsys, warnings_shown, monkeypatch):
+    import warnings
+
+    from cte_kit import CTEKitWarning
+    from cte_kit.notebook_env import plain_warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        plain_warnings()
+        plain_warnings()  # a second call does not wrap the first
+        warnings.warn("Model 'a' skipped: could not load it.", CTEKitWarning)
+        assert capsys.readouterr().err == "Warning: Model 'a' skipped: could not load it.\n"
+        # stardist/__init__.py replaces the format on import with "<file name> (<line>): <message>"
+        monkeypatch.setattr(warnings, "formatwarning", lambda message, category, filename, lineno, line=None:
+                            f"{Path(filename).name} ({lineno}): {message}\n")
+        warnings.warn("StarDist replaced the format on import.", CTEKitWarning)
+        assert capsys.readouterr().err == "Warning: StarDist replaced the format on import.\n"
+        warnings.warn("from another library", UserWarning)  # keeps the format in place
+        assert re.fullmatch(r"test_notebooks\.py \(\d+\): from another library\n", capsys.readouterr().err)
+        warnings.simplefilter("ignore", CTEKitWarning)
+        warnings.warn("filtered", CTEKitWarning)
+        assert capsys.readouterr().err == ""
+    with warnings.catch_warnings():
+        plain_warnings()
+        with pytest.warns(CTEKitWarning, match="recorded"):
+            warnings.warn("recorded", CTEKitWarning)

@@ -80,6 +80,21 @@ def test_choose_strength_respects_the_floor():
     assert below.setting == "b" and "below the floor" in below.reason
 
 
+def test_choose_strength_breaks_a_tie_in_resolved_pairs_on_the_models_tied_at_the_top():
+    # both settings resolve 3 of the 6 pairs (hand-counted); the weaker one has three models tied at the
+    # top, the stronger one a single best model: the single best model wins, although it is stronger
+    sweep = {"dropout:0.05": [1.0, 1.0, 1.0, 0.6], "dropout:0.5": [0.9, 0.7, 0.7, 0.7]}
+    weak, strong = (separation(v, tol=0.005) for v in sweep.values())
+    assert weak.resolved == strong.resolved == pytest.approx(3 / 6)
+    assert (weak.tied_at_top, strong.tied_at_top) == (3, 1)
+    choice = choose_strength(sweep, min_resolved=1.0)
+    assert choice.setting == "dropout:0.5"
+    assert "a single best model" in choice.reason and "tied at the top" not in choice.reason
+    # with equal ties at the top, the weaker setting still wins
+    equal = choose_strength({"weak": [1.0, 0.9, 0.9, 0.9], "strong": [0.8, 0.6, 0.6, 0.6]})
+    assert equal.setting == "weak"
+
+
 def test_choose_strength_validates():
     with pytest.raises(ValueError):
         choose_strength({})

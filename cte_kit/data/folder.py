@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..types import CTEKitWarning
 from .images import check_image, check_labels
 from .readers import IMAGE_SUFFIXES, natural_key, read_array
 
@@ -114,7 +115,7 @@ def load_folder(images, labels=None, pattern: str | None = None, progress: bool 
         extra = sorted(set(available) - set(names), key=natural_key)
         if extra and pattern is None:
             warnings.warn(f"{len(extra)} label file(s) in {label_dir} have no image and are ignored: "
-                          f"{', '.join(extra[:10])}", stacklevel=2)
+                          f"{', '.join(extra[:10])}.", CTEKitWarning, stacklevel=2)
         label_files = [available[stem] for stem in names]
 
     loaded_images, loaded_labels = [], []

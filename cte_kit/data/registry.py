@@ -39,6 +39,7 @@ import requests
 import yaml
 from tqdm.auto import tqdm
 
+from ..types import CTEKitWarning
 from .readers import READERS, select_samples, to_patches
 
 __all__ = [
@@ -332,7 +333,8 @@ def _fetch_file(store: pooch.Pooch, entry: DatasetEntry, data_file: DataFile, pr
     if fresh and data_file.hash is None:
         digest = pooch.file_hash(str(archive))
         warnings.warn(f"'{data_file.fname}' of dataset '{entry.name}' has no published checksum, so the "
-                      f"download is unverified (its sha256 is {digest}). {data_file.note}", stacklevel=2)
+                      f"download is unverified (its sha256 is {digest}). {data_file.note}", CTEKitWarning,
+                      stacklevel=2)
     return archive.parent / data_file.unpack_dir if data_file.unpack else archive
 
 
@@ -428,8 +430,8 @@ def export_mirror(dest) -> list[Path]:
                 shutil.copy2(source, target)
             exported.append(target)
     if absent:
-        warnings.warn(f"not fetched yet, so not in the mirror: {', '.join(absent)} (run `cte-kit fetch NAME`)",
-                      stacklevel=2)
+        warnings.warn(f"Not fetched yet, so not in the mirror: {', '.join(absent)}. Run `cte-kit fetch NAME` "
+                      "first.", CTEKitWarning, stacklevel=2)
     return exported
 
 

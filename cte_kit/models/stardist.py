@@ -61,7 +61,8 @@ def _import_stardist():
         from stardist.models import StarDist2D
     except ImportError as error:
         raise ImportError(
-            f"the StarDist adapter needs stardist>=0.9.1 with TensorFlow: pip install 'cte_kit[adapters]' ({error})"
+            f"the StarDist adapter needs stardist>=0.9.1 and TensorFlow 2.16-2.21: pip install 'cte_kit[adapters]' "
+            f"and, if you have no TensorFlow yet, pip install tensorflow ({error})"
         ) from None
     finally:
         if quiet:
