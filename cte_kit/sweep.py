@@ -36,7 +36,7 @@ from .consistency import DEFAULT_STATISTIC, nan_statistic, summarize
 from .estimator import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
 from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards, guarded_order
 from .models.bank import BankEntry, load_model
-from .models.base import Prediction, SegmentationModel
+from .models.base import Prediction, SegmentationModel, image_id
 from .models.instances import connected_components
 from .perturb import Perturbation
 from .ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
@@ -236,7 +236,7 @@ def run_sweep(
     path = Path(out)
     folder = predictions_folder(path)
     done = {tuple(str(row[k]) for k in _KEY) for row in read_results(path)}
-    image_ids = {name: index for index, name in enumerate(names)}
+    positions = {name: index for index, name in enumerate(names)}
     failures: list[SweepFailure] = []
     n_new = n_skipped = 0
     handle = _open_for_append(path)
@@ -266,7 +266,7 @@ def run_sweep(
                 continue
             for perturbation, remaining in todo:
                 try:
-                    n_new += _score_model(model, perturbation, remaining, images, labels, image_ids,
+                    n_new += _score_model(model, perturbation, remaining, images, labels, positions,
                                           kinds_for(perturbation), seed, n_pert, boundary, writer, handle, progress,
                                           done, folder)
                 except Exception as error:
@@ -274,7 +274,7 @@ def run_sweep(
             unkept = [name for name in names if not _prediction_path(folder, model_name, name).exists()]
             if unkept:  # scored before predictions were kept: the guards need them
                 try:
-                    for name, prediction in zip(unkept, model.predict([images[image_ids[n]] for n in unkept], unkept)):
+                    for name, prediction in zip(unkept, model.predict([images[positions[n]] for n in unkept], unkept)):
                         _save_clean_prediction(folder, model, name, prediction)
                 except Exception as error:
                     _record_failure(failures, model_name, "clean", error)
@@ -290,16 +290,17 @@ def _record_failure(failures: list, model_name: str, setting: str, error: Except
                   "to retry.", CTEKitWarning, stacklevel=3)
 
 
-def _score_model(model, perturbation, remaining, images, labels, image_ids, consistencies, seed, n_pert, boundary,
+def _score_model(model, perturbation, remaining, images, labels, positions, consistencies, seed, n_pert, boundary,
                  writer, handle, progress, done, folder) -> int:
     written = 0
     chunk = max(1, model.batch_size)
     bar = tqdm(total=len(remaining), desc=f"{model.name} {perturbation.label}", disable=not progress, leave=False)
     for start in range(0, len(remaining), chunk):
         batch_names = remaining[start : start + chunk]
-        ids = [image_ids[name] for name in batch_names]
+        ids = [positions[name] for name in batch_names]
+        # seeds from the image's name, not its position: adding an image changes no other image's draw
         pairs = model.predict_pairs([images[i] for i in ids], perturbation, seed=seed, n_pert=n_pert,
-                                    image_ids=ids, names=batch_names)
+                                    image_ids=[image_id(name) for name in batch_names], names=batch_names)
         for name, pair in zip(batch_names, pairs):
             _save_clean_prediction(folder, model, name, pair.clean)
         scores = pair_scores(pairs, consistencies, threshold=model.threshold, boundary=boundary)

@@ -20,6 +20,7 @@ is shared here.
 from __future__ import annotations
 
 import abc
+import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -29,7 +30,7 @@ from ..data.images import check_image, normalize_percentile, to_grey
 from ..perturb import FeatureDropout, InputPerturbation, Perturbation, feature_dropout
 from .layers import LayerMap
 
-__all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_seed"]
+__all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_id", "image_seed"]
 
 
 class NotGreyBoxError(TypeError):
@@ -63,6 +64,15 @@ class PredictionPair:
 
     clean: Prediction
     perturbed: tuple[Prediction, ...]
+
+
+def image_id(name: str) -> int:
+    """A stable 32-bit id of an image from its name (its key), for :func:`image_seed`.
+
+    Derived from the name, never from a position in a list, so adding or removing images does
+    not change the perturbation of any other image.
+    """
+    return int.from_bytes(hashlib.sha256(str(name).encode("utf-8")).digest()[:4], "little")
 
 
 def image_seed(seed: int, image_id: int, draw: int) -> int:
