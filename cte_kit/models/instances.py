@@ -102,7 +102,7 @@ def merge_small_fragments(labels: np.ndarray, min_size: int) -> np.ndarray:
         window = (slice(max(rows.start - 1, 0), min(rows.stop + 1, height)),
                   slice(max(cols.start - 1, 0), min(cols.stop + 1, width)))
         region = labels[window] == label
-        ring = ndi.binary_dilation(region) & ~region
+        ring = ndi.binary_dilation(region, structure=np.ones((3, 3), bool)) & ~region
         neighbours = labels[window][ring]
         neighbours = neighbours[neighbours > 0]
         if neighbours.size == 0:
