@@ -117,13 +117,14 @@ def _c(perturbation, n_pert=1, statistic="median", consistency=None):
 
 
 def kit_default() -> Option:
-    """The kit's default (``cte_kit.estimator``): per consistency its own perturbation, one statistic."""
+    """The kit's default (``cte_kit.estimator``, ``cte-kit rank``): per consistency its own perturbation,
+    one statistic, and the label-free guards."""
     from cte_kit.estimator import DEFAULT_PERTURBATIONS, DEFAULT_STATISTIC
 
     return Option("kit default (per consistency: " + ", ".join(f"{k} {DEFAULT_PERTURBATIONS[k]}" for k in ("hard", "instance"))
-                  + f"; {DEFAULT_STATISTIC})",
+                  + f"; {DEFAULT_STATISTIC}; guards)",
                   tuple(_c(DEFAULT_PERTURBATIONS[k], 1, DEFAULT_STATISTIC, k) for k in ("hard", "instance")),
-                  combine="per-kind")
+                  combine="per-kind", guards=True)
 
 
 #: The kit's default before the guards existed (chosen by this protocol on a GPU-trained bank).
@@ -137,12 +138,10 @@ def with_guards(option: Option) -> Option:
 
 def build_options(fast: bool = False) -> list[Option]:
     """Every option of the protocol, each also with the guards; the first one is the paper's default."""
-    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference")]
     default = kit_default()
-    for candidate in (PREVIOUS_DEFAULT, default):
-        if candidate.components not in [o.components for o in options if o.combine == "per-kind"]:
-            options.append(candidate)
-    options.append(Option("Borda: kit default's hard and instance rankings", default.components, combine="borda"))
+    options = [Option("paper default (dropout:0.2 bottleneck, N=1, median)", (_c(PAPER),), note="reference"),
+               PREVIOUS_DEFAULT,
+               Option("Borda: kit default's hard and instance rankings", default.components, combine="borda")]
     for label in BOTTLENECK + LAYERS:
         for statistic in ("median", "mean", "trimmed", "tie-aware"):
             if (label, statistic) != (PAPER, "median"):
@@ -177,7 +176,11 @@ def build_options(fast: bool = False) -> list[Option]:
     if fast:
         wanted = {"dropout:0.2", "dropout:0.2@sym1", "gamma:0.7"}
         options = [o for o in options if all(c.perturbation in wanted and c.n_pert == 1 for c in o.components)]
-    return options + [with_guards(o) for o in options]
+    guarded = [with_guards(o) for o in options]
+    # the kit's default is one of the guarded options when its perturbations are: name it as such
+    same = lambda o: (o.components, o.combine, o.guards) == (default.components, default.combine, default.guards)
+    guarded = [default if same(o) else o for o in guarded]
+    return options + guarded + ([] if any(same(o) for o in guarded) else [default])
 
 
 # -- target data ------------------------------------------------------------------------------
@@ -355,7 +358,7 @@ def sweep_target(entries, images, labels, names, csv, domain, fast, settings, th
 
 
 #: ``cte-kit rank`` arguments of the two settings run through the real command line.
-CLI_SETTINGS = {"paper": ["--perturbation", PAPER, "--statistic", "median"], "kit default": []}
+CLI_SETTINGS = {"paper": ["--perturbation", PAPER, "--statistic", "median", "--no-guards"], "kit default": []}
 
 
 def run_cli_table(bank_dir: Path, out: Path, targets) -> list[dict]:
@@ -548,7 +551,7 @@ def write_report(options, per_target, truths, tables_by_target, out: Path, args)
     best = ranking[0][1]
     paper = options[0].name
     names = {o.name for o in options}
-    default = next((n for n in (with_guards(kit_default()).name, kit_default().name) if n in names), paper)
+    default = kit_default().name if kit_default().name in names else paper
     lines += ["", "## Selection (mean Kendall among usable models, average of the F1 and mAP columns)", ""]
     for value, name in ranking:
         lines.append(f"- {value:+.3f}  {name}{'  <- best' if name == best else ''}{'  (paper default)' if name == paper else ''}"

@@ -69,6 +69,13 @@ class GuardConfig:
     empty_share : float
         A model empty on more than this share of the images where the consensus is not empty
         predicts nothing.
+    region_foreground, region_fraction : float
+        A model that marks more than ``region_foreground`` of the image as foreground, mostly as
+        one region whose area exceeds ``region_fraction`` of the image (median over images),
+        segments the background or the tissue, not objects - whatever the bank says. This is
+        the check that still works when the whole bank fails the same way (fluorescence models
+        on H&E or brightfield images); on targets where the objects really fill the image as
+        one region (a dense tissue under connected components) loosen it or use ``--no-guards``.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -82,6 +89,8 @@ class GuardConfig:
     flood_fraction: float = 0.9
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
+    region_foreground: float = 0.5
+    region_fraction: float = 0.25
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -91,7 +100,8 @@ class GuardConfig:
         for name in ("fraction_odds_ratio", "count_ratio"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
-        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio"):
+        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio",
+                     "region_foreground", "region_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
 
@@ -103,7 +113,7 @@ class Flag:
     Attributes
     ----------
     code : str
-        ``'floods'``, ``'empty'``, ``'disagrees'``, ``'over-splits'`` or ``'merges'``.
+        ``'floods'``, ``'one-region'``, ``'empty'``, ``'disagrees'``, ``'over-splits'`` or ``'merges'``.
     scope : {'all', 'instance'}
         What it concerns: the foreground (every consistency) or the objects only.
     reason : str
@@ -120,11 +130,13 @@ class Flag:
 
 @dataclass(frozen=True)
 class ImageStatistics:
-    """What one clean prediction looks like: foreground fraction, object count, median object area."""
+    """What one clean prediction looks like: foreground fraction, object count, median object area,
+    and the area of the largest object as a fraction of the image."""
 
     foreground_fraction: float
     n_objects: int
     median_object_size: float
+    largest_object_fraction: float
 
 
 @dataclass(frozen=True)
@@ -142,6 +154,8 @@ class ModelGuards:
         Median over images of the model's object count and of the bank's median count.
     object_size, consensus_object_size : float
         Median over images of the median object area (pixels), model and bank.
+    largest_object_fraction : float
+        Median over images of the largest object's area as a fraction of the image.
     agreement_iou, agreement_f1 : float
         Mean over images of the IoU / object F1 against the other models' consensus (NaN
         without a consensus).
@@ -158,6 +172,7 @@ class ModelGuards:
     consensus_objects: float
     object_size: float
     consensus_object_size: float
+    largest_object_fraction: float
     agreement_iou: float
     agreement_f1: float
     bank_agreement_iou: float
@@ -201,7 +216,8 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
     sizes = np.bincount(labels.ravel())[1:]
     sizes = sizes[sizes > 0]
     return ImageStatistics(float(foreground.mean()), int(sizes.size),
-                           float(np.median(sizes)) if sizes.size else float("nan"))
+                           float(np.median(sizes)) if sizes.size else float("nan"),
+                           float(sizes.max()) / labels.size if sizes.size else 0.0)
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
@@ -258,7 +274,8 @@ def compute_guards(
     """
     models = list(models)
     per_model = {name: {"fraction": [], "consensus_fraction": [], "objects": [], "consensus_objects": [],
-                        "size": [], "consensus_size": [], "iou": [], "f1": [], "empty_where_bank_not": []}
+                        "size": [], "consensus_size": [], "largest": [], "iou": [], "f1": [],
+                        "empty_where_bank_not": []}
                  for name in models}
     for image in images:
         loaded = {name: load(name, image) for name in models}
@@ -287,6 +304,7 @@ def compute_guards(
             record["consensus_objects"].append(consensus_objects)
             record["size"].append(stats[name].median_object_size)
             record["consensus_size"].append(consensus_size)
+            record["largest"].append(stats[name].largest_object_fraction)
             if consensus_fraction >= config.empty_fraction:
                 record["empty_where_bank_not"].append(stats[name].foreground_fraction < config.empty_fraction)
             if name in agreement:
@@ -307,6 +325,7 @@ def compute_guards(
             consensus_objects=_median(record["consensus_objects"]),
             object_size=_median(record["size"]),
             consensus_object_size=_median(record["consensus_size"]),
+            largest_object_fraction=_median(record["largest"]),
             agreement_iou=iou[name],
             agreement_f1=_mean(record["f1"]),
             bank_agreement_iou=bank_iou,
@@ -349,6 +368,11 @@ def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig)
             with_consensus and odds_ratio > config.fraction_odds_ratio and fraction - consensus > config.fraction_gap):
         where = f" where the bank predicts {_percent(consensus)}" if with_consensus else ""
         flags.append(Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground{where}"))
+    region = values["largest_object_fraction"]
+    if fraction > config.region_foreground and region > config.region_fraction and not flags:
+        flags.append(Flag("one-region", "all", f"marks {_percent(fraction)} of the image as foreground, mostly as one "
+                                               f"region covering {_percent(region)} of it: it segments the background "
+                                               "or the tissue, not objects"))
     if np.isfinite(empty_share) and empty_share > config.empty_share:
         flags.append(Flag("empty", "all", f"predicts no foreground on {empty_share:.0%} of the images where the bank "
                                           "finds objects"))

@@ -193,3 +193,21 @@ def test_foreground_outliers_judged_on_odds_on_dense_targets():
     assert codes["near"] == [] and codes["a"] == []
     assert "floods" in codes["floods"] and "empty" in codes["sparse"]
     assert "85 % of the image as foreground where the bank predicts 36 %" in guards["floods"].flags[0].reason
+
+
+def test_a_bank_that_fails_the_same_way_gets_no_recommendation():
+    # fluorescence models on an H&E image: ~88 % foreground (the bright background), one big region with holes
+    background = np.ones((40, 40), bool)
+    background[5:20, 5:21] = False  # the nuclei: 15 % of the image
+    predictions = {f"m{i}": (background, background.astype(np.int32)) for i in range(4)}
+    guards = compute_guards(list(predictions), ["a", "b"], lambda model, image: predictions[model])
+    assert all([f.code for f in g.flags] == ["one-region"] for g in guards.values())
+    assert "marks 85 % of the image as foreground, mostly as one region covering 85 % of it" in guards["m0"].flags[0].reason
+    assert "none of them can be recommended" in bank_verdict(guards, "hard")
+    # a membrane map is one connected mesh but only a fifth of the image: not degenerate
+    mesh = np.zeros((60, 60), bool)
+    mesh[::6] = mesh[:, ::6] = True
+    mesh = mesh | np.roll(mesh, 1, axis=0)
+    membranes = {f"m{i}": (mesh, mesh.astype(np.int32)) for i in range(3)}
+    guards = compute_guards(list(membranes), ["a"], lambda model, image: membranes[model])
+    assert all(g.flags == () for g in guards.values()) and guards["m0"].largest_object_fraction > 0.25
