@@ -51,12 +51,12 @@ DOMAINS = {
 TEST_FRACTION = 0.25
 PATCH = 128
 BATCH = 16
-#: Instance method written into the bank for ranking. The models are trained with a boundary
-#: channel (``--task instance``), but the kit's seeded watershed currently over-segments their
-#: outputs (thin foreground rims outside the predicted boundary ring become tiny seeds: ~7x too
-#: many objects, mAP ~0.07 where connected components give ~0.43 on fluo_256), so the bank uses
-#: connected components, as the official CTE code does. Set to "watershed" once that is fixed.
-INSTANCES = "components"
+#: Instance method written into the bank for ranking: the boundary watershed that ``cte-kit train
+#: --task instance`` saves as the default. Before its fix it over-segmented (every thin rim outside a
+#: blurred boundary ring became a seed: ~7x too many objects, mAP ~0.07 where connected components gave
+#: ~0.43 on fluo_256) and this bank used connected components; ``benchmarks/bench_instances.py``
+#: compares the three.
+INSTANCES = "watershed"
 SPLIT_SEED = 2018
 
 
