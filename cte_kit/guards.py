@@ -353,6 +353,10 @@ def _odds(fraction: float) -> float:
     return fraction / (1 - fraction)
 
 
+def _objects(count: float) -> str:
+    return f"{count:.0f} object" + ("" if round(count) == 1 else "s")
+
+
 def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
@@ -386,11 +390,11 @@ def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig)
     objects, consensus_objects = values["objects_per_image"], values["consensus_objects"]
     if with_consensus and np.isfinite(objects) and np.isfinite(consensus_objects) and consensus_objects >= 1:
         if objects > config.count_ratio * consensus_objects:
-            flags.append(Flag("over-splits", "instance", f"finds {objects:.0f} objects per image where the bank finds "
-                                                         f"{consensus_objects:.0f}"))
+            flags.append(Flag("over-splits", "instance", f"finds {_objects(objects)} per image where the bank finds "
+                                                         f"{_objects(consensus_objects)}"))
         elif objects * config.count_ratio < consensus_objects:
-            flags.append(Flag("merges", "instance", f"finds {objects:.0f} objects per image where the bank finds "
-                                                    f"{consensus_objects:.0f}"))
+            flags.append(Flag("merges", "instance", f"finds {_objects(objects)} per image where the bank finds "
+                                                    f"{_objects(consensus_objects)}"))
     return tuple(flags)
 
 

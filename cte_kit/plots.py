@@ -163,11 +163,14 @@ def scatter_cte(
         else:
             ax.scatter([xi], [yi], color=color, marker=marker, s=50, zorder=2, edgecolors="k", linewidths=0.5)
         colors.append(color)
-    _fit_line(ax, x, y, color="0.3")
+    # the line describes the models the ranking trusts; flagged ones would drag it anywhere
+    _fit_line(ax, x[~flagged], y[~flagged], color="0.3")
     avoid = []
     if stats:
         text = "\n".join(f"{key.capitalize()} = {stats[key]:.2f}" for key in ("kendall", "spearman", "pearson")
                          if key in stats and stats[key] is not None and np.isfinite(stats[key]))
+        if flagged.any():
+            text += "\n(flagged models ranked last)"
         avoid.append(ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
                              bbox=dict(boxstyle="round", facecolor="white", alpha=0.8)))
     ax.set_xlabel(cte_label)
