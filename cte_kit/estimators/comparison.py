@@ -270,11 +270,15 @@ def _score(estimator, models, target, predictions, forward, sources, store, imag
         if reason:
             reasons[model.name] = reason
     usable_models = [m for m in models if m.name not in reasons]
+    base_id = images_id
+    if estimator.scope == "bank":  # a consensus score changes with the bank: the members are part of its cache key
+        members = "\x1f".join(sorted(m.name for m in usable_models))
+        images_id = f"{images_id}@{hashlib.sha256(members.encode()).hexdigest()[:12]}"
     records = {m.name: store.get(target.name, m.name, estimator.key, images_id) for m in usable_models}
     todo = [m for m in usable_models if records[m.name] is None]
     if todo:
         if isinstance(estimator, RankAggregate):
-            parts = [_score(c, usable_models, target, predictions, forward, sources, store, images_id)[0]
+            parts = [_score(c, usable_models, target, predictions, forward, sources, store, base_id)[0]
                      for c in estimator.components]
             if all(len(p) == len(usable_models) for p in parts):
                 combined = estimator.combine([[_as_result(c.key, m.name, p[m.name]) for m in usable_models]
