@@ -14,6 +14,7 @@ nothing is recomputed).
 
     python benchmarks/bench_estimators.py [--bank-dir results/dsb_bank] [--out results/bench_estimators]
                                           [--max-images 16] [--crop 256] [--estimators NAME ...]
+                                          [--threads 1] [--otce-pixels 500] [--otce-repeats 3]
 
 Reruns resume from ``OUT/estimates.jsonl``.
 """
@@ -103,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="+", choices=list(DOMAINS), default=list(DOMAINS))
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--otce-pixels", type=int, default=500, help="OTCE pixels per side (the paper: 10,000)")
+    parser.add_argument("--otce-repeats", type=int, default=3, help="OTCE repetitions (the paper: 10)")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
@@ -111,6 +114,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     from cte_kit.estimators import compare, format_comparison, write_comparison
     from cte_kit.estimators.comparison import load_target
+    from cte_kit.estimators.label_based import OTCE
+    from cte_kit.estimators.registry import resolve_estimators
     from cte_kit.models.bank import read_bank
 
     source_of = {spec.name: spec.source for spec in BANK}
@@ -121,7 +126,10 @@ def main(argv=None) -> int:
                for domain in args.targets]
     exclude = {domain: [name for name, source in source_of.items() if source == domain] for domain in args.targets}
     started = time.perf_counter()
-    comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
+    estimators = resolve_estimators(args.estimators)
+    if "otce" in estimators:
+        estimators["otce"] = OTCE(n_pixels=args.otce_pixels, repeats=args.otce_repeats)
+    comparison = compare(bank, targets, estimators, out=args.out, max_images=args.max_images, crop=args.crop,
                          exclude=exclude, n_boot=args.n_boot)
     print(format_comparison(comparison.rows))
     write_comparison(comparison, args.out)
@@ -133,6 +141,7 @@ def main(argv=None) -> int:
                      f"{row['spearman']:>+8.2f} {row['cost']:>5.1f}x {row['n_targets']}")
     print("\nMean over targets (leave one sub-domain out):\n" + "\n".join(lines))
     report = {"summary": table, "targets": args.targets, "max_images": args.max_images, "crop": args.crop,
+              "keys": {name: estimator.key for name, estimator in estimators.items()},
               "models": [e.name for e in bank], "seconds": round(time.perf_counter() - started, 1)}
     label_free = [t for t in args.targets if all((n, t) in comparison.scores for n in ("cte", "agreement"))]
     if len(label_free) >= 2:

@@ -196,7 +196,7 @@ class SegmentationModel(abc.ABC):
             The model is a black box.
         ValueError
             ``layer`` is not one plain layer of the model, or the library ran the layer more than
-            once per image (tiled prediction), so no single map stands for an image.
+            once per image (tiled prediction of a large image), so no single map stands for an image.
         """
         plain = self.check_layers([layer]) if self.layer_map is not None else ()
         if len(plain) != 1 or plain[0] != layer:
@@ -207,11 +207,13 @@ class SegmentationModel(abc.ABC):
         for indices in self._batches(arrays):
             with capture_outputs(self.feature_modules([layer])) as captured:
                 self._predict_normalised([arrays[i] for i in indices])
-            if len(captured) != 1 or captured[0].shape[0] != len(indices):
-                raise ValueError(f"model {self.name!r} ran layer {layer!r} {len(captured)} time(s) for a batch of "
-                                 f"{len(indices)} image(s) (tiled prediction): its features cannot be read per image")
-            for position, index in enumerate(indices):
-                results[index] = captured[0][position]
+            # libraries that predict image by image call the layer once per image, in order
+            maps = [sample for output in captured for sample in output]
+            if len(maps) != len(indices) or len({m.shape for m in maps}) != 1:
+                raise ValueError(f"model {self.name!r} computed layer {layer!r} {len(maps)} time(s) for {len(indices)} "
+                                 "image(s) (tiled prediction): its features cannot be read per image; use smaller images")
+            for index, feature in zip(indices, maps):
+                results[index] = feature
         return results  # type: ignore[return-value]
 
     def _predict_feature_pairs(
