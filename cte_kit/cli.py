@@ -96,6 +96,52 @@ def _add_data_commands(subparsers):
     parser.add_argument("--all", action="store_true", help="fetch every dataset that can be downloaded")
 
 
+def _add_compare(subparsers):
+    parser = subparsers.add_parser("compare", help="compare transferability estimators (CTE, baselines) on labelled targets",
+                                   description="Score a bank with every estimator on targets with labels, and report how well "
+                                               "each ranks the models (Kendall, Spearman, Pearson against true F1), what it "
+                                               "needs and what it costs. Scores are cached in OUT; a rerun resumes.")
+    parser.add_argument("--bank", required=True, help="bank YAML, or `demo` for the embedded demo bank")
+    parser.add_argument("--targets", nargs="+", required=True,
+                        help="folders with images/ and labels/, or `demo` for the embedded synthetic target")
+    parser.add_argument("--estimators", nargs="+",
+                        help="estimator names (default: every one; those that do not apply are listed with the reason): "
+                             "cte, cte_soft, cte_instance, cte+agreement, entropy, confidence, ei_all, tta, nuno, mano, "
+                             "dispersion, agreement, agreement_instance, leep, logme, ccfv, topology, otce, or "
+                             "cte:<consistency>:<perturbation>[:<statistic>]")
+    parser.add_argument("--out", required=True, help="folder for comparison.csv/json/png and the score cache")
+    parser.add_argument("--max-images", type=int, help="use at most this many images per target (seeded subset)")
+    parser.add_argument("--crop", type=int, help="centre-crop images to at most CROP x CROP pixels")
+    parser.add_argument("--usable", type=float, default=0.5, help="true F1 from which a model is usable (default: 0.5)")
+    parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over images (default: 200)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _run_compare(args) -> int:
+    from .estimators import compare, format_comparison, write_comparison
+
+    if args.bank == "demo":
+        from .demo import demo_bank_entries
+
+        bank = demo_bank_entries()
+    else:
+        bank = args.bank
+    targets = []
+    for target in args.targets:
+        if target == "demo":
+            from .demo import demo_targets
+
+            targets += list(demo_targets(args.max_images or 16, include_real=False))
+        else:
+            targets.append(target)
+    comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
+                         usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress)
+    print(format_comparison(comparison.rows))
+    paths = write_comparison(comparison, args.out)
+    print(f"Written: {', '.join(str(path) for path in paths.values())}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cte-kit", description="Consistency-based transferability estimation "
                                      "for microscopy segmentation models.")
@@ -104,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_rank(subparsers)
     _add_train(subparsers)
     _add_data_commands(subparsers)
+    _add_compare(subparsers)
     return parser
 
 
@@ -360,7 +407,8 @@ def _run_fetch(args) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "datasets": _run_datasets, "fetch": _run_fetch}
+_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "datasets": _run_datasets, "fetch": _run_fetch,
+             "compare": _run_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -45,6 +45,7 @@ __all__ = [
     "guarded_order",
     "image_statistics",
     "leave_one_out_consensus",
+    "object_agreement",
 ]
 
 
@@ -249,6 +250,30 @@ def foreground_agreement(reference: np.ndarray, mask: np.ndarray) -> float:
     return 1.0 if union == 0 else np.count_nonzero(reference & mask) / union
 
 
+def object_agreement(reference: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
+    """Object F1 at IoU ``threshold`` of instance labels against the connected components of a mask.
+
+    Parameters
+    ----------
+    reference : (H, W) bool ndarray
+        A pseudo ground-truth foreground (the other models' consensus); its 4-connected
+        components are the objects.
+    labels : (H, W) int ndarray
+        The model's instances.
+    threshold : float
+
+    Returns
+    -------
+    float
+        1.0 when neither has an object.
+    """
+    objects = measure.label(_check_mask(reference, "reference"), connectivity=1)
+    labels = np.asarray(labels)
+    if objects.max() == 0 and labels.max() == 0:
+        return 1.0
+    return match_instances(objects, labels, threshold).f1
+
+
 def compute_guards(
     models: Sequence[str],
     images: Sequence[str],
@@ -291,11 +316,8 @@ def compute_guards(
         if len(present) >= config.min_models:
             masks = np.stack([loaded[n][0] for n in present])
             for name, consensus in zip(present, leave_one_out_consensus(masks)):
-                consensus_objects_labels = measure.label(consensus, connectivity=1)
-                predicted = loaded[name][1]
-                both_empty = consensus_objects_labels.max() == 0 and predicted.max() == 0
                 agreement[name] = (foreground_agreement(consensus, loaded[name][0]),
-                                   1.0 if both_empty else match_instances(consensus_objects_labels, predicted).f1)
+                                   object_agreement(consensus, loaded[name][1]))
         for name in present:
             record = per_model[name]
             record["fraction"].append(stats[name].foreground_fraction)

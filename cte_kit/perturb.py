@@ -32,6 +32,7 @@ __all__ = [
     "Perturbation",
     "parse_perturbation",
     "spatial_dropout",
+    "capture_outputs",
     "feature_dropout",
 ]
 
@@ -308,6 +309,38 @@ def feature_dropout(
     handles = [module.register_forward_hook(hook) for module in modules]
     try:
         yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextlib.contextmanager
+def capture_outputs(modules: Sequence) -> Iterator[list]:
+    """Collect the outputs of ``modules`` as float32 NumPy arrays while a block runs.
+
+    Parameters
+    ----------
+    modules : sequence of torch.nn.Module
+        A module returning a list or tuple (an encoder returning all its levels) contributes its
+        last, deepest map, as in :func:`feature_dropout`.
+
+    Yields
+    ------
+    list of (N, C, ...) float32 ndarray
+        One entry per module call, in call order; filled as the block runs. The outputs
+        themselves are not changed.
+    """
+    captured: list = []
+
+    def hook(module, inputs, output):
+        while isinstance(output, (list, tuple)):
+            output = output[-1]
+        dense = output.to_dense() if getattr(output, "is_mkldnn", False) else output
+        captured.append(dense.detach().float().cpu().numpy())
+
+    handles = [module.register_forward_hook(hook) for module in modules]
+    try:
+        yield captured
     finally:
         for handle in handles:
             handle.remove()

@@ -8,6 +8,7 @@
         path: models/small.pt      # relative paths are relative to this file
         percentiles: [1, 99.8]     # optional per-model settings
         threshold: 0.5
+        source: data/small       # optional: the model's training data, a folder with images/ and labels/
       - name: versatile
         kind: stardist
         pretrained: 2D_versatile_fluo
@@ -55,6 +56,9 @@ class BankEntry:
         A name the model's library resolves itself (``2D_versatile_fluo``, ``cyto3``, a zoo id).
     settings : mapping
         Every other key of the entry.
+    source : str or None
+        Folder of the model's source (training) data with ``images/`` and ``labels/`` (absolute,
+        or resolved against the bank file); only estimators that need source data read it.
     """
 
     name: str
@@ -62,6 +66,7 @@ class BankEntry:
     path: str | None = None
     pretrained: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    source: str | None = None
 
     def common_settings(self) -> dict[str, Any]:
         """The entry's settings that :class:`SegmentationModel` itself takes."""
@@ -76,6 +81,8 @@ class BankEntry:
             entry["path"] = self.path
         if self.pretrained is not None:
             entry["pretrained"] = self.pretrained
+        if self.source is not None:
+            entry["source"] = self.source
         entry.update(self.settings)
         return entry
 
@@ -95,8 +102,11 @@ def _entry_from_mapping(raw: Any, position: int, base: Path, source: str) -> Ban
         raise ValueError(f"{where} ({raw['name']!r}) needs exactly one of `path` or `pretrained`")
     if path is not None:
         path = str(path if Path(path).is_absolute() else (base / path).resolve())
-    settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "path", "pretrained")}
-    return BankEntry(str(raw["name"]), kind, path, None if pretrained is None else str(pretrained), settings)
+    source = raw.get("source")
+    if source is not None:
+        source = str(source if Path(source).is_absolute() else (base / source).resolve())
+    settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "path", "pretrained", "source")}
+    return BankEntry(str(raw["name"]), kind, path, None if pretrained is None else str(pretrained), settings, source)
 
 
 def read_bank(source: str | Path | Mapping) -> list[BankEntry]:

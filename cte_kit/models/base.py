@@ -27,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from ..data.images import check_image, normalize_percentile, to_grey
-from ..perturb import FeatureDropout, InputPerturbation, Perturbation, feature_dropout
+from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout
 from .layers import LayerMap
 
 __all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_id", "image_seed"]
@@ -178,6 +178,53 @@ class SegmentationModel(abc.ABC):
         if self.layer_map is None:
             raise ValueError(f"model {self.name!r} is a black box: it has no layers to perturb")
         return self.layer_map.resolve(layers, self.name)
+
+    def layer_features(self, images: Sequence, layer: str, names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """The feature maps one plain layer computes for each image (grey boxes only).
+
+        The adapter's own forward pass runs with a hook on the layer's module (the same module
+        :class:`~cte_kit.perturb.FeatureDropout` perturbs), in batches of equally shaped images.
+
+        Parameters
+        ----------
+        images : sequence of (H, W) or (H, W, C) arrays
+            Raw images, normalised here as for :meth:`predict`.
+        layer : str
+            One plain layer name of :attr:`layers` (``'bottleneck'``, ``'decoder1'``, ...).
+        names : sequence of str, optional
+            For error messages.
+
+        Returns
+        -------
+        list of (C, h, w) float32 ndarray, one per image
+            At the layer's own resolution (``h <= H``, ``w <= W``; padding the network needs may
+            add a margin at the bottom and right, which callers crop with the image's aspect).
+
+        Raises
+        ------
+        NotGreyBoxError
+            The model is a black box.
+        ValueError
+            ``layer`` is not one plain layer of the model, or the library ran the layer more than
+            once per image (tiled prediction of a large image), so no single map stands for an image.
+        """
+        plain = self.check_layers([layer]) if self.layer_map is not None else ()
+        if len(plain) != 1 or plain[0] != layer:
+            self.feature_modules([layer])  # a black box raises NotGreyBoxError with advice
+            raise ValueError(f"layer_features takes one plain layer name, not {layer!r}; layers: {list(self.layers)}")
+        arrays = self._prepare_all(images, names)
+        results: list[np.ndarray | None] = [None] * len(arrays)
+        for indices in self._batches(arrays):
+            with capture_outputs(self.feature_modules([layer])) as captured:
+                self._predict_normalised([arrays[i] for i in indices])
+            # libraries that predict image by image call the layer once per image, in order
+            maps = [sample for output in captured for sample in output]
+            if len(maps) != len(indices) or len({m.shape for m in maps}) != 1:
+                raise ValueError(f"model {self.name!r} computed layer {layer!r} {len(maps)} time(s) for {len(indices)} "
+                                 "image(s) (tiled prediction): its features cannot be read per image; use smaller images")
+            for index, feature in zip(indices, maps):
+                results[index] = feature
+        return results  # type: ignore[return-value]
 
     def _predict_feature_pairs(
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]

@@ -153,6 +153,7 @@ class StarDistModel(PerImageDropout, SegmentationModel):
         depth = sum(name.startswith("encoder") for name in self._keras_names) + 1
         self.layer_map = LayerMap.unet(depth) if depth > 1 else LayerMap()
         self._perturbed: dict[tuple[str, ...], tuple] = {}
+        self._feature_models: dict[str, Any] = {}
         if self.tile_size is not None:
             # StarDist measures the tile overlap (receptive field) once, with whatever model is
             # current: measure it now with the plain one, so results never depend on call order.
@@ -274,6 +275,31 @@ class StarDistModel(PerImageDropout, SegmentationModel):
             yield
         finally:
             self.stardist.keras_model = plain
+
+    def layer_features(self, images: Sequence, layer: str, names: Sequence[str] | None = None) -> list[np.ndarray]:
+        """Feature maps of one plain layer (see :meth:`SegmentationModel.layer_features`).
+
+        A Keras model from the network's input to the layer's output (weights shared, built once
+        per layer) predicts each normalised image, padded at the bottom and right by reflection to
+        StarDist's divisor, as its own prediction pads.
+        """
+        if self.check_layers([layer]) != (layer,):
+            raise ValueError(f"layer_features takes one plain layer name, not {layer!r}; layers: {list(self.layers)}")
+        if layer not in self._feature_models:
+            from csbdeep.utils.tf import keras_import
+
+            model = keras_import("models", "Model")
+            network = self.stardist.keras_model
+            self._feature_models[layer] = model(network.inputs, network.get_layer(self._keras_names[layer]).output)
+        divisors = self.stardist._axes_div_by("YX")
+        features = []
+        for array in self._prepare_all(images, names):
+            pad = [(0, (-size) % divisor) for size, divisor in zip(array.shape[:2], divisors)]
+            padded = np.pad(array, pad + [(0, 0)] * (array.ndim - 2), mode="reflect")
+            batch = padded[None, ..., None] if padded.ndim == 2 else padded[None]
+            output = np.asarray(self._feature_models[layer](batch.astype(np.float32), training=False))[0]
+            features.append(np.ascontiguousarray(np.moveaxis(output, -1, 0), dtype=np.float32))
+        return features
 
     def feature_modules(self, layers: Sequence[str]) -> list:
         raise TypeError("StarDist is a Keras model and has no torch modules: its grey-box pass rebuilds the "
