@@ -29,11 +29,19 @@ $(VENV)/.full: pyproject.toml $(CONSTRAINTS) | $(BIN)/python
 demo: $(VENV)/.core
 	$(BIN)/cte-kit demo
 
+# The real-browser test (marker `browser`, a few minutes) runs beside the rest in a second pytest
+# process; its report follows the main one (also in test-artifacts/browser.log). Exit status 5 of that
+# process means PYTEST_ARGS selected no browser test.
 test: $(VENV)/.full
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	@mkdir -p test-artifacts
+	@$(BIN)/python -m pytest -m browser $(PYTEST_ARGS) > test-artifacts/browser.log 2>&1 & browser=$$!; \
+	$(BIN)/python -m pytest -m "not browser" $(PYTEST_ARGS); main=$$?; \
+	wait $$browser; status=$$?; [ $$status -eq 5 ] && status=0; \
+	echo "---- browser test (tests/test_browser.py) ----"; cat test-artifacts/browser.log; \
+	[ $$main -eq 0 ] && [ $$status -eq 0 ]
 
 notebooks: $(VENV)/.full
 	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) cte_demo .pytest_cache
+	rm -rf $(VENV) cte_demo .pytest_cache test-artifacts

@@ -246,8 +246,8 @@ def choose_strength(
     if usable:
         best = max(usable, key=lambda s: (s.resolved, -s.tied_at_top, -candidates.index(s)))
         return StrengthChoice(best.setting, f"no setting separates the bank; {best.setting} resolves the most "
-                              f"model pairs ({best.resolved:.0%}) with {_top_in_words(best.tied_at_top)} "
-                              f"above the floor {floor:g}", **common)
+                              f"model pairs ({best.resolved:.0%}) and has {_top_in_words(best.tied_at_top)}; its "
+                              f"best model stays above the floor {floor:g}", **common)
     best = max(scored, key=lambda s: s.top)
     return StrengthChoice(best.setting, f"every setting drops the best model below the floor {floor:g}; "
                           f"{best.setting} keeps it highest ({best.top:.3f})", **common)

@@ -260,7 +260,7 @@ def _move_first_slider(driver) -> None:
 
 
 @pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in NOTEBOOKS])
-def test_notebook_runs_in_jupyterlab(path, lab, browser):
+def test_notebook_runs_in_jupyterlab(path, browser, lab):  # no server when there is no browser
     missing = _missing_modules(path)
     if missing:
         pytest.skip(f"needs the adapters extra ({', '.join(missing)} not installed)")

@@ -172,6 +172,30 @@ def test_button_click_runs_the_sweep(bank, target):
     assert panel.choice.setting in {"dropout:0.1", "dropout:0.4"}
     assert "Kendall" in panel.table.value and "Label-free choice" in panel.table.value
     assert all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel() for ax in panel.figure.axes)
+    # both axes of CTE vs performance name the statistic over images that made their numbers
+    assert "mean over images" in panel.figure.axes[0].get_xlabel()
+    assert "median over images" in panel.figure.axes[0].get_ylabel()
+    assert panel.kind.style.description_width == "initial"  # "perturbation" is not cut
+
+
+def test_panel_shows_that_it_is_busy_while_it_sweeps(bank, target, monkeypatch):
+    import cte_kit.strength as strength
+
+    panel = strength_sweep_panel(bank, target.images, None, kind="dropout", strengths=(0.2,), progress=False,
+                                 draw=False)
+    seen = []
+    original = strength.sweep_strengths
+
+    def watched(*args, **kwargs):
+        seen.append((panel.button.disabled, panel.button.description, panel.status.value))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(strength, "sweep_strengths", watched)
+    panel.button.click()
+    ((disabled, description, status),) = seen
+    assert disabled and description == "Running..." and "Running" in status and "dropout at 0.2" in status
+    assert not panel.button.disabled and panel.button.description == "Run sweep"
+    assert panel.status.value.startswith("Done: dropout at 0.2")
 
 
 def test_panel_reuses_computed_strengths_and_switches_kind(bank, target, monkeypatch):
