@@ -6,7 +6,8 @@ from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
 
 from cte_kit.metrics import average_precision
-from cte_kit.models.instances import (connected_components, merge_small_fragments, remove_small_objects,
+from cte_kit.models.instances import (connected_components, merge_small_fragments, merge_weak_borders,
+                                      remove_small_objects,
                                       seeded_watershed)
 
 
@@ -52,7 +53,7 @@ def test_boundary_watershed_counts_touching_nuclei(seed):
     assert abs(labels.max() - n_true) <= 0.1 * n_true
     fixed_map = average_precision(truth, labels).mean
     assert fixed_map >= average_precision(truth, connected_components(probability)).mean
-    assert fixed_map > 0.8
+    assert fixed_map > 0.75  # connected components: 0.35 to 0.69 on these images
     # the objects tile the foreground: nothing is dropped
     assert np.array_equal(labels > 0, probability > 0.5)
 
@@ -109,3 +110,28 @@ def test_connected_components_min_size_and_errors():
         connected_components(np.zeros((2, 5, 5)))
     with pytest.raises(ValueError, match="shape"):
         seeded_watershed(probability, np.zeros((5, 5)))
+
+
+def test_merge_weak_borders_keeps_only_predicted_boundaries():
+    labels = np.zeros((6, 9), np.int32)
+    labels[1:5, 1:4], labels[1:5, 4:7], labels[1:5, 7:9] = 1, 2, 3
+    boundary = np.zeros((6, 9), np.float32)
+    boundary[1:5, 3] = 0.9  # a predicted border between 1 and 2 ...
+    boundary[1:5, 6:8] = 0.4  # ... and a faint ridge between 2 and 3
+    merged = merge_weak_borders(labels, boundary, threshold=0.7)
+    assert merged.max() == 2
+    assert merged[2, 2] != merged[2, 5] and merged[2, 5] == merged[2, 8]
+    # one strong pixel pair out of four is not enough: the mean decides
+    boundary[2, 6] = 1.0
+    assert merge_weak_borders(labels, boundary, threshold=0.7).max() == 2
+    assert merge_weak_borders(labels, boundary, threshold=0.5).max() == 3
+
+
+def test_watershed_does_not_split_a_nucleus_along_a_faint_ridge():
+    yy, xx = np.mgrid[:30, :30]
+    probability = ((yy - 15) ** 2 + (xx - 15) ** 2 <= 100).astype(np.float32)
+    boundary = np.zeros_like(probability)
+    boundary[:, 15] = 0.55  # a faint line across the nucleus: two interiors, no real border
+    assert seeded_watershed(probability, boundary).max() == 1
+    boundary[:, 15] = 0.95  # a confident border: two objects
+    assert seeded_watershed(probability, boundary).max() == 2
