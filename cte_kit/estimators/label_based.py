@@ -20,6 +20,7 @@ Labels are binarised (foreground = label > 0): the bank's tasks are foreground s
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -95,7 +96,13 @@ def transport_plan(source_features, target_features, solver: str = "sinkhorn", e
     if solver == "sinkhorn":
         if epsilon <= 0:
             raise ValueError(f"epsilon must be > 0, got {epsilon}")
-        return ot.sinkhorn(a, b, cost, reg=epsilon, method="sinkhorn_log", numItermax=max_iter, stopThr=1e-4)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            plan = ot.sinkhorn(a, b, cost, reg=epsilon, method="sinkhorn_log", numItermax=max_iter, stopThr=1e-4)
+        if any("converge" in str(w.message) for w in caught):
+            warnings.warn(f"Sinkhorn stopped after {max_iter} iterations before meeting the marginals to 1e-4; the "
+                          "transport plan is approximate (raise max_iter or epsilon, or use solver='emd').", stacklevel=2)
+        return plan
     raise ValueError(f"unknown solver {solver!r}; choose 'sinkhorn' or 'emd'")
 
 
