@@ -13,14 +13,18 @@ predictions the estimator already makes, never at a label:
   (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
   compared with itself.
 
-A model whose output is degenerate or an outlier gets a :class:`Flag` with a reason in plain
-words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
+A model whose output is degenerate whatever the bank says (almost all foreground, or most of
+the image as one region) is flagged first and left out of the consensus, so that a bank that
+fails the same way cannot outvote the one model that works; the others are then compared with
+the consensus of these plausible models. A model whose output is degenerate or an outlier gets
+a :class:`Flag` with a reason in plain words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
 ``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
 :class:`GuardConfig`.
 
-What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` models there is no
-consensus and only the absolute checks run; where most of the bank fails the same way, the
-consensus is that failure and a lone good model looks like the outlier. :func:`bank_verdict`
+What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` plausible models there
+is no consensus and only the absolute checks run; where most of the bank fails the same way
+*without* flooding the image, the consensus is that failure and a lone good model looks like
+the outlier. :func:`bank_verdict`
 says when the bank as a whole looks unusable.
 """
 
@@ -56,7 +60,7 @@ class GuardConfig:
     Attributes
     ----------
     min_models : int
-        Models needed for the consensus checks (each model is compared with the others).
+        Plausible models (not flagged by the absolute checks) needed for the consensus checks.
     fraction_odds_ratio : float
         A mean foreground fraction whose odds ``f / (1 - f)`` are this many times above (or
         below) the consensus's ... (odds, not the fraction itself: 85 % against 35 % is as
@@ -87,7 +91,7 @@ class GuardConfig:
     min_models: int = 3
     fraction_odds_ratio: float = 4.0
     fraction_gap: float = 0.1
-    flood_fraction: float = 0.9
+    flood_fraction: float = 0.8
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
     region_foreground: float = 0.5
@@ -298,62 +302,74 @@ def compute_guards(
     dict of str -> ModelGuards
     """
     models = list(models)
-    per_model = {name: {"fraction": [], "consensus_fraction": [], "objects": [], "consensus_objects": [],
-                        "size": [], "consensus_size": [], "largest": [], "iou": [], "f1": [],
-                        "empty_where_bank_not": []}
-                 for name in models}
+    statistics = {name: {} for name in models}  # model -> image -> ImageStatistics
     for image in images:
-        loaded = {name: load(name, image) for name in models}
-        present = [name for name in models if loaded[name] is not None]
+        for name in models:
+            loaded = load(name, image)
+            if loaded is not None:
+                statistics[name][image] = image_statistics(*loaded)
+    # First the checks that need no bank: a model that floods the image is left out of the
+    # consensus, so that a bank failing the same way cannot outvote the one model that works.
+    absolute = {name: _absolute_flags(_mean([v.foreground_fraction for v in statistics[name].values()]),
+                                      _median([v.largest_object_fraction for v in statistics[name].values()]), config)
+                for name in models}
+    plausible = [name for name in models if not absolute[name]]
+    per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
+                        "empty_where_bank_not": []} for name in models}
+    for image in images:
+        present = [name for name in models if image in statistics[name]]
+        voters = [name for name in plausible if image in statistics[name]] or present
         if not present:
             continue
-        stats = {name: image_statistics(*loaded[name]) for name in present}
-        consensus_fraction = float(np.median([stats[n].foreground_fraction for n in present]))
-        consensus_objects = float(np.median([stats[n].n_objects for n in present]))
-        sizes = [stats[n].median_object_size for n in present if stats[n].n_objects]
+        stats = {name: statistics[name][image] for name in present}
+        consensus_fraction = float(np.median([stats[n].foreground_fraction for n in voters]))
+        consensus_objects = float(np.median([stats[n].n_objects for n in voters]))
+        sizes = [stats[n].median_object_size for n in voters if stats[n].n_objects]
         consensus_size = float(np.median(sizes)) if sizes else float("nan")
         agreement = {}
-        if len(present) >= config.min_models:
-            masks = np.stack([loaded[n][0] for n in present])
-            for name, consensus in zip(present, leave_one_out_consensus(masks)):
-                agreement[name] = (foreground_agreement(consensus, loaded[name][0]),
-                                   object_agreement(consensus, loaded[name][1]))
+        if len(voters) >= config.min_models and set(voters) <= set(plausible):
+            loaded = {name: load(name, image) for name in present}
+            masks = np.stack([loaded[n][0] for n in voters])
+            consensus = dict(zip(voters, leave_one_out_consensus(masks)))
+            votes = masks.sum(axis=0, dtype=np.int32)
+            for name in present:
+                # a model outside the voters is compared with the majority of all of them
+                reference = consensus[name] if name in consensus else 2 * votes > len(voters)
+                agreement[name] = (foreground_agreement(reference, loaded[name][0]),
+                                   object_agreement(reference, loaded[name][1]))
         for name in present:
             record = per_model[name]
-            record["fraction"].append(stats[name].foreground_fraction)
             record["consensus_fraction"].append(consensus_fraction)
-            record["objects"].append(stats[name].n_objects)
             record["consensus_objects"].append(consensus_objects)
-            record["size"].append(stats[name].median_object_size)
             record["consensus_size"].append(consensus_size)
-            record["largest"].append(stats[name].largest_object_fraction)
             if consensus_fraction >= config.empty_fraction:
                 record["empty_where_bank_not"].append(stats[name].foreground_fraction < config.empty_fraction)
             if name in agreement:
                 record["iou"].append(agreement[name][0])
                 record["f1"].append(agreement[name][1])
-    iou = {name: float(np.mean(per_model[name]["iou"])) if per_model[name]["iou"] else float("nan") for name in models}
-    defined_iou = [value for value in iou.values() if np.isfinite(value)]
+    iou = {name: _mean(per_model[name]["iou"]) for name in models}
+    defined_iou = [iou[name] for name in plausible if np.isfinite(iou[name])]
     bank_iou = float(np.median(defined_iou)) if len(defined_iou) >= config.min_models else float("nan")
     guards = {}
     for name in models:
-        record = per_model[name]
+        record, values_by_image = per_model[name], list(statistics[name].values())
         values = dict(
             name=name,
-            n_images=len(record["fraction"]),
-            foreground_fraction=_mean(record["fraction"]),
+            n_images=len(values_by_image),
+            foreground_fraction=_mean([v.foreground_fraction for v in values_by_image]),
             consensus_fraction=_mean(record["consensus_fraction"]),
-            objects_per_image=_median(record["objects"]),
+            objects_per_image=_median([v.n_objects for v in values_by_image]),
             consensus_objects=_median(record["consensus_objects"]),
-            object_size=_median(record["size"]),
+            object_size=_median([v.median_object_size for v in values_by_image]),
             consensus_object_size=_median(record["consensus_size"]),
-            largest_object_fraction=_median(record["largest"]),
+            largest_object_fraction=_median([v.largest_object_fraction for v in values_by_image]),
             agreement_iou=iou[name],
             agreement_f1=_mean(record["f1"]),
             bank_agreement_iou=bank_iou,
         )
-        empty_share = _mean(record["empty_where_bank_not"])
-        guards[name] = ModelGuards(**values, flags=_flags(values, empty_share, len(models), config))
+        relative = _relative_flags(values, _mean(record["empty_where_bank_not"]), len(plausible), config)
+        known = {flag.code for flag in absolute[name]}
+        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known))
     return guards
 
 
@@ -383,26 +399,33 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
 
-def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig) -> tuple[Flag, ...]:
-    flags = []
-    fraction, consensus = values["foreground_fraction"], values["consensus_fraction"]
+def _absolute_flags(fraction: float, region: float, config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags that need no bank: almost all foreground, or most of the image as one region."""
     if not np.isfinite(fraction):
         return ()
-    with_consensus = n_models >= config.min_models and np.isfinite(consensus)
-    odds_ratio = _odds(fraction) / _odds(consensus) if with_consensus else 1.0
-    if fraction > config.flood_fraction or (
-            with_consensus and odds_ratio > config.fraction_odds_ratio and fraction - consensus > config.fraction_gap):
-        where = f" where the bank predicts {_percent(consensus)}" if with_consensus else ""
-        flags.append(Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground{where}"))
-    region = values["largest_object_fraction"]
-    if fraction > config.region_foreground and region > config.region_fraction and not flags:
-        flags.append(Flag("one-region", "all", f"marks {_percent(fraction)} of the image as foreground, mostly as one "
-                                               f"region covering {_percent(region)} of it: it segments the background "
-                                               "or the tissue, not objects"))
+    if fraction > config.flood_fraction:
+        return (Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground"),)
+    if fraction > config.region_foreground and region > config.region_fraction:
+        return (Flag("one-region", "all", f"marks {_percent(fraction)} of the image as foreground, mostly as one "
+                                          f"region covering {_percent(region)} of it: it segments the background or "
+                                          "the tissue, not objects"),)
+    return ()
+
+
+def _relative_flags(values: dict, empty_share: float, n_voters: int, config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags against the consensus of the bank's plausible models (none with fewer than ``min_models``)."""
+    flags = []
+    fraction, consensus = values["foreground_fraction"], values["consensus_fraction"]
+    if not np.isfinite(fraction) or n_voters < config.min_models or not np.isfinite(consensus):
+        return ()
+    odds_ratio = _odds(fraction) / _odds(consensus)
+    if odds_ratio > config.fraction_odds_ratio and fraction - consensus > config.fraction_gap:
+        flags.append(Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground where the bank "
+                                           f"predicts {_percent(consensus)}"))
     if np.isfinite(empty_share) and empty_share > config.empty_share:
         flags.append(Flag("empty", "all", f"predicts no foreground on {empty_share:.0%} of the images where the bank "
                                           "finds objects"))
-    elif with_consensus and odds_ratio * config.fraction_odds_ratio < 1 and consensus - fraction > config.fraction_gap:
+    elif odds_ratio * config.fraction_odds_ratio < 1 and consensus - fraction > config.fraction_gap:
         flags.append(Flag("empty", "all", f"predicts {_percent(fraction)} of the image as foreground where the bank "
                                           f"predicts {_percent(consensus)}"))
     iou, bank_iou = values["agreement_iou"], values["bank_agreement_iou"]
@@ -410,7 +433,7 @@ def _flags(values: dict, empty_share: float, n_models: int, config: GuardConfig)
         flags.append(Flag("disagrees", "all", f"agrees with the other models' consensus on IoU {iou:.2f} where the "
                                               f"bank's median is {bank_iou:.2f}"))
     objects, consensus_objects = values["objects_per_image"], values["consensus_objects"]
-    if with_consensus and np.isfinite(objects) and np.isfinite(consensus_objects) and consensus_objects >= 1:
+    if np.isfinite(objects) and np.isfinite(consensus_objects) and consensus_objects >= 1:
         if objects > config.count_ratio * consensus_objects:
             flags.append(Flag("over-splits", "instance", f"finds {_objects(objects)} per image where the bank finds "
                                                          f"{_objects(consensus_objects)}"))
