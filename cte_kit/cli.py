@@ -39,7 +39,7 @@ def _add_rank(subparsers):
                         help="KIND:STRENGTH, repeatable: dropout:0.2, noise:0.05, noise:0.03-0.07, brightness:0.1, "
                              "contrast:0.8, gamma:0.7, dropout:0.1@encoder1+bottleneck, dropout:0.05@all. Each is "
                              "scored with every --consistency. Default: each consistency with its own default "
-                             "perturbation (hard, soft: dropout:0.2 at the bottleneck; instance: gamma:0.7)")
+                             "perturbation (gamma:0.7 for every consistency, chosen on the DSB2018 benchmark)")
     parser.add_argument("--consistency", action="append", choices=("hard", "soft", "instance"),
                         help="consistency measure, repeatable (default: hard)")
     parser.add_argument("--out", required=True, help="results CSV (one row per model, image, perturbation, consistency)")

@@ -27,16 +27,14 @@ def images():
 def test_defaults_differ_from_the_paper_where_the_benchmark_says_so():
     assert (PAPER_PERTURBATION, PAPER_STATISTIC) == ("dropout:0.2", "median")
     assert DEFAULT_STATISTIC == "mean"
-    assert DEFAULT_PERTURBATIONS == {"hard": "dropout:0.2", "soft": "dropout:0.2", "instance": "gamma:0.7"}
-    assert default_perturbation("instance") == InputPerturbation("gamma", 0.7)
-    assert default_perturbation("hard") == FeatureDropout(0.2)
+    assert DEFAULT_PERTURBATIONS == {"hard": "gamma:0.7", "soft": "gamma:0.7", "instance": "gamma:0.7"}
+    assert default_perturbation("instance") == default_perturbation("hard") == InputPerturbation("gamma", 0.7)
     with pytest.raises(ValueError, match="unknown consistency 'dice'"):
         default_perturbation("dice")
 
 
 def test_default_settings_group_consistencies_by_perturbation():
-    assert default_settings(["instance", "hard", "soft", "hard"]) == {"gamma:0.7": ["instance"],
-                                                                      "dropout:0.2": ["hard", "soft"]}
+    assert default_settings(["instance", "hard", "soft", "hard"]) == {"gamma:0.7": ["instance", "hard", "soft"]}
     assert default_settings([]) == {}
 
 
