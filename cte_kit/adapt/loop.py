@@ -217,8 +217,6 @@ def adapt(target: AdaptTarget, images: Sequence[np.ndarray], config: AdaptConfig
     teacher.eval()
     initial = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     student = copy.deepcopy(teacher)
-    if hasattr(student, "mkldnn"):
-        student.mkldnn = False  # Cellpose's MKL-DNN inference layout has no gradients
     student.train()
     optimiser = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.learning_rate,
                                   weight_decay=config.weight_decay)

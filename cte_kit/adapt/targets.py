@@ -144,6 +144,11 @@ def _cellpose_target(model) -> AdaptTarget:
         raise TypeError(f"model {model.name!r}: Cellpose 4 (Cellpose-SAM) is not adapted by this kit; only Cellpose 3 "
                         "CPnets (cellpose>=3.1.1,<4) are")
     network = model.cellpose.net
+    if any(value.is_mkldnn for value in network.state_dict().values()):
+        raise ValueError(f"model {model.name!r} has already predicted on the CPU, which turned its layers into MKL-DNN "
+                         "inference layers that cannot be trained; load it afresh to adapt it")
+    # Cellpose's CPU inference would turn the shared layers into MKL-DNN ones in place, without gradients
+    network.mkldnn = False
     depth = len(network.downsample.down)
     # Cellpose 3 orders CPnet's outputs as (flow_y, flow_x, cell probability logit)
     return AdaptTarget(model, network, ("flow_y", "flow_x", "class"), f"downsample.down.res_down_{depth - 1}",
