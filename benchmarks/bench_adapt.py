@@ -105,7 +105,7 @@ def run_folder(args) -> dict:
 
         model = CellposeModel.from_file(args.checkpoint)
     else:
-        model = UNetModel.from_checkpoint(args.checkpoint)
+        model = UNetModel.from_checkpoint(args.checkpoint, rgb="grey", instances="watershed")
     report = judged_run(adapt_target(model), images, labels,
                         AdaptConfig(steps=args.steps, eval_every=max(1, args.steps // 6), seed=args.seed))
     _print(f"{Path(args.checkpoint).stem} -> {Path(args.images).parent.name}", report)
