@@ -8,7 +8,9 @@ settings the seed omits (EMA decay, L2-SP weight) show their effect.
     python benchmarks/bench_adapt.py demo --steps 120 --out results/adapt_demo.json
     python benchmarks/bench_adapt.py folder --checkpoint model.pt --images T/images --labels T/labels \\
         --out results/adapt_pair.json
-    python benchmarks/bench_adapt.py cellpose --model-file cp_model --images T/images --labels T/labels ...
+    python benchmarks/bench_adapt.py train-cellpose --images S/images --labels S/labels --steps 40 \\
+        --out results/cp_models/cp_source.json
+    python benchmarks/bench_adapt.py folder --kind cellpose --checkpoint results/cp_models/models/cp_source ...
 """
 
 from __future__ import annotations
@@ -112,10 +114,27 @@ def run_folder(args) -> dict:
     return {"pair": [str(Path(args.checkpoint).name), str(Path(args.images).parent.name)], **report}
 
 
+def train_cellpose(args) -> dict:
+    """A Cellpose 3 CPnet trained from scratch on a labelled source folder (``cellpose.train.train_seg``)."""
+    from cellpose import models, train
+
+    data = load_folder(args.images, args.labels, progress=False)
+    images = [image[: args.crop, : args.crop] if args.crop else image for image in data.images][: args.n_images]
+    labels = [label[: args.crop, : args.crop] if args.crop else label for label in data.labels][: args.n_images]
+    torch.manual_seed(args.seed)
+    network = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=17.0)
+    started = time.perf_counter()
+    path, _, _ = train.train_seg(network.net, train_data=[i.astype(np.float32) for i in images], train_labels=labels,
+                                 channels=[0, 0], n_epochs=args.steps, batch_size=8, bsize=128, learning_rate=0.005,
+                                 min_train_masks=1, save_path=str(Path(args.out).parent), model_name=Path(args.out).stem)
+    print(f"trained {path} in {time.perf_counter() - started:.0f} s", flush=True)
+    return {"model": str(path)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("demo", "folder"))
-    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("mode", choices=("demo", "folder", "train-cellpose"))
+    parser.add_argument("--steps", type=int, default=120, help="adaptation steps (train-cellpose: epochs)")
     parser.add_argument("--n-images", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", help="folder mode: model file (kit U-Net checkpoint or Cellpose file)")
@@ -126,7 +145,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="JSON report")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = run_demo(args) if args.mode == "demo" else run_folder(args)
+    results = {"demo": run_demo, "folder": run_folder, "train-cellpose": train_cellpose}[args.mode](args)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
 

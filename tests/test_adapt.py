@@ -220,3 +220,20 @@ def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_pat
     run_sweep(entries, target_data.images[:2], target_data.names[:2], tmp_path / "rank.csv", [FeatureDropout(0.2)],
               labels=target_data.labels[:2], progress=False)
     assert {row["model"] for row in read_results(tmp_path / "rank.csv")} == {"near", "near_adapted"}
+
+
+@pytest.mark.adapters
+def test_bioimageio_export_of_a_kit_unet_adapts_into_a_kit_checkpoint(tiny_bioimageio_zip, target_data, tmp_path):
+    from cte_kit.models.bioimageio import BioImageIOModel
+
+    exported = BioImageIOModel.from_source(tiny_bioimageio_zip)
+    target = adapt_target(exported)
+    run = adapt(target, target_data.images[:3], replace(QUICK, steps=2, eval_every=2), progress=False)
+    kind, path = save_adapted(target, run, tmp_path / "adapted.pt", {"source_model": "tiny"}, all_checkpoints=False)
+    reloaded = load_model(BankEntry("adapted", kind, str(path)))
+    assert kind == "unet" and reloaded.percentiles == (1.0, 99.8)
+    state = reloaded.network.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in run.checkpoints[run.chosen.step].items())
+    # the kit checkpoint predicts what the adapted export predicts
+    np.testing.assert_allclose(reloaded.predict(target_data.images[:1])[0].probability,
+                               exported.predict(target_data.images[:1])[0].probability, atol=1e-4)
