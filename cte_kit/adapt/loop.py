@@ -224,8 +224,9 @@ def adapt(target: AdaptTarget, images: Sequence[np.ndarray], config: AdaptConfig
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     thresholds = MovingPercentile(config.percentile, config.threshold_momentum)
-    eval_images = [images[i] for i in sorted(range(len(images)), key=lambda i: names[i])[: config.n_eval]]
-    eval_arrays = [arrays[i] for i in sorted(range(len(images)), key=lambda i: names[i])[: config.n_eval]]
+    # by name, so the evaluation set does not depend on the order the images came in
+    evaluated = sorted(range(len(images)), key=lambda i: names[i])[: config.n_eval]
+    eval_images, eval_arrays = [images[i] for i in evaluated], [arrays[i] for i in evaluated]
     initial_labels = _instances(target, eval_images)
     initial_embeddings = _embeddings(target, teacher, eval_arrays, device)
     curve = [EvalPoint(0, 0.0, 0.0, 0.0, float("nan"), float("nan"))]
