@@ -328,7 +328,9 @@ def _run_adapt(args) -> int:
     from .adapt import AdaptConfig, adapt, adapt_target, save_adapted
     from .data.folder import load_folder
     from .models.bank import read_bank
+    from .models.training import _training_device
 
+    _training_device(args.device)  # a missing GPU is refused with advice before anything is loaded
     entries = {entry.name: entry for entry in read_bank(args.bank)}
     if args.model not in entries:
         raise ValueError(f"no model {args.model!r} in {args.bank}; models: {sorted(entries)}")

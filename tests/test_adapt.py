@@ -210,6 +210,9 @@ def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_pat
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["adapt", "--bank", str(bank), "--model", "nope", "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "x.pt")]) == 2
+    if not torch.cuda.is_available():
+        assert main(["adapt", "--bank", str(bank), "--model", "near", "--images", str(tmp_path / "images"),
+                     "--out", str(tmp_path / "x.pt"), "--device", "cuda"]) == 2
     monkeypatch.undo()
     import json
 
