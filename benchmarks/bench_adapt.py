@@ -110,8 +110,9 @@ def run_folder(args) -> dict:
         model = UNetModel.from_checkpoint(args.checkpoint, rgb="grey", instances="watershed")
     report = judged_run(adapt_target(model), images, labels,
                         AdaptConfig(steps=args.steps, eval_every=max(1, args.steps // 6), seed=args.seed))
-    _print(f"{Path(args.checkpoint).stem} -> {Path(args.images).parent.name}", report)
-    return {"pair": [str(Path(args.checkpoint).name), str(Path(args.images).parent.name)], **report}
+    pair = [Path(args.checkpoint).stem, "/".join(Path(args.images).parts[-3:-1])]
+    _print(" -> ".join(pair), report)
+    return {"pair": pair, **report}
 
 
 def train_cellpose(args) -> dict:
