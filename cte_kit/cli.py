@@ -1,4 +1,4 @@
-"""Command line: ``cte-kit demo | rank | train | datasets | fetch`` (also ``python -m cte_kit``)."""
+"""Command line: ``cte-kit demo | rank | train | adapt | datasets | fetch`` (also ``python -m cte_kit``)."""
 
 from __future__ import annotations
 
@@ -89,6 +89,22 @@ def _add_train(subparsers):
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _add_adapt(subparsers):
+    parser = subparsers.add_parser("adapt", help="adapt a bank model to unlabelled images (SelfAdapt, no labels)",
+                                   description="Adapt one model of a bank (kit U-Net, Cellpose 3, bioimage.io export of a "
+                                               "kit U-Net) to a folder of unlabelled images with an EMA teacher, L2-SP "
+                                               "and label-free stopping; settings: cte_kit.adapt.AdaptConfig.")
+    parser.add_argument("--bank", required=True, help="bank YAML")
+    parser.add_argument("--model", required=True, help="name of the model in the bank")
+    parser.add_argument("--images", required=True, help="folder of unlabelled target images")
+    parser.add_argument("--out", required=True, help="weights of the adapted model; provenance goes to OUT.adapt.json "
+                                                     "and every checkpoint to OUT_STEM_checkpoints/")
+    parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default: 200)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
+    parser.add_argument("--no-progress", action="store_true")
+
+
 def _add_data_commands(subparsers):
     subparsers.add_parser("datasets", help="list the datasets of data_registry.yaml with sizes and licences")
     parser = subparsers.add_parser("fetch", help="download datasets into the cache (CTE_KIT_DATA_DIR)")
@@ -149,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(subparsers)
     _add_rank(subparsers)
     _add_train(subparsers)
+    _add_adapt(subparsers)
     _add_data_commands(subparsers)
     _add_compare(subparsers)
     return parser
@@ -390,6 +407,33 @@ def _run_train(args) -> int:
     return 0
 
 
+def _run_adapt(args) -> int:
+    from .adapt import AdaptConfig, adapt, adapt_target, save_adapted
+    from .data.folder import load_folder
+    from .models.bank import read_bank
+    from .models.training import _training_device
+
+    _training_device(args.device)  # a missing GPU is refused with advice before anything is loaded
+    entries = {entry.name: entry for entry in read_bank(args.bank)}
+    if args.model not in entries:
+        raise ValueError(f"no model {args.model!r} in {args.bank}; models: {sorted(entries)}")
+    target = adapt_target(entries[args.model], device=args.device)
+    data = load_folder(args.images, progress=not args.no_progress)
+    config = AdaptConfig(steps=args.steps, seed=args.seed, eval_every=max(1, min(AdaptConfig.eval_every, args.steps)))
+    print(f"Adapting {args.model} to {len(data.images)} unlabelled images for {args.steps} steps on {args.device}")
+    run = adapt(target, data.images, config, names=data.names, progress=not args.no_progress)
+    kind, path = save_adapted(target, run, args.out, {"source_model": args.model, "bank": str(Path(args.bank).resolve()),
+                                                      "target_images": str(Path(args.images).resolve())})
+    for point in run.curve:
+        print(f"  step {point.step:5d}  FN rate {point.fn_rate:.3f}  embedding distance {point.embedding:.3f}  "
+              f"weight distance {point.weight_distance:.4f}")
+    for stop in run.stops.values():
+        print(f"  {stop.criterion} <= {stop.threshold}: step {stop.step}" + ("" if stop.crossed else " (never crossed)"))
+    print(f"Saved step {run.chosen.step} ({run.chosen.criterion} criterion) to {path}; bank entry: "
+          f"{{name: {args.model}_adapted, kind: {kind}, path: {path}}}")
+    return 0
+
+
 def _run_datasets(args) -> int:
     from .data.registry import format_table, list_datasets
 
@@ -407,8 +451,8 @@ def _run_fetch(args) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "datasets": _run_datasets, "fetch": _run_fetch,
-             "compare": _run_compare}
+_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "adapt": _run_adapt, "datasets": _run_datasets,
+             "fetch": _run_fetch, "compare": _run_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
