@@ -8,7 +8,6 @@ The bank's weights ship with the package (``cte_kit/assets/demo_bank``, about 10
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +16,7 @@ import numpy as np
 from .data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
 from .models.bank import BankEntry, write_bank
 from .models.training import TrainingConfig, train_unet
-from .models.unet import UNetConfig
+from .models.unet import UNetConfig, demo_bank_dir, demo_checkpoint
 from .perturb import FeatureDropout, InputPerturbation, Perturbation
 
 __all__ = [
@@ -38,22 +37,6 @@ DEMO_TRAIN_IMAGES = 24
 #: The paper's two families: bottleneck dropout (its nuclei default) and one input perturbation.
 #: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimator.default_settings`.)
 DEMO_PERTURBATIONS: tuple[Perturbation, ...] = (FeatureDropout(0.2), InputPerturbation("contrast", 0.7))
-
-
-def demo_bank_dir() -> Path:
-    """Folder of the shipped demo weights."""
-    return Path(str(resources.files("cte_kit") / "assets" / "demo_bank"))
-
-
-def demo_checkpoint(name: str, folder: str | Path | None = None) -> Path:
-    """Path of one demo model (``'near_target'`` or ``'demo/near_target'``)."""
-    folder = Path(folder) if folder is not None else demo_bank_dir()
-    path = folder / f"{name.split('/')[-1]}.pt"
-    if not path.is_file():
-        available = sorted(p.stem for p in folder.glob("*.pt"))
-        raise FileNotFoundError(f"no demo model {name!r} in {folder}; available: {available}. "
-                                "Rebuild the bank with `cte-kit demo --rebuild`.")
-    return path
 
 
 def demo_bank_entries(folder: str | Path | None = None) -> list[BankEntry]:

@@ -15,6 +15,7 @@ batched call, so a grey-box CTE pair costs well under two forward passes.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,7 +29,8 @@ from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
 from .unet_arch import UNet
 
-__all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "CHECKPOINT_FORMAT"]
+__all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
+           "demo_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "cte_kit.unet/1"
 
@@ -216,11 +218,25 @@ class UNetModel(SegmentationModel):
         return predictions[:half], predictions[half:]
 
 
+def demo_bank_dir() -> Path:
+    """Folder of the shipped demo weights (the embedded default bank; ``pretrained: demo/NAME``)."""
+    return Path(str(resources.files("cte_kit") / "assets" / "demo_bank"))
+
+
+def demo_checkpoint(name: str, folder: str | Path | None = None) -> Path:
+    """Path of one demo model (``'near_target'`` or ``'demo/near_target'``)."""
+    folder = Path(folder) if folder is not None else demo_bank_dir()
+    path = folder / f"{name.split('/')[-1]}.pt"
+    if not path.is_file():
+        available = sorted(p.stem for p in folder.glob("*.pt"))
+        raise FileNotFoundError(f"no demo model {name!r} in {folder}; available: {available}. "
+                                "Rebuild the bank with `cte-kit demo --rebuild`.")
+    return path
+
+
 def from_bank_entry(entry) -> UNetModel:
     """Bank loader: ``path`` is a checkpoint; ``pretrained`` names a model of the embedded demo bank."""
     if entry.pretrained is not None:
-        from ..demo import demo_checkpoint
-
         path = demo_checkpoint(entry.pretrained)
     else:
         path = entry.path
