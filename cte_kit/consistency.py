@@ -46,6 +46,7 @@ __all__ = [
     "boundary_band",
     "instance_consistency",
     "pair_consistency",
+    "prediction_foreground",
     "image_consistency",
     "nan_statistic",
     "summarize",
@@ -240,8 +241,12 @@ def _field(prediction: Prediction, field: str, kind: str, role: str) -> np.ndarr
     return value
 
 
-def _foreground(prediction: Prediction) -> np.ndarray:
-    """Probability map if there is one, else the labels' foreground as a bool mask."""
+def prediction_foreground(prediction: Prediction) -> np.ndarray:
+    """Probability map if there is one, else the labels' foreground as a bool mask.
+
+    Binarised at a model's threshold (``> threshold``) it is the foreground that hard
+    consistency compares and the guards judge.
+    """
     if prediction.probability is not None:
         return prediction.probability
     return check_label_image(prediction.labels) > 0
@@ -274,7 +279,7 @@ def pair_consistency(
         For an unknown kind, or a prediction lacking the field the kind needs.
     """
     if kind == "hard":
-        return hard_consistency(_foreground(clean), _foreground(perturbed), threshold)
+        return hard_consistency(prediction_foreground(clean), prediction_foreground(perturbed), threshold)
     if kind == "soft":
         u = _field(clean, "probability", kind, "clean")
         return soft_consistency(u, _field(perturbed, "probability", kind, "perturbed"), threshold)

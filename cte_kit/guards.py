@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from skimage import measure
 
-from .metrics import match_instances
+from .metrics import mask_overlap, match_instances
 
 __all__ = [
     "Flag",
@@ -249,9 +249,8 @@ def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
 
 def foreground_agreement(reference: np.ndarray, mask: np.ndarray) -> float:
     """IoU of two foreground masks; 1.0 when both are empty (they agree that nothing is there)."""
-    reference, mask = _check_mask(reference, "reference"), _check_mask(mask, "mask")
-    union = np.count_nonzero(reference | mask)
-    return 1.0 if union == 0 else np.count_nonzero(reference & mask) / union
+    intersection, union = mask_overlap(_check_mask(reference, "reference"), _check_mask(mask, "mask"))
+    return 1.0 if union == 0 else intersection / union
 
 
 def object_agreement(reference: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> float:
@@ -308,10 +307,10 @@ def compute_guards(
             loaded = load(name, image)
             if loaded is not None:
                 statistics[name][image] = image_statistics(*loaded)
+    own = {name: _own_values(list(statistics[name].values())) for name in models}
     # First the checks that need no bank: a model that floods the image is left out of the
     # consensus, so that a bank failing the same way cannot outvote the one model that works.
-    absolute = {name: _absolute_flags(_mean([v.foreground_fraction for v in statistics[name].values()]),
-                                      _median([v.largest_object_fraction for v in statistics[name].values()]), config)
+    absolute = {name: _absolute_flags(own[name]["foreground_fraction"], own[name]["largest_object_fraction"], config)
                 for name in models}
     plausible = [name for name in models if not absolute[name]]
     per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
@@ -328,6 +327,8 @@ def compute_guards(
         consensus_size = float(np.median(sizes)) if sizes else float("nan")
         agreement = {}
         if len(voters) >= config.min_models and set(voters) <= set(plausible):
+            # loaded a second time rather than kept from the first pass: memory holds one image of
+            # every model, whatever the number of images
             loaded = {name: load(name, image) for name in present}
             masks = np.stack([loaded[n][0] for n in voters])
             consensus = dict(zip(voters, leave_one_out_consensus(masks)))
@@ -352,17 +353,13 @@ def compute_guards(
     bank_iou = float(np.median(defined_iou)) if len(defined_iou) >= config.min_models else float("nan")
     guards = {}
     for name in models:
-        record, values_by_image = per_model[name], list(statistics[name].values())
+        record = per_model[name]
         values = dict(
             name=name,
-            n_images=len(values_by_image),
-            foreground_fraction=_mean([v.foreground_fraction for v in values_by_image]),
+            **own[name],
             consensus_fraction=_mean(record["consensus_fraction"]),
-            objects_per_image=_median([v.n_objects for v in values_by_image]),
             consensus_objects=_median(record["consensus_objects"]),
-            object_size=_median([v.median_object_size for v in values_by_image]),
             consensus_object_size=_median(record["consensus_size"]),
-            largest_object_fraction=_median([v.largest_object_fraction for v in values_by_image]),
             agreement_iou=iou[name],
             agreement_f1=_mean(record["f1"]),
             bank_agreement_iou=bank_iou,
@@ -371,6 +368,17 @@ def compute_guards(
         known = {flag.code for flag in absolute[name]}
         guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known))
     return guards
+
+
+def _own_values(statistics: Sequence[ImageStatistics]) -> dict:
+    """A model's own guard values over images (no bank needed)."""
+    return dict(
+        n_images=len(statistics),
+        foreground_fraction=_mean([v.foreground_fraction for v in statistics]),
+        objects_per_image=_median([v.n_objects for v in statistics]),
+        object_size=_median([v.median_object_size for v in statistics]),
+        largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
+    )
 
 
 def _mean(values) -> float:

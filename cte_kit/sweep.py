@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from urllib.parse import quote
 
-from .consistency import DEFAULT_STATISTIC, nan_statistic, summarize
+from .consistency import DEFAULT_STATISTIC, nan_statistic, prediction_foreground, summarize
 from .estimator import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
 from .guards import GuardConfig, ModelGuards, bank_verdict, compute_guards, guarded_order
 from .models.bank import BankEntry, load_model
@@ -138,10 +138,7 @@ def _save_clean_prediction(folder: Path, model: SegmentationModel, image: str, p
     path = _prediction_path(folder, model.name, image)
     if path.exists():
         return
-    if prediction.probability is not None:
-        foreground = prediction.probability > model.threshold
-    else:
-        foreground = prediction.labels > 0
+    foreground = prediction_foreground(prediction) > model.threshold
     labels = prediction.labels if prediction.labels is not None else connected_components(foreground, 0.5)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial.npz")
