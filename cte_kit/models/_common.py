@@ -163,11 +163,10 @@ class PerImageDropout:
         """Context in which ``_predict_normalised`` predicts with dropout at ``layers``."""
         return image_dropout(self.feature_modules(layers), rate, seed)
 
-    def _predict_feature_pairs(self, batch, dropout, seeds):
+    def _predict_feature_perturbed(self, batch, dropout, seeds):
         layers = self.check_layers(dropout.layers)
-        clean = self._predict_normalised(batch)
         perturbed = []
         for image, seed in zip(batch, seeds):
             with self._dropout(layers, dropout.rate, seed):
                 perturbed.extend(self._predict_normalised([image]))
-        return clean, perturbed
+        return perturbed

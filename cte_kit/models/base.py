@@ -230,11 +230,14 @@ class SegmentationModel(abc.ABC):
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
     ) -> tuple[list[Prediction], list[Prediction]]:
         """Clean and dropout predictions of one batch; adapters may share work between them."""
-        modules = self.feature_modules(dropout.layers)
-        clean = self._predict_normalised(batch)
-        with feature_dropout(modules, dropout.rate, seeds):
-            perturbed = self._predict_normalised(batch)
-        return clean, perturbed
+        return self._predict_normalised(batch), self._predict_feature_perturbed(batch, dropout, seeds)
+
+    def _predict_feature_perturbed(
+        self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
+    ) -> list[Prediction]:
+        """Dropout predictions of one batch whose clean predictions are already known."""
+        with feature_dropout(self.feature_modules(dropout.layers), dropout.rate, seeds):
+            return self._predict_normalised(batch)
 
     # -- shared logic ----------------------------------------------------------------------
     def prepare(self, image, name: str = "image") -> np.ndarray:
@@ -298,6 +301,7 @@ class SegmentationModel(abc.ABC):
         n_pert: int = 1,
         image_ids: Sequence[int] | None = None,
         names: Sequence[str] | None = None,
+        clean: Sequence[Prediction] | None = None,
     ) -> list[PredictionPair]:
         """Clean and perturbed predictions of each image.
 
@@ -313,6 +317,11 @@ class SegmentationModel(abc.ABC):
             Perturbed predictions per image (``N_pert`` of eq. 3).
         image_ids : sequence of int, optional
             Stable ids of the images (default: their positions).
+        names : sequence of str, optional
+            For error messages.
+        clean : sequence of Prediction, optional
+            The clean predictions of these images, when the caller has them already (the runner
+            scores several perturbations of one image): only the perturbed passes are run.
 
         Returns
         -------
@@ -324,29 +333,34 @@ class SegmentationModel(abc.ABC):
         ids = list(range(len(arrays))) if image_ids is None else [int(i) for i in image_ids]
         if len(ids) != len(arrays):
             raise ValueError(f"{len(ids)} image ids for {len(arrays)} images")
+        if clean is not None and len(clean) != len(arrays):
+            raise ValueError(f"{len(clean)} clean predictions for {len(arrays)} images")
         if isinstance(perturbation, FeatureDropout) and not self.grey_box:
             self.feature_modules(perturbation.layers)  # raises NotGreyBoxError with advice
-        clean: list[Prediction | None] = [None] * len(arrays)
+        if not isinstance(perturbation, (FeatureDropout, InputPerturbation)):
+            raise TypeError(f"unknown perturbation {perturbation!r}")
+        known: list[Prediction | None] = list(clean) if clean is not None else [None] * len(arrays)
         perturbed: list[list[Prediction]] = [[] for _ in arrays]
         for indices in self._batches(arrays):
             batch = [arrays[i] for i in indices]
             for draw in range(n_pert):
                 seeds = [image_seed(seed, ids[i], draw) for i in indices]
+                needs_clean = known[indices[0]] is None
                 if isinstance(perturbation, FeatureDropout):
-                    batch_clean, batch_perturbed = self._predict_feature_pairs(batch, perturbation, seeds)
-                elif isinstance(perturbation, InputPerturbation):
-                    batch_clean = self._predict_normalised(batch) if draw == 0 else None
-                    shifted = [
-                        perturbation.apply(array, np.random.default_rng(s)) for array, s in zip(batch, seeds)
-                    ]
-                    batch_perturbed = self._predict_normalised(shifted)
+                    if needs_clean:
+                        batch_clean, batch_perturbed = self._predict_feature_pairs(batch, perturbation, seeds)
+                    else:
+                        batch_perturbed = self._predict_feature_perturbed(batch, perturbation, seeds)
                 else:
-                    raise TypeError(f"unknown perturbation {perturbation!r}")
+                    shifted = [perturbation.apply(array, np.random.default_rng(s)) for array, s in zip(batch, seeds)]
+                    # one forward call for both halves: the network sees a batch twice as large
+                    outputs = self._predict_normalised(batch + shifted if needs_clean else shifted)
+                    batch_clean, batch_perturbed = (outputs[: len(batch)], outputs[len(batch):]) if needs_clean else (None, outputs)
                 for position, index in enumerate(indices):
-                    if draw == 0:
-                        clean[index] = batch_clean[position]
+                    if needs_clean:
+                        known[index] = batch_clean[position]
                     perturbed[index].append(batch_perturbed[position])
-        return [PredictionPair(c, tuple(p)) for c, p in zip(clean, perturbed)]  # type: ignore[arg-type]
+        return [PredictionPair(c, tuple(p)) for c, p in zip(known, perturbed)]  # type: ignore[arg-type]
 
     def _prepare_all(self, images: Sequence, names: Sequence[str] | None) -> list[np.ndarray]:
         if isinstance(images, np.ndarray) and images.ndim == 2:
