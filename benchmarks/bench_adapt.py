@@ -27,8 +27,8 @@ import torch
 from cte_kit.adapt import AdaptConfig, adapt, adapt_target, load_step
 from cte_kit.data.folder import load_folder
 from cte_kit.data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
-from cte_kit.demo import demo_checkpoint
-from cte_kit.metrics import average_precision, match_instances
+from cte_kit.teaching.demo import demo_checkpoint
+from cte_kit.scoring.metrics import average_precision, match_instances
 from cte_kit.models.unet import UNetModel
 
 VARIANTS = {

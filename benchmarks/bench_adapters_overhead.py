@@ -8,26 +8,29 @@ pair costs exactly two plain predictions; the kit U-Net forks the batch at the b
 stays below 2; StarDist, Cellpose and bioimage.io predict image by image and run the network
 twice, plus the per-image mask set-up.
 
-Without ``--bank``, tiny models are trained first on synthetic nuclei (cte_kit.models._tiny),
+Without ``--bank``, tiny models are trained first on synthetic nuclei (tiny_models),
 so the benchmark runs offline; with ``--bank`` the models of a bank YAML are measured.
 
     python benchmarks/bench_adapters_overhead.py [--images 8] [--size 128] [--repeats 3] [--bank bank.yaml]
 """
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-
 from cte_kit.models import BankEntry, load_bank, load_model
-from cte_kit.models._tiny import training_data
 from cte_kit.perturb import FeatureDropout
 from _timing import best_of
+
+# the tiny models the tests train live with the tests, not in the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from tiny_models import training_data  # noqa: E402
 
 
 def tiny_bank(folder: Path) -> list:
     """One tiny model per adapter kind, trained into ``folder``."""
-    from cte_kit.models._tiny import train_tiny_cellpose, train_tiny_stardist, train_tiny_unet
+    from tiny_models import train_tiny_cellpose, train_tiny_stardist, train_tiny_unet
     from cte_kit.models.bioimageio import export_unet
 
     unet = train_tiny_unet(folder / "unet.pt")

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import torch
 
-from cte_kit.estimator import pair_scores
+from cte_kit.estimators.cte import pair_scores
 from cte_kit.models.unet import UNetConfig, UNetModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
 from _timing import best_of

@@ -8,7 +8,7 @@ Protocol (shared data only, bank from ``benchmarks/dsb_bank.py``):
   defaults 40 images and 256 px keep the sweep of a 14-model bank within ~1 h of a 2-core
   machine, two targets at a time with ``--jobs 2``);
 * the bank minus the target's own models (every model trained on that sub-domain) is ranked;
-* every perturbation setting is swept once per target with :func:`cte_kit.sweep.run_sweep`
+* every perturbation setting is swept once per target with :func:`cte_kit.runs.sweep.run_sweep`
   (rows cached in ``OUT/<target>_n<N>_c<S>.csv``; a rerun computes only what is missing);
 * each *option* (a perturbation setting, N_pert, statistic, label-free choice, rank combination,
   or the kit's default pairing of each consistency with its own perturbation) turns the
@@ -20,7 +20,7 @@ Protocol (shared data only, bank from ``benchmarks/dsb_bank.py``):
   columns); how much of a margin survives is checked by a paired bootstrap against the paper's
   default and by leave-one-target-out selection (choose on the other targets, score on the held-out
   one), over both consistencies and for each alone - the check behind the kit's defaults
-  (``cte_kit.estimator.DEFAULT_PERTURBATIONS``, ``cte_kit.consistency.DEFAULT_STATISTIC``).
+  (``cte_kit.estimators.cte.DEFAULT_PERTURBATIONS``, ``cte_kit.scoring.consistency.DEFAULT_STATISTIC``).
   Nothing is tuned per target.
 
     python benchmarks/bench_dsb_ranking.py [--bank results/dsb_bank] [--out results/dsb_ranking]
@@ -96,7 +96,7 @@ class Option:
     combine: str = "single"
     kinds: tuple[str, ...] = ("hard", "instance")
     note: str = ""
-    #: rank models flagged by the label-free guards (cte_kit.guards) after the others
+    #: rank models flagged by the label-free guards (cte_kit.estimators.guards) after the others
     guards: bool = False
 
 
@@ -117,9 +117,9 @@ def _c(perturbation, n_pert=1, statistic="median", consistency=None):
 
 
 def kit_default() -> Option:
-    """The kit's default (``cte_kit.estimator``, ``cte-kit rank``): per consistency its own perturbation,
+    """The kit's default (``cte_kit.estimators.cte``, ``cte-kit rank``): per consistency its own perturbation,
     one statistic, and the label-free guards."""
-    from cte_kit.estimator import DEFAULT_PERTURBATIONS, DEFAULT_STATISTIC
+    from cte_kit.estimators.cte import DEFAULT_PERTURBATIONS, DEFAULT_STATISTIC
 
     return Option("kit default (per consistency: " + ", ".join(f"{k} {DEFAULT_PERTURBATIONS[k]}" for k in ("hard", "instance"))
                   + f"; {DEFAULT_STATISTIC}; guards)",
@@ -217,7 +217,7 @@ class TargetTables:
     images: list[str]
     cte: dict = field(default_factory=dict)  # (perturbation, n_pert, kind) -> (n_models, n_images)
     perf: dict = field(default_factory=dict)  # metric -> (n_models, n_images)
-    guards: dict = field(default_factory=dict)  # model -> cte_kit.guards.ModelGuards (label-free, all images)
+    guards: dict = field(default_factory=dict)  # model -> cte_kit.estimators.guards.ModelGuards (label-free, all images)
 
     def flagged(self, kind: str) -> np.ndarray:
         return np.array([bool(self.guards[m].flags_for(kind)) if m in self.guards else False for m in self.models])
@@ -245,15 +245,15 @@ def tables_from_rows(rows, models, images) -> TargetTables:
 
 def option_scores(option: Option, tables: TargetTables, kind: str, columns: np.ndarray):
     """One score per model for ``option`` judged on ``kind``, using the image columns ``columns``."""
-    from cte_kit.guards import guarded_order
+    from cte_kit.estimators.guards import guarded_order
 
     score = _unguarded_scores(option, tables, kind, columns)
     return guarded_order(score, tables.flagged(kind)) if option.guards else score
 
 
 def _unguarded_scores(option: Option, tables: TargetTables, kind: str, columns: np.ndarray):
-    from cte_kit.consistency import nan_statistic
-    from cte_kit.selection import aggregate_ranks, choose_strength
+    from cte_kit.scoring.consistency import nan_statistic
+    from cte_kit.estimators.selection import aggregate_ranks, choose_strength
 
     def vector(component, consistency):
         consistency = component.consistency or consistency
@@ -278,8 +278,8 @@ def _unguarded_scores(option: Option, tables: TargetTables, kind: str, columns: 
 
 
 def chosen_setting(option: Option, tables: TargetTables, kind: str) -> str | None:
-    from cte_kit.consistency import nan_statistic
-    from cte_kit.selection import choose_strength
+    from cte_kit.scoring.consistency import nan_statistic
+    from cte_kit.estimators.selection import choose_strength
 
     columns = np.arange(len(tables.images))
     by_setting = {}
@@ -342,7 +342,7 @@ def sweep_target(entries, images, labels, names, csv, domain, fast, settings, th
 
     torch.set_num_threads(threads)
     from cte_kit.perturb import parse_perturbation
-    from cte_kit.sweep import run_sweep
+    from cte_kit.runs.sweep import run_sweep
 
     lines = []
     for n_pert, group in sweep_groups(fast, settings):
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cte_kit.sweep import read_results, sweep_guards
+    from cte_kit.runs.sweep import read_results, sweep_guards
 
     bank_dir, out = Path(args.bank), Path(args.out)
     if not (bank_dir / "bank.yaml").exists():
@@ -676,9 +676,9 @@ def plot_separation(options, tables_by_target, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from cte_kit.consistency import DEFAULT_STATISTIC, nan_statistic
-    from cte_kit.plots import save_figure, separation_sweep
-    from cte_kit.selection import choose_strength
+    from cte_kit.scoring.consistency import DEFAULT_STATISTIC, nan_statistic
+    from cte_kit.reports.plots import save_figure, separation_sweep
+    from cte_kit.estimators.selection import choose_strength
 
     # the widest label-free choice (rates and layers), aggregated as the kit aggregates
     choices = [o for o in options if o.combine == "choose"]

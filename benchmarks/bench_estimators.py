@@ -64,8 +64,8 @@ def summary_table(rows) -> list[dict]:
 
 def combination_kendall(comparison, names, target, usable, truth_floor=0.5) -> float:
     """Kendall of the Borda combination of ``names`` on one target (among usable models or all)."""
-    from cte_kit.ranking import correlations
-    from cte_kit.selection import aggregate_ranks
+    from cte_kit.scoring.ranking import correlations
+    from cte_kit.estimators.selection import aggregate_ranks
 
     truth = comparison.truth[target]
     models = list(truth)
@@ -112,8 +112,9 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cte_kit.estimators import compare, format_comparison, write_comparison
-    from cte_kit.estimators.comparison import load_target
+    from cte_kit.evaluation.comparison import compare
+    from cte_kit.reports.comparison import format_comparison, write_comparison
+    from cte_kit.evaluation.comparison import load_target
     from cte_kit.estimators.label_based import OTCE
     from cte_kit.estimators.registry import resolve_estimators
     from cte_kit.models.bank import read_bank

@@ -20,7 +20,7 @@ from skimage.draw import ellipse
 from skimage.metrics import adapted_rand_error
 from skimage.morphology import dilation, erosion
 
-from cte_kit.consistency import instance_consistency
+from cte_kit.scoring.consistency import instance_consistency
 
 #: Nuclei per megapixel (about 25 % foreground with the radii below).
 DENSITY = 800

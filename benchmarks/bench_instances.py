@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="*", default=list(DOMAINS))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    from cte_kit.metrics import average_precision, f1_score
+    from cte_kit.scoring.metrics import average_precision, f1_score
     from cte_kit.models.bank import load_bank
     from cte_kit.models.instances import connected_components, seeded_watershed
 

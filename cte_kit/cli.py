@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .consistency import DEFAULT_STATISTIC, STATISTICS
+from .scoring.consistency import DEFAULT_STATISTIC, STATISTICS
 
 __all__ = ["main", "build_parser"]
 
@@ -51,12 +51,12 @@ def _add_rank(subparsers):
     parser.add_argument("--choose-strength", action="store_true",
                         help="with several --perturbation settings (strengths and/or layers): pick, per "
                              "consistency, the weakest setting that separates the bank while its best model "
-                             "stays above --floor (label-free, cte_kit.selection.choose_strength)")
+                             "stays above --floor (label-free, cte_kit.estimators.selection.choose_strength)")
     parser.add_argument("--floor", type=float, default=0.5,
                         help="--choose-strength: the most consistent model must keep this CTE (default: 0.5)")
     parser.add_argument("--combine", action="store_true",
                         help="also rank by the mean normalised rank (Borda count) over all perturbation x "
-                             "consistency settings (cte_kit.selection.aggregate_ranks)")
+                             "consistency settings (cte_kit.estimators.selection.aggregate_ranks)")
     parser.add_argument("--n-pert", type=int, default=1, help="perturbed predictions per image (default: 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--boundary", type=int, default=1, help="boundary band width for instance consistency (default: 1)")
@@ -134,10 +134,11 @@ def _add_compare(subparsers):
 
 
 def _run_compare(args) -> int:
-    from .estimators import compare, format_comparison, write_comparison
+    from .evaluation.comparison import compare
+    from .reports.comparison import format_comparison, write_comparison
 
     if args.bank == "demo":
-        from .demo import demo_bank_entries
+        from .teaching.demo import demo_bank_entries
 
         bank = demo_bank_entries()
     else:
@@ -145,7 +146,7 @@ def _run_compare(args) -> int:
     targets = []
     for target in args.targets:
         if target == "demo":
-            from .demo import demo_targets
+            from .teaching.demo import demo_targets
 
             targets += list(demo_targets(args.max_images or 16, include_real=False))
         else:
@@ -194,7 +195,7 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .plots import save_figure, scatter_cte
+    from .reports.plots import save_figure, scatter_cte
 
     labelled = [s for s in summaries if "kendall" in s]
     if not labelled:
@@ -221,10 +222,11 @@ _METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
 def _run_demo(args) -> int:
-    from .demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
-    from .estimator import default_settings
+    from .teaching.demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .estimators.cte import default_settings
     from .perturb import parse_perturbation
-    from .sweep import read_results, run_sweep, summarize_results, sweep_guards
+    from .runs.sweep import read_results, run_sweep, sweep_guards
+    from .evaluation.summary import summarize_results
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -265,11 +267,12 @@ def _run_demo(args) -> int:
 
 def _run_rank(args) -> int:
     from .data.folder import load_folder
-    from .demo import format_table
-    from .estimator import default_settings
+    from .teaching.demo import format_table
+    from .estimators.cte import default_settings
     from .models.bank import read_bank
     from .perturb import parse_perturbation
-    from .sweep import read_results, run_sweep, summarize_results, sweep_guards
+    from .runs.sweep import read_results, run_sweep, sweep_guards
+    from .evaluation.summary import summarize_results
 
     entries = read_bank(args.bank)
     consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
@@ -340,7 +343,7 @@ def _warn_flagged(summaries: list[dict]) -> None:
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:
     """Label-free choice of a setting per consistency; prints it and returns JSON-ready records."""
-    from .selection import choose_strength
+    from .estimators.selection import choose_strength
 
     records = []
     for consistency in dict.fromkeys(s["consistency"] for s in summaries):
@@ -364,8 +367,8 @@ def _combine(summaries: list[dict]) -> dict:
     """Borda aggregation over every (perturbation, consistency) setting; prints the combined ranking."""
     import numpy as np
 
-    from .ranking import correlations
-    from .selection import aggregate_ranks
+    from .scoring.ranking import correlations
+    from .estimators.selection import aggregate_ranks
 
     names = [m["name"] for m in summaries[0]["models"]]
     rankings = {f"{s['perturbation']}/{s['consistency']}": [next(m["cte"] for m in s["models"] if m["name"] == n)
@@ -460,7 +463,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     from .data.registry import DownloadError
-    from .notebook_env import plain_warnings
+    from .teaching.notebook_env import plain_warnings
 
     args = build_parser().parse_args(argv)
     try:

@@ -23,14 +23,14 @@ def pytest_collection_modifyitems(config, items):
 
 # -- Tiny trained models for the StarDist / Cellpose / bioimage.io adapter tests ----------------------
 # Pretrained weights cannot be downloaded offline, so each is trained once per session on synthetic
-# nuclei (cte_kit.models._tiny); a fixture skips when its optional library is not installed.
+# nuclei (tiny_models); a fixture skips when its optional library is not installed.
 
 
 @pytest.fixture(scope="session")
 def tiny_stardist_folder(tmp_path_factory):
     """Model folder of a StarDist2D trained for a few steps."""
     pytest.importorskip("stardist")
-    from cte_kit.models._tiny import train_tiny_stardist
+    from tiny_models import train_tiny_stardist
 
     return train_tiny_stardist(tmp_path_factory.mktemp("stardist"))
 
@@ -39,7 +39,7 @@ def tiny_stardist_folder(tmp_path_factory):
 def tiny_cellpose_file(tmp_path_factory):
     """Model file of a Cellpose 3 CPnet trained from scratch for a few epochs."""
     pytest.importorskip("cellpose")
-    from cte_kit.models._tiny import train_tiny_cellpose
+    from tiny_models import train_tiny_cellpose
     from cte_kit.models.cellpose import cellpose_major_version
 
     if cellpose_major_version() >= 4:
@@ -51,7 +51,7 @@ def tiny_cellpose_file(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_unet_checkpoint(tmp_path_factory):
     """Checkpoint of a small kit U-Net trained for a few optimiser steps."""
-    from cte_kit.models._tiny import train_tiny_unet
+    from tiny_models import train_tiny_unet
 
     return train_tiny_unet(tmp_path_factory.mktemp("unet") / "tiny_unet.pt")
 
@@ -68,7 +68,7 @@ def tiny_bioimageio_zip(tmp_path_factory, tiny_unet_checkpoint):
 @pytest.fixture(scope="session")
 def adapter_images():
     """Three raw synthetic nuclei images (uint16) of different sizes; most need padding to a model's divisor."""
-    from cte_kit.models._tiny import training_data
+    from tiny_models import training_data
 
     images, _ = training_data(n_images=3, size=100, seed=11)
     return [images[0][:90, :77], images[1][:100, :100], images[2][:72, :95]]

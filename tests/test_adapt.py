@@ -12,10 +12,11 @@ from cte_kit.adapt import (AdaptConfig, adapt, adapt_target, choose_stop, embedd
                            provenance_path, save_adapted)
 from cte_kit.adapt.views import DIHEDRAL_VIEWS, MovingPercentile, apply_view, invert_view, teacher_views, uncertainty
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.demo import demo_checkpoint
-from cte_kit.metrics import match_instances
+from cte_kit.teaching.demo import demo_checkpoint
+from cte_kit.scoring.metrics import match_instances
 from cte_kit.models.bank import BankEntry, load_model, read_bank, write_bank
-from cte_kit.models.base import Prediction, SegmentationModel
+from cte_kit.types import Prediction
+from cte_kit.models.base import SegmentationModel
 from cte_kit.models.unet import UNetModel
 from cte_kit.perturb import FeatureDropout
 
@@ -187,7 +188,7 @@ def test_cellpose_cpnet_runs_through_the_loop(tiny_cellpose_file, target_data, t
 def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_path, monkeypatch, target_data):
     import cte_kit.data.folder as folder
     from cte_kit.cli import main
-    from cte_kit.sweep import read_results, run_sweep
+    from cte_kit.runs.sweep import read_results, run_sweep
 
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()

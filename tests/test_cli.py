@@ -7,7 +7,7 @@ import tifffile
 
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.sweep import RESULT_COLUMNS, read_results
+from cte_kit.runs.sweep import RESULT_COLUMNS, read_results
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +63,8 @@ def test_rank_writes_rows_summary_and_resumes(tmp_path, target, capsys):
 
 
 def test_rank_defaults_pair_each_consistency_with_its_perturbation(tmp_path, target):
-    from cte_kit.consistency import DEFAULT_STATISTIC
-    from cte_kit.estimator import DEFAULT_PERTURBATIONS
+    from cte_kit.scoring.consistency import DEFAULT_STATISTIC
+    from cte_kit.estimators.cte import DEFAULT_PERTURBATIONS
 
     bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
     out, summary = tmp_path / "r.csv", tmp_path / "s.json"

@@ -1,4 +1,4 @@
-"""Per-image consistency measures and their aggregation (cte_kit.consistency)."""
+"""Per-image consistency measures and their aggregation (cte_kit.scoring.consistency)."""
 
 import math
 
@@ -9,20 +9,8 @@ from scipy.stats import trim_mean
 from skimage.measure import label
 from skimage.metrics import adapted_rand_error
 
-from cte_kit.consistency import (
-    CONSISTENCY_KINDS,
-    CTESummary,
-    boundary_band,
-    foreground_union,
-    hard_consistency,
-    image_consistency,
-    instance_consistency,
-    nan_statistic,
-    pair_consistency,
-    soft_consistency,
-    summarize,
-)
-from cte_kit.models.base import Prediction
+from cte_kit.scoring.consistency import (CONSISTENCY_KINDS, CTESummary, boundary_band, foreground_union, hard_consistency, image_consistency, instance_consistency, nan_statistic, pair_consistency, soft_consistency, summarize)
+from cte_kit.types import Prediction
 
 # A 4x4 pair, worked by hand. Foreground is strictly above 0.5, so the 0.5 pixels are not.
 #   U = {(0,0), (0,1), (1,0), (1,2), (3,2), (3,3)}        6 pixels

@@ -1,12 +1,11 @@
-"""The estimator's defaults and one model's CTE (cte_kit.estimator)."""
+"""The estimator's defaults and one model's CTE (cte_kit.estimators.cte)."""
 
 import numpy as np
 import pytest
 import torch
 
-from cte_kit.consistency import DEFAULT_STATISTIC, PAPER_STATISTIC
-from cte_kit.estimator import (DEFAULT_PERTURBATIONS, PAPER_PERTURBATION, default_perturbation, default_settings,
-                               estimate)
+from cte_kit.scoring.consistency import DEFAULT_STATISTIC, PAPER_STATISTIC
+from cte_kit.estimators.cte import (DEFAULT_PERTURBATIONS, PAPER_PERTURBATION, default_perturbation, default_settings, estimate)
 from cte_kit.models.unet import UNetConfig, UNetModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
 

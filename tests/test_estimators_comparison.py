@@ -9,9 +9,10 @@ import yaml
 
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
-from cte_kit.demo import demo_bank_entries
-from cte_kit.estimators import compare, parse_estimator
-from cte_kit.estimators.comparison import ROW_COLUMNS, Target
+from cte_kit.teaching.demo import demo_bank_entries
+from cte_kit.evaluation.comparison import compare
+from cte_kit.estimators import parse_estimator
+from cte_kit.evaluation.comparison import ROW_COLUMNS, Target
 from cte_kit.models.bank import read_bank
 
 
@@ -31,7 +32,7 @@ def test_compare_rows_and_resume(tmp_path, target, monkeypatch):
     otce = comparison.rows[3]
     assert otce["n_models"] == 0 and "source:" in otce["not_applicable"] and otce["needs"] == "images+labels+source"
 
-    import cte_kit.estimators.comparison as module
+    import cte_kit.evaluation.comparison as module
 
     def fail(*args, **kwargs):
         raise AssertionError("a rerun must read the cache, not score again")

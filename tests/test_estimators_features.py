@@ -55,7 +55,8 @@ def test_cellpose_features(tiny_cellpose_file, adapter_images):
 
 
 def test_black_box_has_no_features():
-    from cte_kit.models.base import Prediction, SegmentationModel
+    from cte_kit.types import Prediction
+    from cte_kit.models.base import SegmentationModel
 
     class BlackBox(SegmentationModel):
         def _predict_normalised(self, batch):

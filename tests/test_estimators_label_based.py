@@ -112,7 +112,7 @@ def test_sampling_is_seeded_and_bounded():
 
 @pytest.fixture(scope="module")
 def demo_models():
-    from cte_kit.demo import demo_bank_entries
+    from cte_kit.teaching.demo import demo_bank_entries
     from cte_kit.models.bank import load_model
 
     return [load_model(entry) for entry in demo_bank_entries()[:3]]

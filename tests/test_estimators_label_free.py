@@ -11,8 +11,9 @@ from cte_kit.estimators import EstimatorInput, run_estimator
 from cte_kit.estimators.label_free import (BankAgreement, Confidence, Entropy, MaNo, NuNo, TTADisagreement,
                                            dispersion_score, effective_invariance, mano_score, max_confidence,
                                            nuclear_norm_score, pixel_entropy, tta_disagreement)
-from cte_kit.guards import foreground_agreement, object_agreement
-from cte_kit.models.base import Prediction, SegmentationModel
+from cte_kit.estimators.guards import foreground_agreement, object_agreement
+from cte_kit.types import Prediction
+from cte_kit.models.base import SegmentationModel
 
 
 @dataclass
@@ -79,7 +80,7 @@ def test_dispersion_by_hand():
 
 
 def test_leave_one_out_consensus_against_a_loop():
-    from cte_kit.guards import leave_one_out_consensus
+    from cte_kit.estimators.guards import leave_one_out_consensus
 
     rng = np.random.default_rng(3)
     for n_models in (3, 4, 5):
@@ -128,8 +129,9 @@ def test_bank_agreement_ranks_the_outlier_last():
 def test_runner_never_hands_labels_to_a_label_free_estimator(monkeypatch):
     """Every label-free estimator of the registry, run by compare(), gets inputs without labels."""
     import cte_kit.estimators.base as base
-    from cte_kit.estimators import ESTIMATORS, compare
-    from cte_kit.estimators.comparison import Target
+    from cte_kit.estimators import ESTIMATORS
+    from cte_kit.evaluation.comparison import compare
+    from cte_kit.evaluation.comparison import Target
 
     received = []
     original = base.EstimatorInput

@@ -9,12 +9,12 @@ import tifffile
 from cte_kit import CTEKitWarning
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.demo import demo_checkpoint
-from cte_kit.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_statistics,
-                            leave_one_out_consensus)
+from cte_kit.teaching.demo import demo_checkpoint
+from cte_kit.estimators.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_statistics, leave_one_out_consensus)
 from cte_kit.models.unet import UNetModel, load_checkpoint, save_checkpoint
 from cte_kit.perturb import parse_perturbation
-from cte_kit.sweep import read_results, run_sweep, summarize_results, sweep_guards
+from cte_kit.runs.sweep import read_results, run_sweep, sweep_guards
+from cte_kit.evaluation.summary import summarize_results
 
 
 def test_leave_one_out_consensus_never_counts_the_model_itself():
@@ -167,8 +167,8 @@ def test_flag_and_reason_in_cli_table_and_summary_json(tmp_path, inverted_checkp
 
 
 def test_guarded_order_puts_flagged_models_last_in_their_own_order():
-    from cte_kit.guards import guarded_order
-    from cte_kit.ranking import rank_scores
+    from cte_kit.estimators.guards import guarded_order
+    from cte_kit.scoring.ranking import rank_scores
 
     order = guarded_order([0.9, 0.99, 0.5, np.nan, 0.7], [False, True, False, False, True])
     assert rank_scores(order).tolist() == [1.0, 3.0, 2.0, 5.0, 4.0]

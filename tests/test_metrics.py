@@ -1,4 +1,4 @@
-"""Ground-truth performance metrics (cte_kit.metrics) against hand counts, stardist and skimage."""
+"""Ground-truth performance metrics (cte_kit.scoring.metrics) against hand counts, stardist and skimage."""
 
 import numpy as np
 import pytest
@@ -6,18 +6,7 @@ from scipy import ndimage as ndi
 from skimage.measure import label
 from skimage.metrics import adapted_rand_error as skimage_adapted_rand_error
 
-from cte_kit.metrics import (
-    DEFAULT_IOU_THRESHOLDS,
-    AveragePrecision,
-    InstanceMatch,
-    adapted_rand_error,
-    average_precision,
-    contingency,
-    f1_score,
-    iou_score,
-    match_instances,
-    relabel,
-)
+from cte_kit.scoring.metrics import (DEFAULT_IOU_THRESHOLDS, AveragePrecision, InstanceMatch, adapted_rand_error, average_precision, contingency, f1_score, iou_score, match_instances, relabel)
 
 stardist_matching = pytest.importorskip("stardist.matching")
 

@@ -8,8 +8,8 @@ import pytest
 
 pytest.importorskip("bioimageio.core")
 
-from cte_kit.consistency import summarize
-from cte_kit.estimator import pair_scores
+from cte_kit.scoring.consistency import summarize
+from cte_kit.estimators.cte import pair_scores
 from cte_kit.models import BankEntry, NotGreyBoxError, load_model
 from cte_kit.models._common import PretrainedDownloadError
 from cte_kit.models.bioimageio import BioImageIOModel
@@ -133,8 +133,8 @@ def test_cli_ranks_a_mixed_bank(tmp_path, tiny_unet_checkpoint, tiny_stardist_fo
     import tifffile
 
     from cte_kit.cli import main
-    from cte_kit.models._tiny import training_data
-    from cte_kit.sweep import read_results
+    from tiny_models import training_data
+    from cte_kit.runs.sweep import read_results
 
     images, labels = training_data(n_images=3, size=80, seed=21)
     for folder, arrays in (("images", images), ("labels", labels)):

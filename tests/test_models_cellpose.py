@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("cellpose")
 
-from cte_kit.consistency import summarize
-from cte_kit.estimator import pair_scores
+from cte_kit.scoring.consistency import summarize
+from cte_kit.estimators.cte import pair_scores
 from cte_kit.models import BankEntry, NotGreyBoxError, load_model
 from cte_kit.models._common import PretrainedDownloadError
 from cte_kit.models.cellpose import CellposeModel
@@ -61,8 +61,8 @@ def test_dropout_changes_output_and_is_seeded(model, images):
 def test_one_mask_per_image_across_tiles(model):
     """An image larger than Cellpose's 224-pixel tiles: every tile sees the same dropped channels."""
     from cte_kit.models._common import channel_scale
-    from cte_kit.models._tiny import training_data
-    from cte_kit.models.base import image_seed
+    from tiny_models import training_data
+    from cte_kit.perturb import image_seed
 
     image = training_data(n_images=1, size=240, seed=5)[0][0]
     bottlenecks = []  # the style branch reads the (perturbed) deepest encoder level

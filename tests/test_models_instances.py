@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage as ndi
 from skimage import draw, measure, segmentation
 
-from cte_kit.metrics import average_precision
+from cte_kit.scoring.metrics import average_precision
 from cte_kit.models.instances import (connected_components, merge_small_fragments, merge_weak_borders,
                                       remove_small_objects,
                                       seeded_watershed)

@@ -5,8 +5,8 @@ import pytest
 
 pytest.importorskip("stardist")
 
-from cte_kit.consistency import summarize
-from cte_kit.estimator import pair_scores
+from cte_kit.scoring.consistency import summarize
+from cte_kit.estimators.cte import pair_scores
 from cte_kit.models import BankEntry, load_model
 from cte_kit.models._common import PretrainedDownloadError
 from cte_kit.models.stardist import StarDistModel
@@ -73,7 +73,7 @@ def test_layers_follow_csbdeep_naming(model):
 
 def test_dropout_at_several_layers_draws_one_mask_per_layer(model, adapter_images):
     from cte_kit.models._common import channel_scales
-    from cte_kit.models.base import image_seed
+    from cte_kit.perturb import image_seed
 
     pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4)
     rebuilt, scales = model._perturbed_model(tuple(model._keras_names[n] for n in model.layers))

@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from cte_kit.data.synthetic import SyntheticDomain, generate
-from cte_kit.models import NotGreyBoxError, Prediction, SegmentationModel, read_bank, load_bank
+from cte_kit.models import NotGreyBoxError, SegmentationModel, read_bank, load_bank
+from cte_kit.types import Prediction
 from cte_kit.models.instances import connected_components, seeded_watershed
 from cte_kit.models.training import TrainingConfig, train_unet, training_targets
 from cte_kit.models.unet import UNetConfig, UNetModel, load_checkpoint, save_checkpoint
@@ -78,7 +79,7 @@ def test_forked_pass_equals_hooked_full_pass(images):
 
 
 def forked_seed(seed, image_id):
-    from cte_kit.models.base import image_seed
+    from cte_kit.perturb import image_seed
 
     return image_seed(seed, image_id, 0)
 

@@ -8,7 +8,7 @@ Execution (marker ``notebooks``): every notebook runs headless in fast mode (``C
 through nbclient, with the solutions of its exercises inserted as code cells after them, so the
 solutions are tested too. All six take a few minutes on 2 CPU cores.
 
-To strip outputs before committing: ``python -m cte_kit.notebook_env strip notebooks/*.ipynb``.
+To strip outputs before committing: ``python -m cte_kit.teaching.notebook_env strip notebooks/*.ipynb``.
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def test_outputs_are_stripped(path):
     dirty = [index for index, cell in enumerate(notebook.cells)
              if cell.cell_type == "code" and (cell.get("outputs") or cell.get("execution_count") is not None)]
     assert not dirty, (f"{path.name}: cells {dirty} carry outputs or execution counts; strip them before committing "
-                       "with `python -m cte_kit.notebook_env strip notebooks/*.ipynb`")
+                       "with `python -m cte_kit.teaching.notebook_env strip notebooks/*.ipynb`")
     assert "widgets" not in notebook.metadata, f"{path.name}: saved widget state in the notebook metadata; strip it"
 
 
@@ -205,7 +205,7 @@ def test_notebook_executes_in_fast_mode(path, tmp_path, monkeypatch):
 @pytest.mark.parametrize("value, expected", [("1", True), ("true", True), ("ON", True), ("0", False), ("", False),
                                              ("no", False)])
 def test_fast_mode_reads_the_environment(monkeypatch, value, expected):
-    from cte_kit.notebook_env import environment_summary, fast_mode, pick
+    from cte_kit.teaching.notebook_env import environment_summary, fast_mode, pick
 
     monkeypatch.setenv("CTE_KIT_FAST", value)
     assert fast_mode() is expected
@@ -215,7 +215,7 @@ def test_fast_mode_reads_the_environment(monkeypatch, value, expected):
 
 
 def test_fast_mode_default_and_bad_values(monkeypatch):
-    from cte_kit.notebook_env import fast_mode
+    from cte_kit.teaching.notebook_env import fast_mode
 
     monkeypatch.delenv("CTE_KIT_FAST", raising=False)
     assert fast_mode() is False and fast_mode(default=True) is True
@@ -226,7 +226,7 @@ def test_fast_mode_default_and_bad_values(monkeypatch):
 
 def test_limit_threads_never_raises_the_count():
     torch = pytest.importorskip("torch")
-    from cte_kit.notebook_env import available_cpus, limit_threads
+    from cte_kit.teaching.notebook_env import available_cpus, limit_threads
 
     before = torch.get_num_threads()
     try:
@@ -238,7 +238,7 @@ def test_limit_threads_never_raises_the_count():
 
 
 def test_strip_outputs(tmp_path):
-    from cte_kit.notebook_env import strip_outputs
+    from cte_kit.teaching.notebook_env import strip_outputs
 
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("1 + 1")])
     notebook.cells[1].outputs = [nbformat.v4.new_output("execute_result", {"text/plain": "2"}, execution_count=1)]
@@ -253,7 +253,7 @@ def test_strip_outputs(tmp_path):
 
 
 def test_correlation_tables():
-    from cte_kit.reports import average_correlations, correlation_rows, format_correlation_table, method_name
+    from cte_kit.reports.tables import average_correlations, correlation_rows, format_correlation_table, method_name
 
     def summary(perturbation, consistency, kendall):
         return {"perturbation": perturbation, "consistency": consistency, "models": [{}, {}, {}],
@@ -277,7 +277,7 @@ def test_plain_warnings_print_the_kits_warnings_as_sentences(capsys, warnings_sh
     import warnings
 
     from cte_kit import CTEKitWarning
-    from cte_kit.notebook_env import plain_warnings
+    from cte_kit.teaching.notebook_env import plain_warnings
 
     with warnings.catch_warnings():
         warnings.simplefilter("always")

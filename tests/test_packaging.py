@@ -69,3 +69,58 @@ def test_ci_installs_the_cpu_builds_through_the_constraints():
     installs = [line for line in makefile.splitlines() if "pip install" in line and "-e " in line]
     assert installs and all("-c $(CONSTRAINTS)" in line for line in installs), installs
     assert "CONSTRAINTS := constraints-cpu.txt" in makefile
+
+
+# The package's floors, ground first: a module imports only from its own floor or the floors below
+# (README, "What is where"). A module's floor is its first name under cte_kit.
+FLOORS = ("types", "data", "perturb", "models", "scoring", "estimators", "adapt", "runs", "evaluation", "reports",
+          "teaching", "cli", "__main__")
+
+
+def _kit_imports(path: Path, module: str) -> set[str]:
+    import ast
+
+    package = module.split(".") if path.name == "__init__.py" else module.split(".")[:-1]
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] if node.module else [f"{target}.{alias.name}" for alias in node.names]
+            else:
+                names = [node.module or ""]
+        elif isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        else:
+            continue
+        imported.update(name for name in names if name.startswith("cte_kit."))
+    return imported
+
+
+def _floor(module: str) -> int:
+    return FLOORS.index(module.split(".")[1])
+
+
+def test_every_import_points_down_the_floors():
+    root = Path(__file__).resolve().parents[1]
+    upward = []
+    for path in sorted((root / "cte_kit").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if module == "cte_kit":
+            continue
+        for target in _kit_imports(path, module):
+            if target != "cte_kit.__version__" and _floor(target) > _floor(module):
+                upward.append(f"{module} imports {target}")
+    assert not upward, "imports that run up the floors:\n" + "\n".join(upward)
+
+
+def test_the_floor_check_sees_an_upward_import(tmp_path):
+    # the check must be able to fail: a model adapter that imports the runs floor is caught
+    (tmp_path / "cte_kit" / "models").mkdir(parents=True)
+    module = tmp_path / "cte_kit" / "models" / "x.py"
+    module.write_text("from ..runs.store import ResultStore\nfrom ..types import Prediction\n")
+    targets = _kit_imports(module, "cte_kit.models.x")
+    assert targets == {"cte_kit.runs.store", "cte_kit.types"}
+    assert [t for t in targets if _floor(t) > _floor("cte_kit.models.x")] == ["cte_kit.runs.store"]

@@ -8,8 +8,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from cte_kit.plots import scatter_by_group, scatter_cte, separation_sweep, strength_curves, sweep_lines
-from cte_kit.selection import choose_strength
+from cte_kit.reports.plots import scatter_by_group, scatter_cte, separation_sweep, strength_curves, sweep_lines
+from cte_kit.estimators.selection import choose_strength
 
 #: Seven models, four of them within 0.01 of each other in the top-right corner (notebook 1's cluster).
 CTE = [0.986, 0.984, 0.9805, 0.9757, 0.971, 0.965, 0.936]

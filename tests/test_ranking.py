@@ -1,4 +1,4 @@
-"""Ranks, correlations and bootstrap of CTE scores (cte_kit.ranking)."""
+"""Ranks, correlations and bootstrap of CTE scores (cte_kit.scoring.ranking)."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from cte_kit import ranking
-from cte_kit.ranking import BootstrapResult, Correlations, bootstrap_scores, correlations, rank_scores, tied_at_top
+from cte_kit.scoring import ranking
+from cte_kit.scoring.ranking import (BootstrapResult, Correlations, bootstrap_scores, correlations, rank_scores, tied_at_top)
 
 
 # -- ranks ------------------------------------------------------------------------------------

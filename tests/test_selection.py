@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from cte_kit.consistency import STATISTICS, nan_statistic, summarize
+from cte_kit.scoring.consistency import STATISTICS, nan_statistic, summarize
 from cte_kit.perturb import FeatureDropout, parse_perturbation
-from cte_kit.ranking import bootstrap_scores
-from cte_kit.selection import aggregate_ranks, choose_strength, separation
+from cte_kit.scoring.ranking import bootstrap_scores
+from cte_kit.estimators.selection import aggregate_ranks, choose_strength, separation
 
 
 # -- separation -------------------------------------------------------------------------------
@@ -184,7 +184,7 @@ def test_symmetric_dropout_pair_matches_unforked_hooks():
     for pair, reference in zip(pairs, clean):
         np.testing.assert_allclose(pair.clean.probability, reference.probability, atol=1e-5)
     # the perturbed half equals a plain (unforked) pass with the same hooks and seeds
-    from cte_kit.models.base import image_seed
+    from cte_kit.perturb import image_seed
 
     arrays = [model.prepare(image) for image in images]
     seeds = [image_seed(3, i, 0) for i in range(2)]
@@ -206,7 +206,7 @@ def _rows(ctes):
 
 
 def test_summarize_results_warns_when_the_bank_is_not_separated():
-    from cte_kit.sweep import summarize_results
+    from cte_kit.evaluation.summary import summarize_results
 
     with pytest.warns(UserWarning, match="3 models tie at the top"):
         summary = summarize_results(_rows([1.0, 1.0, 0.998, 0.4]), n_boot=0)[0]

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.demo import demo_checkpoint
-from cte_kit.models.base import image_id
+from cte_kit.teaching.demo import demo_checkpoint
+from cte_kit.types import image_id
 from cte_kit.models.unet import UNetModel
 from cte_kit.perturb import parse_perturbation
-from cte_kit.sweep import load_clean_prediction, predictions_folder, read_results, run_sweep
+from cte_kit.runs.sweep import load_clean_prediction, predictions_folder, read_results, run_sweep
 
 
 @pytest.fixture(scope="module")

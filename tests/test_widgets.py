@@ -13,15 +13,16 @@ import pytest
 
 pytest.importorskip("ipywidgets")
 
-from cte_kit.consistency import hard_consistency, instance_consistency, soft_consistency
+from cte_kit.scoring.consistency import hard_consistency, instance_consistency, soft_consistency
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.demo import demo_bank_entries
-from cte_kit.estimator import estimate
+from cte_kit.teaching.demo import demo_bank_entries
+from cte_kit.estimators.cte import estimate
 from cte_kit.models import load_model
-from cte_kit.models.base import Prediction, SegmentationModel
+from cte_kit.types import Prediction
+from cte_kit.models.base import SegmentationModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
-from cte_kit.strength import model_performance, perturbation_for, sweep_strengths
-from cte_kit.widgets import SLIDER_RANGES, perturbation_explorer, strength_sweep_panel
+from cte_kit.evaluation.strength import model_performance, perturbation_for, sweep_strengths
+from cte_kit.teaching.widgets import SLIDER_RANGES, perturbation_explorer, strength_sweep_panel
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -82,8 +83,10 @@ def test_slider_change_runs_the_callback_and_matches_the_estimator(bank, target)
     assert explorer.values["input"]["label"] == "noise:0.2"
     assert explorer.values["input"]["hard"] == pytest.approx(expected, abs=1e-12)
     assert explorer.values["input"]["hard"] < 1.0
+    # the estimator predicts clean and perturbed images in one batch of two, the widget one at a time:
+    # the same network in another batch size differs in the last float bits
     assert explorer.values["input"]["soft"] == pytest.approx(
-        soft_consistency(clean.probability, perturbed.probability, model.threshold), abs=1e-12)
+        soft_consistency(clean.probability, perturbed.probability, model.threshold), abs=1e-7)
     assert explorer.values["input"]["instance"] == pytest.approx(instance_consistency(clean.labels, perturbed.labels))
     assert explorer.values["input"]["hard"] == pytest.approx(
         estimate(model, [image], InputPerturbation("noise", 0.2)).score, abs=1e-12)
@@ -179,7 +182,7 @@ def test_button_click_runs_the_sweep(bank, target):
 
 
 def test_panel_shows_that_it_is_busy_while_it_sweeps(bank, target, monkeypatch):
-    import cte_kit.strength as strength
+    import cte_kit.evaluation.strength as strength
 
     panel = strength_sweep_panel(bank, target.images, None, kind="dropout", strengths=(0.2,), progress=False,
                                  draw=False)
@@ -199,7 +202,7 @@ def test_panel_shows_that_it_is_busy_while_it_sweeps(bank, target, monkeypatch):
 
 
 def test_panel_reuses_computed_strengths_and_switches_kind(bank, target, monkeypatch):
-    import cte_kit.strength as strength
+    import cte_kit.evaluation.strength as strength
 
     panel = strength_sweep_panel(bank, target.images, None, kind="dropout", strengths=(0.2,), progress=False,
                                  draw=False)

@@ -19,7 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..metrics import match_instances
+from ..scoring.metrics import match_instances
 
 __all__ = ["fn_rate", "embedding_distance", "StopPoint", "choose_stop"]
 

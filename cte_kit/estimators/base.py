@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 from dataclasses import dataclass
 from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..models.base import NotGreyBoxError, Prediction, SegmentationModel
+from ..models.base import NotGreyBoxError, SegmentationModel
+from ..types import Prediction
 
 __all__ = [
     "NEEDS",
@@ -38,7 +38,6 @@ __all__ = [
     "SourceData",
     "not_applicable",
     "run_estimator",
-    "name_seed",
 ]
 
 #: What an estimator may need besides the target images.
@@ -49,12 +48,6 @@ READS = ("output", "features", "instances")
 
 class MissingInputError(ValueError):
     """A label-based estimator was called without the target labels or source data it needs."""
-
-
-def name_seed(*parts) -> int:
-    """A 63-bit seed derived from what is being computed (estimator, image name, repetition)."""
-    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 @dataclass(frozen=True)

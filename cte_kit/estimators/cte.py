@@ -1,8 +1,11 @@
-"""CTE as an estimator like the others, and rank aggregation of several label-free estimators.
+"""The consistency-based transferability estimator (CTE), and rank aggregation of label-free estimators.
 
-:class:`CTE` wraps :func:`cte_kit.estimator.estimate` (every consistency kind, perturbation,
+:func:`estimate` predicts each image of a target clean and perturbed, computes the per-image
+consistency CTE_i (eq. 3 of the paper; images whose foreground union is empty give NaN) and
+aggregates it over images; :func:`pair_scores` is the per-image step the runner calls.
+:class:`CTE` wraps it as an estimator like the others (every consistency kind, perturbation,
 layer and statistic); :class:`RankAggregate` combines estimators by the Borda count of
-:func:`cte_kit.selection.aggregate_ranks`.
+:func:`cte_kit.estimators.selection.aggregate_ranks`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,128 @@ from typing import Sequence
 
 import numpy as np
 
-from ..consistency import CONSISTENCY_KINDS, DEFAULT_STATISTIC
-from ..estimator import default_perturbation, estimate
 from ..models.base import SegmentationModel
-from ..perturb import FeatureDropout, parse_perturbation
-from ..selection import aggregate_ranks
+from ..perturb import FeatureDropout, Perturbation, parse_perturbation
+from ..scoring.consistency import (CONSISTENCY_KINDS, DEFAULT_STATISTIC, PAPER_STATISTIC, CTESummary,
+                                   image_consistency, summarize)
+from ..types import PredictionPair
+from .selection import aggregate_ranks
 from .base import Estimator, EstimatorInput, EstimatorResult, not_applicable
 
-__all__ = ["CTE", "RankAggregate"]
+__all__ = ["CTE", "DEFAULT_PERTURBATIONS", "DEFAULT_STATISTIC", "PAPER_PERTURBATION", "PAPER_STATISTIC",
+           "ModelEstimate", "RankAggregate", "default_perturbation", "default_settings", "estimate", "pair_scores"]
+
+#: The paper's setting: channel dropout of 20 % at the bottleneck, one draw (with
+#: :data:`~cte_kit.scoring.consistency.PAPER_STATISTIC`, the median over images).
+PAPER_PERTURBATION = "dropout:0.2"
+
+#: The kit's default perturbation of each consistency (with
+#: :data:`~cte_kit.scoring.consistency.DEFAULT_STATISTIC`, the mean over images, and the label-free guards of
+#: :mod:`cte_kit.estimators.guards`), chosen on the leave-one-sub-domain-out DSB2018 benchmark
+#: (``benchmarks/bench_dsb_ranking.py``; README, "Choosing a perturbation") with a bank that holds the
+#: failure modes users meet (other modalities, under-trained models). A gamma change of the input
+#: ranked best for every consistency: chosen on three targets, it was the choice for every held-out
+#: fourth. The mapping stays per consistency so that a later benchmark can pair them differently.
+DEFAULT_PERTURBATIONS = {"hard": "gamma:0.7", "soft": "gamma:0.7", "instance": "gamma:0.7"}
+
+
+@dataclass(frozen=True)
+class ModelEstimate:
+    """CTE of one model on one target.
+
+    Attributes
+    ----------
+    model, perturbation, consistency : str
+    per_image : (n_images,) float ndarray
+        CTE_i; NaN where the foreground union was empty.
+    summary : CTESummary
+        The aggregated score (``summary.score``) with median, mean and the count of empty images.
+    """
+
+    model: str
+    perturbation: str
+    consistency: str
+    per_image: np.ndarray
+    summary: CTESummary
+
+    @property
+    def score(self) -> float:
+        return self.summary.score
+
+
+def pair_scores(
+    pairs: Sequence[PredictionPair], kinds: Sequence[str], threshold: float = 0.5, boundary: int = 1
+) -> dict[str, np.ndarray]:
+    """CTE_i of each pair for each consistency kind: ``{kind: (n_images,) float ndarray}``."""
+    unknown = [kind for kind in kinds if kind not in CONSISTENCY_KINDS]
+    if unknown:
+        raise ValueError(f"unknown consistency {unknown}; choose from {CONSISTENCY_KINDS}")
+    return {
+        kind: np.array(
+            [image_consistency(pair.clean, pair.perturbed, kind, threshold=threshold, boundary=boundary) for pair in pairs],
+            dtype=float,
+        )
+        for kind in kinds
+    }
+
+
+def default_settings(consistencies: Sequence[str]) -> dict[str, list[str]]:
+    """The kit's default pairing: ``{perturbation label: [consistencies scored under it]}``.
+
+    Examples
+    --------
+    >>> default_settings(["hard", "instance"])
+    {'gamma:0.7': ['hard', 'instance']}
+    """
+    settings: dict[str, list[str]] = {}
+    for consistency in dict.fromkeys(consistencies):
+        settings.setdefault(default_perturbation(consistency).label, []).append(consistency)
+    return settings
+
+
+def default_perturbation(consistency: str) -> Perturbation:
+    """The kit's default perturbation for a consistency kind (:data:`DEFAULT_PERTURBATIONS`)."""
+    if consistency not in DEFAULT_PERTURBATIONS:
+        raise ValueError(f"unknown consistency {consistency!r}; choose from {CONSISTENCY_KINDS}")
+    return parse_perturbation(DEFAULT_PERTURBATIONS[consistency])
+
+
+def estimate(
+    model: SegmentationModel,
+    images: Sequence[np.ndarray],
+    perturbation: Perturbation | None = None,
+    consistency: str = "hard",
+    n_pert: int = 1,
+    seed: int = 0,
+    statistic: str = DEFAULT_STATISTIC,
+    boundary: int = 1,
+) -> ModelEstimate:
+    """CTE of ``model`` on ``images`` under one perturbation.
+
+    Parameters
+    ----------
+    model : SegmentationModel
+    images : sequence of (H, W) or (H, W, C) arrays
+        The unlabelled target.
+    perturbation : InputPerturbation or FeatureDropout, optional
+        Default: the kit's default for ``consistency`` (:func:`default_perturbation`).
+    consistency : {'hard', 'soft', 'instance'}
+    n_pert : int
+        Perturbed predictions averaged per image.
+    seed : int
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
+        Aggregation over images (the kit's default: the mean; the paper: the median).
+    boundary : int
+        Width of the boundary band removed by instance consistency.
+
+    Returns
+    -------
+    ModelEstimate
+    """
+    perturbation = default_perturbation(consistency) if perturbation is None else perturbation
+    pairs = model.predict_pairs(images, perturbation, seed=seed, n_pert=n_pert)
+    per_image = pair_scores(pairs, [consistency], threshold=model.threshold, boundary=boundary)[consistency]
+    return ModelEstimate(model.name, perturbation.label, consistency, per_image, summarize(per_image, statistic))
 
 
 @dataclass(frozen=True)

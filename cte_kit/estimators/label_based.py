@@ -29,7 +29,8 @@ from scipy.linalg import sqrtm
 from skimage.segmentation import find_boundaries
 
 from ..models.base import SegmentationModel
-from .base import Estimator, EstimatorInput, EstimatorResult, name_seed
+from .base import Estimator, EstimatorInput, EstimatorResult
+from ..types import name_seed
 from .sampling import default_feature_layer, pixel_probabilities, sample_pixels, sampled_features
 
 __all__ = [

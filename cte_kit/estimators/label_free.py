@@ -12,7 +12,7 @@ model's own predictions.
 * :func:`nuclear_norm_score` (NuNo, Deng et al. 2023), :func:`mano_score` (MaNo, Xie et al.
   2024), :func:`dispersion_score` (Xie et al. 2023);
 * :class:`BankAgreement` - each model against the majority of the others (a leave-one-out pseudo
-  ground truth; the consensus is :func:`cte_kit.guards.leave_one_out_consensus`, the guards' own).
+  ground truth; the consensus is :func:`cte_kit.estimators.guards.leave_one_out_consensus`, the guards' own).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..guards import foreground_agreement, leave_one_out_consensus, object_agreement
+from .guards import foreground_agreement, leave_one_out_consensus, object_agreement
 from ..models.base import SegmentationModel
 from ..perturb import parse_perturbation
-from .base import Estimator, EstimatorInput, EstimatorResult, name_seed
+from .base import Estimator, EstimatorInput, EstimatorResult
+from ..types import name_seed
 from .sampling import default_feature_layer, features_at, pixel_probabilities, sample_pixels
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Estimators by name, as ``cte-kit compare --estimators`` and :func:`~cte_kit.estimators.compare` take them.
+"""Estimators by name, as ``cte-kit compare --estimators`` and :func:`~cte_kit.evaluation.comparison.compare` take them.
 
 Names are those of :data:`ESTIMATORS`; besides them ``cte:<consistency>:<perturbation>[:<statistic>]``
 builds any CTE variant (``cte:hard:dropout:0.1@sym1``, ``cte:instance:gamma:0.7:median``).
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from ..consistency import STATISTICS
+from ..scoring.consistency import STATISTICS
 from .base import Estimator
 from .cte import CTE, RankAggregate
 from .label_based import CCFV, LEEP, OTCE, LogME, Topology

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from ..models.base import SegmentationModel
-from .base import name_seed
+from ..types import name_seed
 
 __all__ = ["sample_pixels", "features_at", "default_feature_layer", "sampled_features", "pixel_probabilities"]
 

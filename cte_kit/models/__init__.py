@@ -2,13 +2,11 @@
 
 from .bank import BankEntry, load_bank, load_model, read_bank, write_bank
 from ._common import PretrainedDownloadError
-from .base import NotGreyBoxError, Prediction, PredictionPair, SegmentationModel
+from .base import NotGreyBoxError, SegmentationModel
 
 __all__ = [
     "BankEntry",
     "NotGreyBoxError",
-    "Prediction",
-    "PredictionPair",
     "PretrainedDownloadError",
     "SegmentationModel",
     "load_bank",

@@ -81,7 +81,7 @@ def channel_scales(channels: Sequence[int], rate: float, seed: int) -> list:
     rate : float
         Dropout rate in [0, 1).
     seed : int
-        Per-image seed (:func:`cte_kit.models.base.image_seed`). The masks are drawn one after
+        Per-image seed (:func:`cte_kit.perturb.image_seed`). The masks are drawn one after
         the other from one generator, as :func:`image_dropout` draws them in call order, so
         every adapter drops the same channels for the same seed and layer widths.
 

@@ -20,65 +20,21 @@ is shared here.
 from __future__ import annotations
 
 import abc
-import hashlib
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 
 from ..data.images import check_image, normalize_percentile, to_grey
-from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout
+from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout, image_seed
+from ..types import Prediction, PredictionPair
 from .layers import LayerMap
 
-__all__ = ["Prediction", "PredictionPair", "SegmentationModel", "NotGreyBoxError", "image_id", "image_seed"]
+__all__ = ["SegmentationModel", "NotGreyBoxError"]
 
 
 class NotGreyBoxError(TypeError):
     """Feature perturbation was asked of a model whose internals are not accessible."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What a model says about one image.
-
-    Attributes
-    ----------
-    probability : (H, W) float32 ndarray or None
-        Foreground probability in [0, 1] (semantic output; StarDist's object probability,
-        Cellpose's sigmoid of cell probability).
-    labels : (H, W) int32 ndarray or None
-        Instance labels, 0 = background.
-    """
-
-    probability: np.ndarray | None = None
-    labels: np.ndarray | None = None
-
-    def __post_init__(self):
-        if self.probability is None and self.labels is None:
-            raise ValueError("a Prediction needs a probability map, instance labels or both")
-
-
-@dataclass(frozen=True)
-class PredictionPair:
-    """The clean prediction of one image and its perturbed predictions (one per draw)."""
-
-    clean: Prediction
-    perturbed: tuple[Prediction, ...]
-
-
-def image_id(name: str) -> int:
-    """A stable 32-bit id of an image from its name (its key), for :func:`image_seed`.
-
-    Derived from the name, never from a position in a list, so adding or removing images does
-    not change the perturbation of any other image.
-    """
-    return int.from_bytes(hashlib.sha256(str(name).encode("utf-8")).digest()[:4], "little")
-
-
-def image_seed(seed: int, image_id: int, draw: int) -> int:
-    """A 63-bit seed for one (run seed, image, draw), independent of batching and order."""
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(image_id) & 0xFFFFFFFF, int(draw)])
-    return int(state.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass

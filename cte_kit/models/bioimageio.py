@@ -35,7 +35,8 @@ import numpy as np
 from scipy.special import expit
 
 from ._common import PerImageDropout, PretrainedDownloadError, check_settings
-from .base import NotGreyBoxError, Prediction, SegmentationModel
+from .base import NotGreyBoxError, SegmentationModel
+from ..types import Prediction
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
 

@@ -38,7 +38,8 @@ import numpy as np
 from scipy.special import expit
 
 from ._common import PerImageDropout, PretrainedDownloadError, check_settings
-from .base import NotGreyBoxError, Prediction, SegmentationModel
+from .base import NotGreyBoxError, SegmentationModel
+from ..types import Prediction
 from .layers import LayerMap
 
 __all__ = ["CellposeModel", "cellpose_major_version", "from_bank_entry"]

@@ -39,7 +39,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ._common import PerImageDropout, PretrainedDownloadError, channel_scales, check_settings
-from .base import Prediction, SegmentationModel
+from ..types import Prediction
+from .base import SegmentationModel
 from .layers import LayerMap
 
 __all__ = ["StarDistModel", "from_bank_entry"]

@@ -24,7 +24,8 @@ import torch
 from torch.nn import functional as F
 
 from ..perturb import FeatureDropout, feature_dropout
-from .base import Prediction, SegmentationModel
+from ..types import Prediction
+from .base import SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
 from .unet_arch import UNet

@@ -31,8 +31,8 @@ from typing import Sequence
 import numpy as np
 from scipy.ndimage import binary_dilation, generate_binary_structure
 
-from .metrics import check_label_image, check_probability, check_threshold, contingency, mask_overlap, rand_pair_counts
-from .models.base import Prediction
+from .metrics import (check_label_image, check_probability, check_threshold, contingency, mask_overlap, rand_pair_counts)
+from ..types import Prediction
 
 __all__ = [
     "CONSISTENCY_KINDS",

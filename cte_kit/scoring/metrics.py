@@ -14,7 +14,7 @@ Instance metrics compare two label images (0 = background):
 * :func:`adapted_rand_error` - equal to ``skimage.metrics.adapted_rand_error``.
 
 The counting helpers (:func:`contingency`, :func:`rand_pair_counts`, :func:`relabel`,
-:func:`mask_overlap`) are shared with :mod:`cte_kit.consistency`. Everything is computed from
+:func:`mask_overlap`) are shared with :mod:`cte_kit.scoring.consistency`. Everything is computed from
 one ``np.bincount`` contingency table per pair of images; labels are never cast to a narrow
 dtype, so ids of any size (e.g. 70000 in a uint32 image) are exact.
 """
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .data.images import check_labels
+from ..data.images import check_labels
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",

@@ -22,9 +22,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .consistency import hard_consistency, instance_consistency, soft_consistency
-from .models.base import Prediction, SegmentationModel, image_seed
-from .perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation
+from ..scoring.consistency import hard_consistency, instance_consistency, soft_consistency
+from ..types import Prediction
+from ..models.base import SegmentationModel
+from ..perturb import image_seed
+from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation
 
 __all__ = ["SLIDER_RANGES", "PerturbationExplorer", "perturbation_explorer", "StrengthSweepPanel", "strength_sweep_panel"]
 
@@ -243,7 +245,7 @@ class PerturbationExplorer:
     def _redraw(self, rows: Sequence[_Row]) -> None:
         import matplotlib.pyplot as plt
 
-        from .plots import show_prediction_pair
+        from ..reports.plots import show_prediction_pair
 
         figure, axes = plt.subplots(len(rows), 4, figsize=(13, 3.4 * len(rows)), constrained_layout=True, squeeze=False)
         for row_axes, row in zip(axes, rows):
@@ -281,7 +283,7 @@ DEFAULT_STRENGTHS: Mapping[str, tuple[float, ...]] = {
 
 
 class StrengthSweepPanel:
-    """Widget around :func:`cte_kit.strength.sweep_strengths`: paper Fig. 3 for any perturbation kind.
+    """Widget around :func:`cte_kit.evaluation.strength.sweep_strengths`: paper Fig. 3 for any perturbation kind.
 
     Parameters
     ----------
@@ -309,7 +311,7 @@ class StrengthSweepPanel:
         Runs :meth:`run` with the current selection.
     result : StrengthSweep or None
         The last sweep.
-    choice : cte_kit.selection.StrengthChoice or None
+    choice : cte_kit.estimators.selection.StrengthChoice or None
         The label-free choice among its strengths.
     rows : list of dict
         :meth:`StrengthSweep.rows` of the last sweep (what the table shows).
@@ -320,7 +322,7 @@ class StrengthSweepPanel:
                  consistency: str = "hard", seed: int = 0, progress: bool = True, draw: bool = True):
         import ipywidgets as widgets
 
-        from .strength import STRENGTH_KINDS, _as_models
+        from ..evaluation.strength import STRENGTH_KINDS, _as_models
 
         self.models = _as_models(bank)
         self.images, self.labels = images, labels
@@ -356,7 +358,7 @@ class StrengthSweepPanel:
         -------
         StrengthSweep
         """
-        from .strength import StrengthSweep, sweep_strengths
+        from ..evaluation.strength import StrengthSweep, sweep_strengths
 
         if kind is not None and kind != self.kind.value:
             self.kind.value = kind
@@ -418,8 +420,8 @@ class StrengthSweepPanel:
     def _redraw(self) -> None:
         import matplotlib.pyplot as plt
 
-        from .plots import strength_curves, sweep_lines
-        from .estimator import PERFORMANCE_STATISTIC
+        from ..reports.plots import strength_curves, sweep_lines
+        from ..evaluation.performance import PERFORMANCE_STATISTIC
 
         result = self.result
         labelled = result.performance is not None

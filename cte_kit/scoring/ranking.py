@@ -215,7 +215,7 @@ def bootstrap_scores(
     n_boot : int
         Replicates.
     statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
-        As :func:`cte_kit.consistency.summarize`; NaNs are ignored per model and replicate.
+        As :func:`cte_kit.scoring.consistency.summarize`; NaNs are ignored per model and replicate.
     ci : float
         Confidence level of the percentile interval.
     seed : int

@@ -1,6 +1,6 @@
 """Paper-style summary tables over several targets (Tables 1 and 2 of Talks & Kreshuk).
 
-:func:`correlation_rows` flattens the per-setting summaries of :func:`cte_kit.sweep.summarize_results`
+:func:`correlation_rows` flattens the per-setting summaries of :func:`cte_kit.evaluation.summary.summarize_results`
 for one target into rows; :func:`average_correlations` averages the Kendall / Spearman / Pearson
 correlations of each method over targets (mean and standard deviation, as the paper's
 "Avg." / "Std." rows) and :func:`format_correlation_table` prints them.
@@ -30,7 +30,7 @@ def correlation_rows(summaries: Sequence[Mapping], target: str) -> list[dict]:
     Parameters
     ----------
     summaries : sequence of dict
-        From :func:`cte_kit.sweep.summarize_results` (with labels, so the correlations exist).
+        From :func:`cte_kit.evaluation.summary.summarize_results` (with labels, so the correlations exist).
     target : str
     """
     rows = []

@@ -7,7 +7,7 @@ perturbation and, when target labels are given, the correlation of CTE with true
 at each strength (to *judge* strengths on a labelled benchmark, as Fig. 3 does).
 
 Without labels, :meth:`StrengthSweep.choice` applies the kit's label-free rule
-(:func:`cte_kit.selection.choose_strength`): the weakest strength that separates the bank while
+(:func:`cte_kit.estimators.selection.choose_strength`): the weakest strength that separates the bank while
 its most consistent model stays above a floor.
 """
 
@@ -19,12 +19,13 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .consistency import DEFAULT_STATISTIC, nan_statistic
-from .estimator import PERFORMANCE_STATISTIC, pair_scores, performance, performance_metric_for
-from .models.bank import BankEntry, load_model
-from .models.base import SegmentationModel
-from .perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation, Perturbation
-from .ranking import Correlations, correlations, rank_scores
+from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic
+from .performance import PERFORMANCE_STATISTIC, performance, performance_metric_for
+from ..estimators.cte import pair_scores
+from ..models.bank import BankEntry, load_model
+from ..models.base import SegmentationModel
+from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation, Perturbation
+from ..scoring.ranking import Correlations, correlations, rank_scores
 
 __all__ = ["STRENGTH_KINDS", "perturbation_for", "StrengthSweep", "sweep_strengths", "model_performance"]
 
@@ -47,7 +48,7 @@ def _as_models(bank: Sequence[BankEntry | SegmentationModel]) -> list[Segmentati
 
 def model_performance(model: SegmentationModel, images, labels, metric: str = "f1") -> float:
     """True performance (``'f1'``, ``'iou'``, ``'map'``, ``'ap50'``) of clean predictions, aggregated over images
-    by :data:`~cte_kit.estimator.PERFORMANCE_STATISTIC` (the median)."""
+    by :data:`~cte_kit.evaluation.performance.PERFORMANCE_STATISTIC` (the median)."""
     values = performance(model.predict(images), labels, model.threshold)[metric]
     return float(nan_statistic(values, PERFORMANCE_STATISTIC)) if np.isfinite(values).any() else float("nan")
 
@@ -86,7 +87,7 @@ class StrengthSweep:
         return np.asarray(nan_statistic(self.per_image[strength], self.statistic), dtype=float)
 
     def cte_by_strength(self) -> dict:
-        """``{strength: (n_models,) CTE}``, the input of :func:`cte_kit.plots.sweep_lines`."""
+        """``{strength: (n_models,) CTE}``, the input of :func:`cte_kit.reports.plots.sweep_lines`."""
         return {s: self.cte(s) for s in self.strengths}
 
     def correlations(self, strength: float) -> Correlations | None:
@@ -104,15 +105,15 @@ class StrengthSweep:
     def choice(self, **options):
         """The kit's label-free choice among the swept strengths.
 
-        ``options`` go to :func:`cte_kit.selection.choose_strength` (``floor``, ``tol``, ...);
+        ``options`` go to :func:`cte_kit.estimators.selection.choose_strength` (``floor``, ``tol``, ...);
         the settings are ordered from weak to strong by the bank-wide consistency.
 
         Returns
         -------
-        cte_kit.selection.StrengthChoice
+        cte_kit.estimators.selection.StrengthChoice
             ``.setting`` is a label such as ``'dropout:0.2'``; :meth:`strength_of` turns it back.
         """
-        from .selection import choose_strength
+        from ..estimators.selection import choose_strength
 
         options.setdefault("statistic", self.statistic)
         scores = {self.setting(s): self.per_image[s] for s in self.strengths}

@@ -13,11 +13,11 @@ from typing import Sequence
 
 import numpy as np
 
-from .data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
-from .models.bank import BankEntry, write_bank
-from .models.training import TrainingConfig, train_unet
-from .models.unet import UNetConfig, demo_bank_dir, demo_checkpoint
-from .perturb import FeatureDropout, InputPerturbation, Perturbation
+from ..data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
+from ..models.bank import BankEntry, write_bank
+from ..models.training import TrainingConfig, train_unet
+from ..models.unet import UNetConfig, demo_bank_dir, demo_checkpoint
+from ..perturb import FeatureDropout, InputPerturbation, Perturbation
 
 __all__ = [
     "DEMO_PERTURBATIONS",
@@ -35,7 +35,7 @@ DEMO_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=96)
 DEMO_TRAIN_IMAGES = 24
 
 #: The paper's two families: bottleneck dropout (its nuclei default) and one input perturbation.
-#: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimator.default_settings`.)
+#: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimators.cte.default_settings`.)
 DEMO_PERTURBATIONS: tuple[Perturbation, ...] = (FeatureDropout(0.2), InputPerturbation("contrast", 0.7))
 
 
@@ -109,7 +109,7 @@ def demo_targets(n_images: int = 16, seed: int = 7, include_real: bool = True) -
 
 
 def format_table(summary: dict) -> str:
-    """A plain-text ranking table for one summary entry of :func:`cte_kit.sweep.summarize_results`.
+    """A plain-text ranking table for one summary entry of :func:`cte_kit.evaluation.summary.summarize_results`.
 
     Rows follow the kit's ranking (flagged models after the others); flagged models are marked
     ``!`` and listed with their reasons below the table, and the bootstrap probability is

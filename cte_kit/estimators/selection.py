@@ -9,7 +9,7 @@ too strong breaks every model. Without labels, the bank itself says which settin
   a tolerance, or, from per-image scores, consistently over a bootstrap of the images);
 * :func:`choose_strength` - over candidate settings (strengths and/or layers), the *weakest*
   setting (highest bank-wide consistency) that separates the bank while its most consistent
-  model stays above a floor, with the reasons; :func:`cte_kit.plots.separation_sweep` draws it;
+  model stays above a floor, with the reasons; :func:`cte_kit.reports.plots.separation_sweep` draws it;
 * :func:`aggregate_ranks` - combine several rankings (consistency types, perturbation families)
   into one score by mean normalised rank (Borda count).
 
@@ -23,8 +23,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from .consistency import DEFAULT_STATISTIC, nan_statistic
-from .ranking import rank_scores, tied_at_top
+from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic
+from ..scoring.ranking import rank_scores, tied_at_top
 
 __all__ = [
     "DEFAULT_FLOOR",
@@ -142,7 +142,7 @@ def separation(
     min_resolved : float
         Fraction of model pairs that must be told apart for the setting to count as separating.
     statistic : str
-        Aggregation over images for 2D input (see :func:`cte_kit.consistency.nan_statistic`).
+        Aggregation over images for 2D input (see :func:`cte_kit.scoring.consistency.nan_statistic`).
     n_boot, confidence, seed
         2D input: a pair is resolved when its order on the full data holds in at least
         ``confidence`` of ``n_boot`` paired bootstrap replicates over images, and the two scores

@@ -144,7 +144,7 @@ def scatter_cte(
     errors : (low, high), optional
         Bootstrap interval of each CTE, drawn as horizontal error bars.
     flagged : sequence of bool, optional
-        Models flagged by the label-free guards (:mod:`cte_kit.guards`): drawn grey and hollow,
+        Models flagged by the label-free guards (:mod:`cte_kit.estimators.guards`): drawn grey and hollow,
         their label marked "(flagged)".
     """
     ax = _axes(ax)
@@ -240,7 +240,7 @@ def separation_sweep(
 
     Parameters
     ----------
-    choice : cte_kit.selection.StrengthChoice
+    choice : cte_kit.estimators.selection.StrengthChoice
     names : sequence of str, optional
         Model names (legend).
     axes : two Axes, optional
@@ -377,7 +377,7 @@ def scatter_by_group(
 
 
 def strength_curves(rows: Sequence[Mapping], ax=None, title: str | None = None, strength_name: str = "dropout p"):
-    """Ranking quality against perturbation strength, from :meth:`cte_kit.strength.StrengthSweep.rows`.
+    """Ranking quality against perturbation strength, from :meth:`cte_kit.evaluation.strength.StrengthSweep.rows`.
 
     Draws, per strength, the label-free fraction of model pairs resolved and the bank-wide
     median CTE (dashed), with labels the Kendall / Spearman / Pearson correlation of CTE with

@@ -36,7 +36,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from skimage import measure
 
-from .metrics import mask_overlap, match_instances
+from ..scoring.metrics import mask_overlap, match_instances
 
 __all__ = [
     "Flag",

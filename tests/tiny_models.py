@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.images import normalize_percentile
-from ..data.synthetic import SyntheticDomain, generate
+from cte_kit.data.images import normalize_percentile
+from cte_kit.data.synthetic import SyntheticDomain, generate
 
 __all__ = ["training_data", "train_tiny_stardist", "train_tiny_cellpose", "train_tiny_unet"]
 
@@ -29,7 +29,7 @@ def training_data(n_images: int = 8, size: int = 96, seed: int = 0):
 def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs: int = 10, steps_per_epoch: int = 20,
                         seed: int = 0) -> Path:
     """Train a StarDist2D (16 rays, grid 2, depth-2 U-Net of width 8) and return its model folder."""
-    from .stardist import _import_stardist, _quietly
+    from cte_kit.models.stardist import _import_stardist, _quietly
 
     StarDist2D = _import_stardist()
     from csbdeep.utils.tf import keras_import
@@ -71,7 +71,7 @@ def train_tiny_unet(path: str | Path, steps: int = 40, levels: int = 3, width: i
     import torch
     from torch.nn import functional as F
 
-    from .unet import UNetConfig, save_checkpoint
+    from cte_kit.models.unet import UNetConfig, save_checkpoint
 
     torch.manual_seed(seed)
     images, labels = training_data(n_images=8, size=64, seed=seed)

@@ -5,7 +5,7 @@ Binder's 2 GB machines) in a minute or two. It is on when the environment variab
 ``CTE_KIT_FAST`` is ``1`` (also ``true``, ``yes``, ``on``); a notebook reads it in its first code
 cell and chooses its sizes with :func:`pick`::
 
-    from cte_kit.notebook_env import fast_mode, pick
+    from cte_kit.teaching.notebook_env import fast_mode, pick
     FAST = fast_mode()
     N_IMAGES = pick(fast=4, full=16)
 
@@ -19,7 +19,7 @@ a student nothing. :func:`plain_warnings` prints the kit's own warnings
 (:class:`cte_kit.CTEKitWarning`) as the sentences they are; the command line uses it too.
 
 Notebooks are committed without outputs (a test checks it); strip them with
-``python -m cte_kit.notebook_env strip notebooks/*.ipynb`` (:func:`strip_outputs`).
+``python -m cte_kit.teaching.notebook_env strip notebooks/*.ipynb`` (:func:`strip_outputs`).
 
 Importing this module imports neither torch, TensorFlow nor ipywidgets.
 """
@@ -128,7 +128,7 @@ def limit_threads(max_threads: int | None = None) -> int:
 
 def environment_summary(fast: bool | None = None) -> str:
     """One line: mode (``fast`` overrides the environment), where the kernel runs, versions, CPUs."""
-    from . import __version__
+    from .. import __version__
 
     fast = fast_mode() if fast is None else fast
     where = "Colab" if on_colab() else "Binder" if on_binder() else "local"
@@ -148,7 +148,7 @@ def plain_warnings() -> None:
     """
     import warnings
 
-    from .types import CTEKitWarning
+    from ..types import CTEKitWarning
 
     previous = warnings.showwarning
     if getattr(previous, "plain_for", None) is CTEKitWarning:
@@ -203,7 +203,7 @@ def strip_outputs(path) -> bool:
 def _main(argv=None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m cte_kit.notebook_env", description="Notebook housekeeping.")
+    parser = argparse.ArgumentParser(prog="python -m cte_kit.teaching.notebook_env", description="Notebook housekeeping.")
     commands = parser.add_subparsers(dest="command", required=True)
     strip = commands.add_parser("strip", help="remove outputs, execution counts and widget state in place")
     strip.add_argument("paths", nargs="+")

@@ -1,0 +1,60 @@
+"""True performance of clean predictions against the target's labels.
+
+The estimators never see labels: these scores exist to judge a ranking (and, in the runs'
+store, fill the performance table when labels arrive, without recomputing any CTE).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
+from ..types import Prediction
+
+__all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "performance", "performance_metric_for"]
+
+#: Per-image performance metrics: foreground F1 (Dice) and IoU at the model threshold, mean
+#: average precision over IoU 0.5:0.05:0.95 and average precision at IoU 0.5 (DSB2018 definition).
+PERFORMANCE_METRICS = ("f1", "iou", "map", "ap50")
+#: How a model's true performance is aggregated over the target images in summaries and sweeps
+#: (whatever the CTE statistic is): the median, as in the paper. Plots name it on their axes.
+PERFORMANCE_STATISTIC = "median"
+
+
+def performance_metric_for(consistency: str) -> str:
+    """The true-performance metric a consistency kind is judged against (paper: F1 / mAP)."""
+    return "map" if consistency == "instance" else "f1"
+
+
+def performance(predictions: Sequence[Prediction], labels: Sequence[np.ndarray], threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """True per-image performance of clean predictions.
+
+    Parameters
+    ----------
+    predictions : sequence of Prediction
+    labels : sequence of (H, W) int arrays
+        Instance labels (semantic 0/1 masks give F1 and IoU; their mAP treats each connected
+        mask value as one object).
+    threshold : float
+        Foreground threshold of the probability maps.
+
+    Returns
+    -------
+    dict of str -> (n_images,) float ndarray
+        Keys of :data:`PERFORMANCE_METRICS`. Metrics a prediction cannot give (F1 without a
+        probability map uses the binarised labels instead) are always filled; mAP needs
+        instance labels and is NaN without them.
+    """
+    if len(predictions) != len(labels):
+        raise ValueError(f"{len(predictions)} predictions but {len(labels)} label images")
+    scores = {metric: np.full(len(labels), np.nan) for metric in PERFORMANCE_METRICS}
+    for index, (prediction, truth) in enumerate(zip(predictions, labels)):
+        foreground = prediction.probability if prediction.probability is not None else (prediction.labels > 0).astype(np.float32)
+        scores["f1"][index] = f1_score(foreground, truth, threshold)
+        scores["iou"][index] = iou_score(foreground, truth, threshold)
+        if prediction.labels is not None:
+            scores["map"][index] = average_precision(truth, prediction.labels).mean
+            scores["ap50"][index] = match_instances(truth, prediction.labels, 0.5).accuracy
+    return scores

@@ -1,0 +1,1 @@
+"""Tables (:mod:`.tables`) and matplotlib figures (:mod:`.plots`) of rankings and correlations."""

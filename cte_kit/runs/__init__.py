@@ -1,0 +1,1 @@
+"""Runs: the one loop over models and images, its result store and its local and Dask backends."""
