@@ -125,6 +125,14 @@ def image_key(name: str, image: np.ndarray) -> str:
     return f"{name}#{digest(str(array.dtype), str(array.shape), array.tobytes())}"
 
 
+def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) -> tuple[int, int]:
+    foreground, labels = np.asarray(foreground), np.asarray(labels)
+    if foreground.ndim != 2 or labels.shape != foreground.shape:
+        raise ValueError(f"the clean prediction of {image} needs a (H, W) foreground and labels of the same shape, got "
+                         f"{foreground.shape} and {labels.shape}")
+    return foreground.shape
+
+
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(labels, dtype=np.int32), allow_pickle=False)
@@ -242,7 +250,7 @@ class ResultStore:
                            [(key, name, int(h), int(w)) for key, (name, h, w) in images.items()])
             db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
             db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
-                           [(m, i, *foreground.shape, *_pack(foreground, labels))
+                           [(m, i, *_check_prediction(foreground, labels, i), *_pack(foreground, labels))
                             for (m, i), (foreground, labels) in predictions.items()])
             db.executemany("INSERT INTO failures (model_key, model, image_key, image, setting, error, traceback, time) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -409,7 +417,8 @@ def file_digest(path: str | Path) -> str:
         return digest("missing", str(path))
     hasher = hashlib.sha256()
     for file in files:
-        hasher.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+        if path.is_dir():  # a single file is its contents; a folder also its layout
+            hasher.update(str(file.relative_to(path)).encode())
         with file.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 hasher.update(block)
