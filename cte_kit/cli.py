@@ -589,7 +589,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
     from .data.registry import DownloadError
-    from .models.base import NotGreyBoxError
+    from .types import InputTypeError
     from .teaching.notebook_env import plain_warnings
 
     args = build_parser().parse_args(argv)
@@ -597,7 +597,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():  # restores Python's warning display when main() returns
             plain_warnings()
             return _COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError, NotGreyBoxError, DownloadError) as error:
+    except (ValueError, FileNotFoundError, InputTypeError, DownloadError) as error:
         print(f"cte-kit {args.command}: error: {error}", file=sys.stderr)
         return 2
     except Exception:  # a bug, not bad input: say so, with the whole trace

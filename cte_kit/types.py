@@ -22,11 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CTEKitWarning", "Prediction", "PredictionPair", "content_name", "image_id", "name_seed"]
+__all__ = ["CTEKitWarning", "InputTypeError", "Prediction", "PredictionPair", "content_name", "image_id", "name_seed"]
 
 
 class CTEKitWarning(UserWarning):
     """A warning addressed to the kit's user: a plain sentence that says what happened and what to do."""
+
+
+class InputTypeError(TypeError):
+    """An input of the wrong type or dtype: bad input the user can fix (the command line says so in one
+    line, exit code 2), not a bug in the kit (any other TypeError)."""
 
 
 @dataclass(frozen=True)

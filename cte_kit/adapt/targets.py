@@ -18,6 +18,7 @@ import torch
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
 from .views import check_roles
+from ..types import InputTypeError
 
 __all__ = ["AdaptTarget", "adapt_target", "ADAPTABLE_KINDS", "provenance_path"]
 
@@ -105,7 +106,7 @@ def _bioimageio_target(model) -> AdaptTarget:
 
     module = getattr(model, "_module", None)
     if module is None or not all(hasattr(module, a) for a in ("encoders", "decoders", "head", "levels")):
-        raise TypeError(
+        raise InputTypeError(
             f"model {model.name!r}: only bioimage.io exports of kit U-Nets with pytorch_state_dict weights can be "
             "adapted (this one has no kit U-Net inside)"
         )
@@ -141,7 +142,7 @@ def _cellpose_writer(network, path: Path, provenance: dict) -> str:
 
 def _cellpose_target(model) -> AdaptTarget:
     if model.version >= 4:
-        raise TypeError(f"model {model.name!r}: Cellpose 4 (Cellpose-SAM) is not adapted by this kit; only Cellpose 3 "
+        raise InputTypeError(f"model {model.name!r}: Cellpose 4 (Cellpose-SAM) is not adapted by this kit; only Cellpose 3 "
                         "CPnets (cellpose>=3.1.1,<4) are")
     network = model.cellpose.net
     if any(value.is_mkldnn for value in network.state_dict().values()):
@@ -174,7 +175,7 @@ def adapt_target(model: SegmentationModel | BankEntry, **settings: Any) -> Adapt
     """
     if isinstance(model, BankEntry):
         if model.kind not in ADAPTABLE_KINDS:
-            raise TypeError(
+            raise InputTypeError(
                 f"model {model.name!r} is of kind {model.kind!r}, which cannot be adapted: adaptation trains the "
                 f"model's PyTorch network, and only kinds {ADAPTABLE_KINDS} have one the kit can train "
                 "(StarDist runs on Keras/TensorFlow)"
@@ -182,6 +183,6 @@ def adapt_target(model: SegmentationModel | BankEntry, **settings: Any) -> Adapt
         model = load_model(BankEntry(model.name, model.kind, model.path, model.pretrained, {**model.settings, **settings}))
     factory = _TARGETS.get(type(model).__name__)
     if factory is None:
-        raise TypeError(f"model {model.name!r} ({type(model).__name__}) cannot be adapted: only kit U-Nets, Cellpose 3 "
+        raise InputTypeError(f"model {model.name!r} ({type(model).__name__}) cannot be adapted: only kit U-Nets, Cellpose 3 "
                         "CPnets and bioimage.io exports of kit U-Nets have a network the kit can train")
     return factory(model)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..types import InputTypeError
+
 __all__ = ["check_image", "check_labels", "to_grey", "normalize_percentile"]
 
 
@@ -35,7 +37,7 @@ def check_image(image, name: str = "image", channels: int | None = None) -> np.n
     """
     array = np.asarray(image)
     if array.dtype == bool or not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
-        raise TypeError(f"{name}: expected a numeric image, got dtype {array.dtype}")
+        raise InputTypeError(f"{name}: expected a numeric image, got dtype {array.dtype}")
     if array.ndim == 3 and array.shape[-1] == 4:
         array = array[..., :3]
     if array.ndim == 3 and array.shape[-1] == 1:
@@ -82,7 +84,7 @@ def check_labels(labels, shape: tuple[int, ...] | None = None, name: str = "labe
         if not np.isfinite(array).all() or (array != np.round(array)).any():
             raise ValueError(f"{name}: label image has non-integer values")
     elif not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
-        raise TypeError(f"{name}: expected integer labels, got dtype {array.dtype}")
+        raise InputTypeError(f"{name}: expected integer labels, got dtype {array.dtype}")
     if (array < 0).any():
         raise ValueError(f"{name}: label image has negative values")
     if shape is not None and array.shape != tuple(shape[:2]):

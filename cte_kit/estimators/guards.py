@@ -37,6 +37,7 @@ import numpy as np
 from skimage import measure
 
 from ..scoring.metrics import mask_overlap, match_instances
+from ..types import InputTypeError
 
 __all__ = [
     "Flag",
@@ -196,7 +197,7 @@ class ModelGuards:
 def _check_mask(mask, name: str) -> np.ndarray:
     mask = np.asarray(mask)
     if mask.dtype != bool:
-        raise TypeError(f"{name} must be a boolean mask, got dtype {mask.dtype}")
+        raise InputTypeError(f"{name} must be a boolean mask, got dtype {mask.dtype}")
     return mask
 
 

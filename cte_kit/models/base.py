@@ -27,13 +27,13 @@ import numpy as np
 
 from ..data.images import check_image, normalize_percentile, to_grey
 from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout, image_seed
-from ..types import Prediction, PredictionPair, content_name, image_id
+from ..types import InputTypeError, Prediction, PredictionPair, content_name, image_id
 from .layers import LayerMap
 
 __all__ = ["SegmentationModel", "NotGreyBoxError"]
 
 
-class NotGreyBoxError(TypeError):
+class NotGreyBoxError(InputTypeError):
     """Feature perturbation was asked of a model whose internals are not accessible."""
 
 
@@ -296,7 +296,7 @@ class SegmentationModel(abc.ABC):
         if isinstance(perturbation, FeatureDropout) and not self.grey_box:
             self.feature_modules(perturbation.layers)  # raises NotGreyBoxError with advice
         if not isinstance(perturbation, (FeatureDropout, InputPerturbation)):
-            raise TypeError(f"unknown perturbation {perturbation!r}")
+            raise InputTypeError(f"unknown perturbation {perturbation!r}")
         known: list[Prediction | None] = list(clean) if clean is not None else [None] * len(arrays)
         perturbed: list[list[Prediction]] = [[] for _ in arrays]
         for indices in self._batches(arrays):

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import numpy as np
+from ..types import InputTypeError
 from scipy import ndimage as ndi
 from skimage import measure, morphology, segmentation
 
@@ -53,7 +54,7 @@ def _check_map(array: np.ndarray, name: str) -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"{name} must be a 2D (H, W) map, got shape {array.shape}")
     if not np.issubdtype(array.dtype, np.number) and array.dtype != bool:
-        raise TypeError(f"{name} must be numeric, got dtype {array.dtype}")
+        raise InputTypeError(f"{name} must be numeric, got dtype {array.dtype}")
     return array
 
 

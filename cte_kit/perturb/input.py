@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..types import InputTypeError
+
 __all__ = ["INPUT_KINDS", "NEUTRAL_STRENGTH", "InputPerturbation"]
 
 #: The input perturbation kinds and the strength at which each leaves the image unchanged.
@@ -95,7 +97,7 @@ class InputPerturbation:
         """
         image = np.asarray(image)
         if not np.issubdtype(image.dtype, np.floating):
-            raise TypeError(
+            raise InputTypeError(
                 f"input perturbations act on normalised float images, got dtype {image.dtype}; "
                 "normalise first (cte_kit.data.normalize_percentile)"
             )

@@ -28,6 +28,7 @@ from ..models.base import SegmentationModel
 from .backends import SerialBackend
 from .store import ResultStore, describe, digest, file_digest, image_key, kit_version
 from .units import Setting, Unit, parse_estimator_key
+from ..types import InputTypeError
 
 __all__ = ["CHUNK", "RunReport", "RunTarget", "model_identity", "plan", "rows", "run", "store_guards"]
 
@@ -58,7 +59,7 @@ def model_identity(item: BankEntry | SegmentationModel) -> tuple[str, str]:
                 settings[spec.name] = repr(value)
         payload = {"kind": type(item).__name__, "settings": settings, "weights": digest(*weights) if weights else None}
     else:
-        raise TypeError(f"a bank holds BankEntry or SegmentationModel objects, not {type(item).__name__}")
+        raise InputTypeError(f"a bank holds BankEntry or SegmentationModel objects, not {type(item).__name__}")
     payload["kit"] = kit_version()
     description = describe({"name": item.name, **payload})
     return f"{item.name}@{digest(describe(payload))}", description

@@ -27,6 +27,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from ..data.images import check_labels
+from ..types import InputTypeError
 
 __all__ = [
     "DEFAULT_IOU_THRESHOLDS",
@@ -84,7 +85,7 @@ def check_probability(array, name: str = "probability", shape: tuple[int, ...] |
     """
     array = np.asarray(array)
     if array.dtype != bool and not np.issubdtype(array.dtype, np.floating):
-        raise TypeError(
+        raise InputTypeError(
             f"{name}: expected a float probability map or a bool mask, got dtype {array.dtype} "
             "(for a label image pass `labels > 0`)"
         )
