@@ -101,6 +101,32 @@ def test_cte_scores(model, adapter_images, perturbation):
         assert 0 <= summarize(per_image).score <= 1
 
 
+def test_foreground_of_hard_consistency_and_f1_is_the_mask_foreground(model, adapter_images):
+    """StarDist's object probability is high only near object centres: its masks, not that map, are the foreground."""
+    from tiny_models import training_data
+
+    from cte_kit.evaluation.performance import performance
+    from cte_kit.scoring.consistency import pair_consistency
+
+    _, labels = training_data(n_images=3, size=100, seed=11)  # the labels of the conftest's adapter images
+    truth = [labels[0][:90, :77], labels[1][:100, :100], labels[2][:72, :95]]
+    pairs = model.predict_pairs(adapter_images, InputPerturbation("noise", 0.2), seed=0)
+    clean = [pair.clean for pair in pairs]
+    scores = performance(clean, truth, model.threshold)
+    def overlap(a, b):  # by hand: |A & B|, |A| + |B|, |A | B|
+        return np.sum(a & b), np.sum(a) + np.sum(b), np.sum(a | b)
+
+    for index, (pair, reference) in enumerate(zip(pairs, truth)):
+        masks = pair.clean.labels > 0
+        # the test can fail: the map binarised at prob_thresh is a different foreground
+        assert (masks != (pair.clean.probability > model.threshold)).mean() > 0.02
+        both, total, union = overlap(reference > 0, masks)
+        assert scores["f1"][index] == pytest.approx(2 * both / total)
+        assert scores["iou"][index] == pytest.approx(both / union)
+        both, _, union = overlap(masks, pair.perturbed[0].labels > 0)
+        assert pair_consistency(pair.clean, pair.perturbed[0], "hard", threshold=model.threshold) == pytest.approx(both / union)
+
+
 def test_tiling_matches_whole_image(tiny_stardist_folder, adapter_images):
     tiled = StarDistModel.from_folder(tiny_stardist_folder, tile_size=48)
     whole = StarDistModel.from_folder(tiny_stardist_folder)
