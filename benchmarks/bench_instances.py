@@ -80,7 +80,7 @@ def main(argv=None) -> int:
         images, labels, _ = load_target(bank_dir, domain, args.max_images, args.max_side)
         for model in models:
             maps = output_maps(model, images)
-            f1 = float(np.median([f1_score(p, truth, model.threshold) for (p, _), truth in zip(maps, labels)]))
+            f1 = float(np.median([f1_score(truth, p, model.threshold) for (p, _), truth in zip(maps, labels)]))
             cells = []
             for name, method in methods.items():
                 ratios, scores = [], []

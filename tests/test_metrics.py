@@ -1,6 +1,7 @@
 """Ground-truth performance metrics (cte_kit.scoring.metrics) against hand counts, stardist and skimage."""
 
 import numpy as np
+from scipy.spatial import distance
 import pytest
 from scipy import ndimage as ndi
 from skimage.measure import label
@@ -39,26 +40,42 @@ def test_f1_and_iou_hand_counts():
     prediction = np.array([[0.9, 0.9, 0.1], [0.6, 0.5, 0.0], [0.0, 0.0, 0.7]])
     truth = np.array([[1, 1, 0], [0, 2, 2], [0, 0, 2]])
     # P = {(0,0), (0,1), (1,0), (2,2)}, T = {(0,0), (0,1), (1,1), (1,2), (2,2)}, |P & T| = 3
-    assert f1_score(prediction, truth) == pytest.approx(2 * 3 / (4 + 5))
-    assert iou_score(prediction, truth) == pytest.approx(3 / 6)
-    assert f1_score(prediction, truth, threshold=0.45) == pytest.approx(2 * 4 / (5 + 5))
-    assert f1_score(truth > 0, truth) == iou_score(truth > 0, truth) == 1.0
+    assert f1_score(truth, prediction) == pytest.approx(2 * 3 / (4 + 5))
+    assert iou_score(truth, prediction) == pytest.approx(3 / 6)
+    assert f1_score(truth, prediction, threshold=0.45) == pytest.approx(2 * 4 / (5 + 5))
+    assert f1_score(truth, truth > 0) == iou_score(truth, truth > 0) == 1.0
+
+
+def test_f1_and_iou_match_scipy_dice_and_jaccard():
+    rng = np.random.default_rng(3)
+    truth = rng.integers(0, 4, size=(32, 40))
+    prediction = rng.random((32, 40))
+    predicted, true = (prediction > 0.6).ravel(), (truth > 0).ravel()
+    assert f1_score(truth, prediction, 0.6) == pytest.approx(1 - distance.dice(true, predicted))
+    assert iou_score(truth, prediction, 0.6) == pytest.approx(1 - distance.jaccard(true, predicted))
+
+
+def test_arguments_the_wrong_way_round_are_refused():
+    # truth first, as scikit-learn and StarDist: a probability map in the truth's place is an error, not a score
+    probability, truth = np.full((3, 3), 0.7), np.ones((3, 3), int)
+    with pytest.raises(ValueError, match="non-integer"):
+        f1_score(probability, truth)
+    with pytest.raises(ValueError, match="non-integer"):
+        iou_score(probability, truth)
 
 
 def test_empty_truth_scores_zero_as_the_official_code():
     empty = np.zeros((3, 3), int)
-    assert f1_score(np.zeros((3, 3)), empty) == 0.0
-    assert iou_score(np.ones((3, 3)), empty) == 0.0
-    assert f1_score(np.zeros((3, 3)), np.ones((3, 3), int)) == 0.0
+    assert f1_score(empty, np.zeros((3, 3))) == 0.0
+    assert iou_score(empty, np.ones((3, 3))) == 0.0
+    assert f1_score(np.ones((3, 3), int), np.zeros((3, 3))) == 0.0
 
 
 def test_semantic_input_errors():
     with pytest.raises(ValueError, match="shape"):
-        f1_score(np.zeros((3, 3)), np.zeros((3, 4), int))
-    with pytest.raises(ValueError, match="non-integer"):
-        iou_score(np.zeros((3, 3)), np.full((3, 3), 0.5))
+        f1_score(np.zeros((3, 4), int), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="NaN"):
-        f1_score(np.full((3, 3), np.nan), np.zeros((3, 3), int))
+        f1_score(np.zeros((3, 3), int), np.full((3, 3), np.nan))
 
 
 # -- instance matching ------------------------------------------------------------------------

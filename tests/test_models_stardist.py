@@ -159,7 +159,7 @@ def test_foreground_of_hard_consistency_and_f1_is_the_mask_foreground(model, ada
     truth = [labels[0][:90, :77], labels[1][:100, :100], labels[2][:72, :95]]
     pairs = model.predict_pairs(adapter_images, InputPerturbation("noise", 0.2), seed=0)
     clean = [pair.clean for pair in pairs]
-    scores = performance(clean, truth, model.threshold)
+    scores = performance(truth, clean, model.threshold)
     def overlap(a, b):  # by hand: |A & B|, |A| + |B|, |A | B|
         return np.sum(a & b), np.sum(a) + np.sum(b), np.sum(a | b)
 

@@ -237,7 +237,7 @@ def compare(
             start = time.perf_counter()
             predictions[model.name] = model.predict(target.images, target.names)
             forward[model.name] = time.perf_counter() - start
-            truth_images[model.name] = performance(predictions[model.name], target.labels, model.threshold)["f1"]
+            truth_images[model.name] = performance(target.labels, predictions[model.name], model.threshold)["f1"]
         truth = np.array([np.nanmean(truth_images[m.name]) for m in models])
         comparison.truth[target.name] = dict(zip([m.name for m in models], truth.tolist()))
         for label, estimator in tqdm(list(chosen.items()), desc=f"{target.name}: estimators", disable=not progress):

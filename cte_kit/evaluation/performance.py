@@ -29,15 +29,15 @@ def performance_metric_for(consistency: str) -> str:
     return "map" if consistency == "instance" else "f1"
 
 
-def performance(predictions: Sequence[Prediction], labels: Sequence[np.ndarray], threshold: float = 0.5) -> dict[str, np.ndarray]:
+def performance(labels: Sequence[np.ndarray], predictions: Sequence[Prediction], threshold: float = 0.5) -> dict[str, np.ndarray]:
     """True per-image performance of clean predictions.
 
     Parameters
     ----------
-    predictions : sequence of Prediction
     labels : sequence of (H, W) int arrays
-        Instance labels (semantic 0/1 masks give F1 and IoU; their mAP treats each connected
-        mask value as one object).
+        The truth, first as in every metric of the kit: instance labels (semantic 0/1 masks give
+        F1 and IoU; their mAP treats each connected mask value as one object).
+    predictions : sequence of Prediction
     threshold : float
         Foreground threshold of the probability map of a prediction without labels.
 
@@ -51,10 +51,10 @@ def performance(predictions: Sequence[Prediction], labels: Sequence[np.ndarray],
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions but {len(labels)} label images")
     scores = {metric: np.full(len(labels), np.nan) for metric in PERFORMANCE_METRICS}
-    for index, (prediction, truth) in enumerate(zip(predictions, labels)):
+    for index, (truth, prediction) in enumerate(zip(labels, predictions)):
         foreground = prediction_foreground(prediction)
-        scores["f1"][index] = f1_score(foreground, truth, threshold)
-        scores["iou"][index] = iou_score(foreground, truth, threshold)
+        scores["f1"][index] = f1_score(truth, foreground, threshold)
+        scores["iou"][index] = iou_score(truth, foreground, threshold)
         if prediction.labels is not None:
             scores["map"][index] = average_precision(truth, prediction.labels).mean
             scores["ap50"][index] = match_instances(truth, prediction.labels, 0.5).accuracy

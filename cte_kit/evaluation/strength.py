@@ -49,7 +49,7 @@ def _as_models(bank: Sequence[BankEntry | SegmentationModel]) -> list[Segmentati
 def model_performance(model: SegmentationModel, images, labels, metric: str = "f1") -> float:
     """True performance (``'f1'``, ``'iou'``, ``'map'``, ``'ap50'``) of clean predictions, aggregated over images
     by :data:`~cte_kit.evaluation.performance.PERFORMANCE_STATISTIC` (the median)."""
-    values = performance(model.predict(images), labels, model.threshold)[metric]
+    values = performance(labels, model.predict(images), model.threshold)[metric]
     return float(nan_statistic(values, PERFORMANCE_STATISTIC)) if np.isfinite(values).any() else float("nan")
 
 

@@ -300,7 +300,7 @@ def _score_model(model, perturbation, remaining, images, labels, positions, cons
         for name, pair in zip(batch_names, pairs):
             _save_clean_prediction(folder, model, name, pair.clean)
         scores = pair_scores(pairs, consistencies, threshold=model.threshold, boundary=boundary)
-        truth = (performance([p.clean for p in pairs], [labels[i] for i in ids], model.threshold)
+        truth = (performance([labels[i] for i in ids], [p.clean for p in pairs], model.threshold)
                  if labels is not None else {m: np.full(len(ids), np.nan) for m in PERFORMANCE_METRICS})
         for position, name in enumerate(batch_names):
             for kind in consistencies:

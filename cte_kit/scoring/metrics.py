@@ -307,22 +307,25 @@ def mask_overlap(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
 
 
 # -- semantic metrics -------------------------------------------------------------------------
-def _foreground_overlap(prediction, truth, threshold) -> tuple[int, int, int]:
+def _foreground_overlap(truth, prediction, threshold) -> tuple[int, int, int]:
     truth = check_label_image(truth, name="truth") > 0
     predicted = check_probability(prediction, name="prediction", shape=truth.shape) > check_threshold(threshold)
     intersection, union = mask_overlap(predicted, truth)
     return intersection, union, int(np.count_nonzero(predicted)) + int(np.count_nonzero(truth))
 
 
-def f1_score(prediction, truth, threshold: float = 0.5) -> float:
+def f1_score(truth, prediction, threshold: float = 0.5) -> float:
     """Foreground F1 (Dice) of a binarised prediction against the truth's foreground.
+
+    Truth first, as in scikit-learn, scikit-image and StarDist (and every metric of this module).
 
     Parameters
     ----------
+    truth : (H, W) int or bool ndarray
+        Label image; every non-zero pixel is foreground. A float array here is refused, so that
+        arguments passed the other way round give an error, not a number.
     prediction : (H, W) float ndarray in [0, 1] or bool ndarray
         Foreground probability (binarised at ``> threshold``) or mask.
-    truth : (H, W) int or bool ndarray
-        Label image; every non-zero pixel is foreground.
     threshold : float
 
     Returns
@@ -331,16 +334,16 @@ def f1_score(prediction, truth, threshold: float = 0.5) -> float:
         ``2 |P & T| / (|P| + |T|)``. **0.0 when the truth has no foreground**, whatever the
         prediction, as the official CRank evaluation does.
     """
-    intersection, _, total = _foreground_overlap(prediction, truth, threshold)
+    intersection, _, total = _foreground_overlap(truth, prediction, threshold)
     return 2.0 * intersection / total if intersection else 0.0
 
 
-def iou_score(prediction, truth, threshold: float = 0.5) -> float:
+def iou_score(truth, prediction, threshold: float = 0.5) -> float:
     """Foreground intersection over union of a binarised prediction and the truth.
 
     Parameters and conventions as :func:`f1_score`: **0.0 when the truth has no foreground.**
     """
-    intersection, union, _ = _foreground_overlap(prediction, truth, threshold)
+    intersection, union, _ = _foreground_overlap(truth, prediction, threshold)
     return intersection / union if intersection else 0.0
 
 
