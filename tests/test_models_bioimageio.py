@@ -98,6 +98,15 @@ def test_forked_pair_equals_the_per_image_path(tiny_bioimageio_zip, adapter_imag
     assert model._adapter.relay is None and not model._module.encoders[1]._forward_hooks
 
 
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_pairs_do_not_depend_on_the_batch(model, adapter_images, perturbation):
+    """Resuming after a crash batches images differently: an image's pair must not change, bit for bit."""
+    together = model.predict_pairs(adapter_images, perturbation, seed=3, image_ids=[10, 11, 12])
+    alone = model.predict_pairs(adapter_images[1:2], perturbation, seed=3, image_ids=[11])
+    for a, b in zip((together[1].clean, together[1].perturbed[0]), (alone[0].clean, alone[0].perturbed[0])):
+        assert np.array_equal(a.probability, b.probability) and np.array_equal(a.labels, b.labels)
+
+
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("gamma", 1.3)], ids=["grey", "black"])
 def test_cte_scores(model, adapter_images, perturbation):
     pairs = model.predict_pairs(adapter_images, perturbation, seed=0)
