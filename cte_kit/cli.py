@@ -1,4 +1,8 @@
-"""Command line: ``cte-kit demo | rank | train | adapt | datasets | fetch`` (also ``python -m cte_kit``)."""
+"""Command line: ``cte-kit demo | rank | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
+
+Exit codes: 0 success, 1 some models failed (the others are ranked; tracebacks are in the result
+store), 2 bad input (one line says what), 3 an internal error (a bug: the traceback is printed).
+"""
 
 from __future__ import annotations
 
@@ -19,13 +23,31 @@ def _add_demo(subparsers):
     parser = subparsers.add_parser("demo", help="rank the embedded U-Net bank on synthetic and real targets (offline)",
                                    description="Rank a bank of U-Nets trained on synthetic source domains on "
                                                "unlabelled targets, then compare with their true performance.")
-    parser.add_argument("--out", default="cte_demo", help="folder for results CSV, summary JSON and plots (default: cte_demo)")
+    parser.add_argument("--out", default="cte_demo", help="folder for result stores, summary JSON and plots (default: cte_demo)")
     parser.add_argument("--n-images", type=int, default=16, help="synthetic target images (default: 16)")
     parser.add_argument("--seed", type=int, default=0, help="perturbation seed (default: 0)")
     parser.add_argument("--no-real", action="store_true", help="skip the real DSB2018 target")
     parser.add_argument("--rebuild", action="store_true",
                         help="retrain the bank from its synthetic sources into OUT/bank instead of using the shipped weights")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _add_backend_options(parser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--workers", type=int, help="compute on N local Dask worker processes (default: this process)")
+    group.add_argument("--scheduler", help="compute on a running Dask scheduler (tcp://host:8786), e.g. dask-jobqueue")
+
+
+def _add_sweep(subparsers):
+    parser = subparsers.add_parser("sweep", help="sweep a bank over targets, perturbations and strengths from a YAML config",
+                                   description="Run a bank over several targets and perturbation strengths, as a YAML "
+                                               "config describes, into one result store (see README, 'Sweeps').")
+    parser.add_argument("config", help="YAML with bank, targets, perturbations (and strengths), consistencies")
+    parser.add_argument("--out", help="result store (default: the config's `out`, else sweep.sqlite beside it)")
+    parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
+    parser.add_argument("--summary", help="summary JSON of every target and setting")
+    _add_backend_options(parser)
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def _add_rank(subparsers):
@@ -42,7 +64,11 @@ def _add_rank(subparsers):
                              "perturbation (gamma:0.7 for every consistency, chosen on the DSB2018 benchmark)")
     parser.add_argument("--consistency", action="append", choices=("hard", "soft", "instance"),
                         help="consistency measure, repeatable (default: hard)")
-    parser.add_argument("--out", required=True, help="results CSV (one row per model, image, perturbation, consistency)")
+    parser.add_argument("--out", required=True, help="result store (SQLite; created, or resumed: only missing rows are computed)")
+    parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
+    parser.add_argument("--allow-incomplete", action="store_true",
+                        help="rank models that lack rows for some images (a failure) with the others")
+    _add_backend_options(parser)
     parser.add_argument("--summary", help="summary JSON (per-model CTE, ranks, and with labels the correlations)")
     parser.add_argument("--plot", help="PNG of CTE vs true performance (needs --labels)")
     parser.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=STATISTICS,
@@ -165,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     _add_rank(subparsers)
+    _add_sweep(subparsers)
     _add_train(subparsers)
     _add_adapt(subparsers)
     _add_data_commands(subparsers)
@@ -221,12 +248,43 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
 _METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
+def _backend(args):
+    """The backend the options ask for (None: this process), and a line saying where the dashboard is."""
+    if getattr(args, "workers", None) is None and getattr(args, "scheduler", None) is None:
+        return None
+    from .runs.backends import DaskBackend
+
+    backend = DaskBackend(workers=args.workers or 1, scheduler=args.scheduler)
+    print(f"Dask: {len(backend.client.scheduler_info()['workers'])} worker(s), dashboard {backend.dashboard_link}")
+    return backend
+
+
+def _print_failures(failures) -> None:
+    for failure in failures:
+        where = f" on {failure.image}" if failure.image else ""
+        print(f"FAILED {failure.model}{where} ({failure.setting}): {failure.error}", file=sys.stderr)
+    if failures:
+        print("(the full tracebacks are in the result store's `failures` table)", file=sys.stderr)
+
+
+def _ranked(result, rows, allow_incomplete: bool) -> list[str]:
+    """The models to rank: every model with rows, less those with missing rows unless asked for."""
+    names = [name for name in result.report.models if any(r["model"] == name for r in rows)]
+    incomplete = {name: n for name, n in result.incomplete.items() if name in names}
+    if incomplete and not allow_incomplete:
+        print("Not ranked, because rows are missing (a model ranked on fewer images is not comparable): "
+              + ", ".join(f"{name} ({n} missing)" for name, n in incomplete.items())
+              + ". Rerun to retry them, or pass --allow-incomplete.", file=sys.stderr)
+        names = [name for name in names if name not in incomplete]
+    return names
+
+
 def _run_demo(args) -> int:
-    from .teaching.demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .evaluation.summary import summarize_results
+    from .evaluation.sweep import read_results, run_sweep, sweep_guards
     from .estimators.cte import default_settings
     from .perturb import parse_perturbation
-    from .runs.sweep import read_results, run_sweep, sweep_guards
-    from .evaluation.summary import summarize_results
+    from .teaching.demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -245,13 +303,13 @@ def _run_demo(args) -> int:
         print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
     for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
-        results = out / f"results_{target.name}.csv"
-        sweep = run_sweep(entries, target.images, target.names, results, perturbations, settings,
-                          labels=target.labels, seed=args.seed, progress=not args.no_progress)
-        failures.extend(sweep.failures)
-        names = [e.name for e in entries]
-        rows = [r for r in read_results(results) if r["consistency"] in settings.get(r["perturbation"], ())]
-        summaries = summarize_results(rows, models=names, guards=sweep_guards(results, names, target.names))
+        store = out / f"results_{target.name}.sqlite"
+        result = run_sweep(entries, target.images, target.names, store, perturbations, settings,
+                           labels=target.labels, seed=args.seed, progress=not args.no_progress, target=target.name)
+        failures.extend(result.failures)
+        rows = read_results(store, result)
+        names = _ranked(result, rows, allow_incomplete=False)
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(store, names, target.names))
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -259,20 +317,27 @@ def _run_demo(args) -> int:
             print(format_table(summary))
         _plot_summaries(summaries, out / f"scatter_{target.name}.png", target.name)
         _write_summary(summaries, out / f"summary_{target.name}.json", {"target": target.name})
-    print(f"\nResults, summaries and scatter plots are in {out}/ ({time.perf_counter() - started:.0f} s)")
-    for failure in failures:
-        print(f"FAILED {failure.model} ({failure.perturbation}): {failure.error}", file=sys.stderr)
+    print(f"\nResult stores, summaries and scatter plots are in {out}/ ({time.perf_counter() - started:.0f} s)")
+    _print_failures(failures)
     return 1 if failures else 0
+
+
+def _export(store_path, export) -> None:
+    from .runs.store import ResultStore
+
+    with ResultStore(store_path) as store:
+        path = store.to_parquet(export) if Path(export).suffix.lower() in (".parquet", ".pq") else store.to_csv(export)
+    print(f"Exported the scores to {path}")
 
 
 def _run_rank(args) -> int:
     from .data.folder import load_folder
-    from .teaching.demo import format_table
+    from .evaluation.summary import summarize_results
+    from .evaluation.sweep import read_results, run_sweep, sweep_guards
     from .estimators.cte import default_settings
     from .models.bank import read_bank
     from .perturb import parse_perturbation
-    from .runs.sweep import read_results, run_sweep, sweep_guards
-    from .evaluation.summary import summarize_results
+    from .teaching.demo import format_table
 
     entries = read_bank(args.bank)
     consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
@@ -286,25 +351,28 @@ def _run_rank(args) -> int:
         raise ValueError("--plot needs --labels (it shows CTE against true performance)")
     print(f"{len(entries)} models x {len(target.images)} images: "
           + ", ".join(f"{label} ({' + '.join(kinds[label])} consistency)" for label in kinds))
-    result = run_sweep(entries, target.images, target.names, args.out, perturbations, kinds,
-                       labels=target.labels, seed=args.seed, n_pert=args.n_pert, boundary=args.boundary,
-                       progress=not args.no_progress)
+    backend = _backend(args)
+    try:
+        result = run_sweep(entries, target.images, target.names, args.out, perturbations, kinds,
+                           labels=target.labels, seed=args.seed, n_pert=args.n_pert, boundary=args.boundary,
+                           progress=not args.no_progress, backend=backend, target=Path(args.images).name)
+    finally:
+        if backend is not None:
+            backend.close()
     if result.n_skipped_rows:
         print(f"Resumed: {result.n_skipped_rows} rows were already in {args.out}")
-    names = [e.name for e in entries]
-    wanted = {(label, c) for label, kinds_of_label in kinds.items() for c in kinds_of_label}
-    rows = [r for r in read_results(args.out) if (r["perturbation"], r["consistency"]) in wanted
-            and r["seed"] == args.seed and r["n_pert"] == args.n_pert and r["image"] in set(target.names)]
-    failed = {f.model for f in result.failures}
-    ranked = [n for n in names if n not in failed or any(r["model"] == n for r in rows)]
-    guards = None if args.no_guards else sweep_guards(args.out, ranked, target.names)
-    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards)
+    rows = read_results(args.out, result)
+    ranked = _ranked(result, rows, args.allow_incomplete)
+    rows = [r for r in rows if r["model"] in ranked]
+    guards = None if args.no_guards or not ranked else sweep_guards(args.out, ranked, target.names)
+    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards) if rows else []
     _warn_flagged(summaries)
     for summary in summaries:
         print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency, "
               f"{summary['statistic']} over images")
         print(format_table(summary))
-    extra = {"failures": [f.__dict__ for f in result.failures]}
+    extra = {"failures": [{k: v for k, v in f.__dict__.items() if k != "traceback"} for f in result.failures],
+             "incomplete": dict(result.incomplete)}
     if args.choose_strength and summaries:
         extra["choices"] = _choose_strengths(summaries, args.floor)
     if args.combine and summaries:
@@ -313,9 +381,66 @@ def _run_rank(args) -> int:
         _write_summary(summaries, Path(args.summary), extra)
     if args.plot and summaries:
         _plot_summaries(summaries, Path(args.plot), Path(args.images).name)
-    for failure in result.failures:
-        print(f"FAILED {failure.model} ({failure.perturbation}): {failure.error}", file=sys.stderr)
+    if args.export:
+        _export(args.out, args.export)
+    _print_failures(result.failures)
     return 1 if result.failures else 0
+
+
+def _run_sweep(args) -> int:
+    from .evaluation.performance import fill_performance
+    from .evaluation.config import read_sweep_config
+    from .evaluation.summary import summarize_results
+    from .runs.runner import rows as stored_rows, run, store_guards
+    from .runs.store import ResultStore
+    from .teaching.demo import format_table
+
+    config = read_sweep_config(args.config)
+    out = Path(args.out) if args.out else config.out
+    print(f"{len(config.bank)} models x {len(config.targets)} target(s) x {len(config.settings)} setting(s) -> {out}")
+    backend = _backend(args)
+    documents = []
+    try:
+        with ResultStore(out) as store:
+            loaded = [target.load(progress=not args.no_progress) for target in config.targets]
+            report = run(config.bank, [run_target for run_target, _ in loaded], config.settings, store, backend=backend,
+                         progress=not args.no_progress)
+            for (run_target, labels), target in zip(loaded, config.targets):
+                if labels is not None:
+                    fill_performance(store, report.models, report.images[run_target.name],
+                                     dict(zip(run_target.names, labels)))
+                missing = {name: n for name, n in report.missing(store, run_target.name).items() if n}
+                names = [name for name in report.models if name not in missing]
+                if missing:
+                    print(f"[{run_target.name}] not ranked, rows missing: "
+                          + ", ".join(f"{name} ({n})" for name, n in missing.items()), file=sys.stderr)
+                found = stored_rows(store, {n: report.models[n] for n in names}, report.images[run_target.name],
+                                    report.settings)
+                truth = store.performance()
+                for row in found:
+                    row.update(truth.get((row.pop("model_key"), row.pop("image_key")), {}))
+                if not found:
+                    continue
+                guards = store_guards(store, report, run_target.name, names)
+                summaries = summarize_results(found, models=names, guards=guards)
+                _warn_flagged(summaries)
+                for summary in summaries:
+                    print(f"\n[{run_target.name}] {summary['perturbation']}, {summary['consistency']} consistency, "
+                          f"{summary['statistic']} over images")
+                    print(format_table(summary))
+                documents.append({"target": run_target.name, "settings": summaries})
+    finally:
+        if backend is not None:
+            backend.close()
+    if args.summary:
+        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.summary).write_text(json.dumps(_json_ready({"targets": documents, "failures": [
+            {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}), indent=2))
+    if args.export:
+        _export(out, args.export)
+    print(f"\n{report.n_written} rows computed, {report.n_skipped} already in {out}")
+    _print_failures(report.failures)
+    return 1 if report.failures else 0
 
 
 def _warn_flagged(summaries: list[dict]) -> None:
@@ -454,15 +579,17 @@ def _run_fetch(args) -> int:
     return 0
 
 
-_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "train": _run_train, "adapt": _run_adapt, "datasets": _run_datasets,
+_COMMANDS = {"demo": _run_demo, "rank": _run_rank, "sweep": _run_sweep, "train": _run_train, "adapt": _run_adapt, "datasets": _run_datasets,
              "fetch": _run_fetch, "compare": _run_compare}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input)."""
+    """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input, 3 internal error)."""
+    import traceback
     import warnings
 
     from .data.registry import DownloadError
+    from .models.base import NotGreyBoxError
     from .teaching.notebook_env import plain_warnings
 
     args = build_parser().parse_args(argv)
@@ -470,6 +597,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         with warnings.catch_warnings():  # restores Python's warning display when main() returns
             plain_warnings()
             return _COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, DownloadError) as error:
+    except (ValueError, FileNotFoundError, NotGreyBoxError, DownloadError) as error:
         print(f"cte-kit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except Exception:  # a bug, not bad input: say so, with the whole trace
+        traceback.print_exc()
+        print(f"cte-kit {args.command}: internal error (a bug in cte_kit; please report it with the trace above)",
+              file=sys.stderr)
+        return 3

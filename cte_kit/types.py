@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CTEKitWarning", "Prediction", "PredictionPair", "image_id", "name_seed"]
+__all__ = ["CTEKitWarning", "Prediction", "PredictionPair", "content_name", "image_id", "name_seed"]
 
 
 class CTEKitWarning(UserWarning):
@@ -74,3 +74,14 @@ def image_id(name: str) -> int:
 def name_seed(*parts) -> int:
     """A 63-bit seed derived from what is being computed (estimator, image name, repetition)."""
     return int.from_bytes(_digest(parts)[:8], "little") >> 1
+
+
+def content_name(image) -> str:
+    """A name for an image that has none: a digest of its dtype, shape and pixels (``'px:<16 hex>'``).
+
+    Seeds come from names; an unnamed image is named by what it is, never by where it stands in a list.
+    """
+    array = np.ascontiguousarray(image)
+    hasher = hashlib.sha256(f"{array.dtype}|{array.shape}|".encode())
+    hasher.update(array.tobytes())
+    return "px:" + hasher.hexdigest()[:16]

@@ -188,7 +188,7 @@ def test_cellpose_cpnet_runs_through_the_loop(tiny_cellpose_file, target_data, t
 def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_path, monkeypatch, target_data):
     import cte_kit.data.folder as folder
     from cte_kit.cli import main
-    from cte_kit.runs.sweep import read_results, run_sweep
+    from cte_kit.evaluation.sweep import read_results, run_sweep
 
     (tmp_path / "images").mkdir()
     (tmp_path / "labels").mkdir()

@@ -1,5 +1,10 @@
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -7,7 +12,8 @@ import tifffile
 
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
-from cte_kit.runs.sweep import RESULT_COLUMNS, read_results
+from cte_kit.evaluation.sweep import read_results
+from cte_kit.runs.store import ResultStore
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +39,7 @@ def _bank(path, names=("near_target", "sharp_clean", "very_noisy"), extra=""):
 
 def test_rank_writes_rows_summary_and_resumes(tmp_path, target, capsys):
     bank = _bank(tmp_path / "bank.yaml")
-    out, summary = tmp_path / "results.csv", tmp_path / "summary.json"
+    out, summary = tmp_path / "results.sqlite", tmp_path / "summary.json"
     argv = ["rank", "--bank", str(bank), "--images", str(target / "images"), "--labels", str(target / "labels"),
             "--perturbation", "dropout:0.2", "--consistency", "hard", "--consistency", "instance",
             "--out", str(out), "--summary", str(summary), "--plot", str(tmp_path / "scatter.png"), "--no-progress"]
@@ -47,19 +53,11 @@ def test_rank_writes_rows_summary_and_resumes(tmp_path, target, capsys):
     assert (tmp_path / "scatter.png").stat().st_size > 1000
     first = {(r["model"], r["image"], r["consistency"]): r["cte"] for r in rows}
 
-    # crash simulation: keep the header, 7 rows and half of the 8th row
-    lines = out.read_text().splitlines(keepends=True)
-    out.write_text("".join(lines[:8]) + lines[8][: len(lines[8]) // 2])
+    # a complete store: nothing recomputed, the same table
     capsys.readouterr()
     assert main(argv) == 0
-    assert "Resumed: 7 rows" in capsys.readouterr().out
-    resumed = read_results(out)
-    assert len(resumed) == 30
-    assert {(r["model"], r["image"], r["consistency"]): r["cte"] for r in resumed} == pytest.approx(first)
-
-    # a complete file: nothing recomputed
-    assert main(argv) == 0
-    assert len(read_results(out)) == 30
+    assert "Resumed: 30 rows" in capsys.readouterr().out
+    assert {(r["model"], r["image"], r["consistency"]): r["cte"] for r in read_results(out)} == first
 
 
 def test_rank_defaults_pair_each_consistency_with_its_perturbation(tmp_path, target):
@@ -67,7 +65,7 @@ def test_rank_defaults_pair_each_consistency_with_its_perturbation(tmp_path, tar
     from cte_kit.estimators.cte import DEFAULT_PERTURBATIONS
 
     bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
-    out, summary = tmp_path / "r.csv", tmp_path / "s.json"
+    out, summary = tmp_path / "r.sqlite", tmp_path / "s.json"
     assert main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--labels", str(target / "labels"),
                  "--consistency", "hard", "--consistency", "instance", "--out", str(out), "--summary", str(summary),
                  "--no-progress"]) == 0
@@ -88,18 +86,20 @@ def test_rank_without_labels_reports_cte_only(tmp_path, target):
     bank = _bank(tmp_path / "bank.yaml", names=("near_target", "large_nuclei"))
     summary = tmp_path / "s.json"
     code = main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--perturbation", "noise:0.05",
-                 "--consistency", "soft", "--out", str(tmp_path / "r.csv"), "--summary", str(summary), "--no-progress"])
+                 "--consistency", "soft", "--out", str(tmp_path / "r.sqlite"), "--summary", str(summary), "--no-progress",
+                 "--export", str(tmp_path / "r.csv")])
     assert code == 0
     document = json.loads(summary.read_text())
     assert "kendall" not in document and all("performance" not in m for m in document["models"])
     with open(tmp_path / "r.csv") as handle:
-        assert tuple(next(csv.reader(handle))) == RESULT_COLUMNS
+        exported = list(csv.DictReader(handle))
+    assert len(exported) == 2 * 5 and {r["estimator_key"] for r in exported} == {"noise:0.05|soft|n_pert=1"}
 
 
 def test_failing_model_is_reported_and_others_kept(tmp_path, target, capsys):
     bank = _bank(tmp_path / "bank.yaml", names=("near_target",),
                  extra="  - name: broken\n    kind: unet\n    path: missing.pt\n")
-    out = tmp_path / "r.csv"
+    out = tmp_path / "r.sqlite"
     with pytest.warns(UserWarning, match="broken"):
         code = main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--out", str(out), "--no-progress"])
     assert code == 1
@@ -109,7 +109,7 @@ def test_failing_model_is_reported_and_others_kept(tmp_path, target, capsys):
 
 def _run_rank_on(tmp_path, images_dir, labels_dir=None):
     bank = _bank(tmp_path / "bank.yaml", names=("near_target",))
-    argv = ["rank", "--bank", str(bank), "--images", str(images_dir), "--out", str(tmp_path / "r.csv"), "--no-progress"]
+    argv = ["rank", "--bank", str(bank), "--images", str(images_dir), "--out", str(tmp_path / "r.sqlite"), "--no-progress"]
     if labels_dir is not None:
         argv += ["--labels", str(labels_dir)]
     return main(argv)
@@ -141,7 +141,7 @@ def test_bad_inputs_give_clear_errors(tmp_path, target, capsys):
     tifffile.imwrite(folder / "rgb.tif", np.zeros((64, 64, 3), np.uint8))
     with pytest.warns(UserWarning, match="grey image"):
         assert _run_rank_on(tmp_path, folder) == 1
-    assert "rgb: grey" in capsys.readouterr().err
+    assert "FAILED near_target on rgb" in capsys.readouterr().err
 
 
 def test_warnings_are_printed_as_sentences(tmp_path, target, capsys, warnings_shown):
@@ -165,11 +165,11 @@ def test_warnings_are_printed_as_sentences(tmp_path, target, capsys, warnings_sh
 
 def test_missing_bank_and_bad_perturbation(tmp_path, target, capsys):
     assert main(["rank", "--bank", str(tmp_path / "nope.yaml"), "--images", str(target / "images"),
-                 "--out", str(tmp_path / "r.csv")]) == 2
+                 "--out", str(tmp_path / "r.sqlite")]) == 2
     assert "does not exist" in capsys.readouterr().err
     bank = _bank(tmp_path / "bank.yaml", names=("near_target",))
     assert main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--perturbation", "blur:2",
-                 "--out", str(tmp_path / "r.csv")]) == 2
+                 "--out", str(tmp_path / "r.sqlite")]) == 2
     assert "unknown input perturbation" in capsys.readouterr().err
 
 
@@ -180,8 +180,8 @@ def test_train_then_rank(tmp_path, target):
                  "--no-progress"]) == 0
     (tmp_path / "bank.yaml").write_text(f"models:\n  - name: mine\n    kind: unet\n    path: {model.name}\n")
     assert main(["rank", "--bank", str(tmp_path / "bank.yaml"), "--images", str(target / "images"),
-                 "--consistency", "instance", "--out", str(tmp_path / "r.csv"), "--no-progress"]) == 0
-    assert len(read_results(tmp_path / "r.csv")) == 5
+                 "--consistency", "instance", "--out", str(tmp_path / "r.sqlite"), "--no-progress"]) == 0
+    assert len(read_results(tmp_path / "r.sqlite")) == 5
 
 
 def test_demo_runs_offline(tmp_path, capsys):
@@ -191,3 +191,91 @@ def test_demo_runs_offline(tmp_path, capsys):
     assert (tmp_path / "scatter_synthetic_target.png").is_file()
     document = json.loads((tmp_path / "summary_synthetic_target.json").read_text())
     assert len(document["models"]) >= 5
+
+
+def _count_rows(path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with ResultStore(path) as store:
+            return store.count("scores")
+    except Exception:  # the writer is creating the file
+        return 0
+
+
+def test_a_killed_rank_resumes_to_the_uninterrupted_table(tmp_path):
+    # enough work that the kill lands mid-way: 3 models x 40 images, chunks of 16 images
+    data = generate(DEMO_TARGET, 40, shape=(96, 96), seed=11)
+    (tmp_path / "images").mkdir()
+    for name, image in zip(data.names, data.images):
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", image)
+    bank = _bank(tmp_path / "bank.yaml")
+    command = [sys.executable, "-m", "cte_kit", "rank", "--bank", str(bank), "--images", str(tmp_path / "images"),
+               "--consistency", "hard", "--consistency", "instance", "--no-progress", "--out"]
+    killed = tmp_path / "killed.sqlite"
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command + [str(killed)], env=environment, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while _count_rows(killed) == 0 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    partial = _count_rows(killed)
+    assert 0 < partial < 3 * 40 * 2, "the kill did not land mid-way"
+    assert subprocess.run(command + [str(killed)], env=environment, capture_output=True).returncode == 0
+    whole = tmp_path / "whole.sqlite"
+    assert subprocess.run(command + [str(whole)], env=environment, capture_output=True).returncode == 0
+    with ResultStore(killed) as resumed, ResultStore(whole) as reference:
+        assert resumed.count("scores") == reference.count("scores") == 3 * 40 * 2  # nothing lost or duplicated
+        assert resumed.scores() == reference.scores()  # the same keys and the same bits
+
+
+def test_a_corrupt_or_foreign_store_is_bad_input_and_stays_untouched(tmp_path, target, capsys):
+    bank = _bank(tmp_path / "bank.yaml", names=("near_target",))
+    out = tmp_path / "r.sqlite"
+    out.write_text("model,image,cte\n")  # last year's CSV under the same name
+    assert main(["rank", "--bank", str(bank), "--images", str(target / "images"), "--out", str(out),
+                 "--no-progress"]) == 2
+    assert "not a cte_kit result store" in capsys.readouterr().err
+    assert out.read_text() == "model,image,cte\n"
+
+
+def test_a_bug_is_not_bad_input(tmp_path, monkeypatch, capsys):
+    import cte_kit.cli as cli
+
+    def broken(args):
+        return {}["missing"]  # a KeyError from a bug
+
+    monkeypatch.setitem(cli._COMMANDS, "datasets", broken)
+    assert main(["datasets"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "KeyError" in err and "internal error" in err
+
+
+def test_sweep_config_on_a_local_cluster_equals_the_serial_sweep(tmp_path, target, capsys):
+    pytest.importorskip("distributed")
+    bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"""bank: {bank.name}
+targets:
+  - name: small
+    images: {target / "images"}
+    labels: {target / "labels"}
+perturbations:
+  - kind: gamma
+    strengths: [0.5, 0.7]
+  - dropout:0.2
+consistencies: [hard, instance]
+""")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "serial.sqlite"), "--no-progress",
+                 "--summary", str(tmp_path / "serial.json")]) == 0
+    assert main(["sweep", str(config), "--out", str(tmp_path / "dask.sqlite"), "--workers", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "dashboard http" in printed and "[small] gamma:0.5" in printed
+    with ResultStore(tmp_path / "serial.sqlite") as serial, ResultStore(tmp_path / "dask.sqlite") as dask:
+        assert serial.count("scores") == dask.count("scores") == 2 * 5 * 3 * 2
+        pairs = [(a.image_key, a.estimator_key, b.value, a.value) for a, b in zip(serial.scores(), dask.scores())]
+        assert all(a == b or abs(a - b) < 1e-6 for *_, a, b in pairs)  # a worker's 1 thread sums floats its own way
+    document = json.loads((tmp_path / "serial.json").read_text())
+    assert len(document["targets"][0]["settings"]) == 6 and "kendall" in document["targets"][0]["settings"][0]

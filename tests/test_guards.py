@@ -13,7 +13,7 @@ from cte_kit.teaching.demo import demo_checkpoint
 from cte_kit.estimators.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_statistics, leave_one_out_consensus)
 from cte_kit.models.unet import UNetModel, load_checkpoint, save_checkpoint
 from cte_kit.perturb import parse_perturbation
-from cte_kit.runs.sweep import read_results, run_sweep, sweep_guards
+from cte_kit.evaluation.sweep import read_results, run_sweep, sweep_guards
 from cte_kit.evaluation.summary import summarize_results
 
 

@@ -170,7 +170,7 @@ def test_cli_ranks_a_mixed_bank(tmp_path, tiny_unet_checkpoint, tiny_stardist_fo
 
     from cte_kit.cli import main
     from tiny_models import training_data
-    from cte_kit.runs.sweep import read_results
+    from cte_kit.evaluation.sweep import read_results
 
     images, labels = training_data(n_images=3, size=80, seed=21)
     for folder, arrays in (("images", images), ("labels", labels)):

@@ -6,15 +6,18 @@ store, fill the performance table when labels arrive, without recomputing any CT
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..data.images import check_labels
+from ..runs.store import ResultStore, digest
 from ..scoring.consistency import prediction_foreground
 from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
 from ..types import Prediction
 
-__all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "performance", "performance_metric_for"]
+__all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "fill_performance", "labels_key", "performance",
+           "performance_metric_for"]
 
 #: Per-image performance metrics: foreground F1 (Dice) and IoU at the model threshold, mean
 #: average precision over IoU 0.5:0.05:0.95 and average precision at IoU 0.5 (DSB2018 definition).
@@ -59,3 +62,53 @@ def performance(labels: Sequence[np.ndarray], predictions: Sequence[Prediction],
             scores["map"][index] = average_precision(truth, prediction.labels).mean
             scores["ap50"][index] = match_instances(truth, prediction.labels, 0.5).accuracy
     return scores
+
+
+def labels_key(labels: np.ndarray) -> str:
+    """A digest of one label image: performance computed from other labels is other performance."""
+    array = np.ascontiguousarray(labels)
+    return digest(str(array.dtype), str(array.shape), array.tobytes())
+
+
+def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
+                     labels: Mapping[str, np.ndarray]) -> int:
+    """Score the stored clean predictions against labels, into the store's performance table.
+
+    No model runs: the run kept every clean prediction (the foreground it binarised at the model's
+    threshold and the instance labels), so labels given after a run cost no recomputation of CTE.
+    Pairs already scored against the same labels are skipped.
+
+    Parameters
+    ----------
+    store : ResultStore
+    models, images : mapping of name -> key
+        A run's models and a target's images (:class:`cte_kit.runs.runner.RunReport`).
+    labels : mapping of image name -> (H, W) int ndarray
+        Images without labels are left out.
+
+    Returns
+    -------
+    int
+        (model, image) pairs scored now.
+    """
+    rows = []
+    for image, key in images.items():
+        if image not in labels:
+            continue
+        truth = check_labels(labels[image], name=f"labels of {image}")
+        truth_key = labels_key(truth)
+        for model_key in models.values():
+            if store.has_performance(model_key, key, truth_key):
+                continue
+            kept = store.clean_prediction(model_key, key)
+            if kept is None:
+                continue
+            foreground, instances = kept
+            if foreground.shape != truth.shape:
+                raise ValueError(f"labels of {image} have shape {truth.shape}, the image {foreground.shape}")
+            rows.append((model_key, key, truth_key, {
+                "f1": f1_score(truth, foreground), "iou": iou_score(truth, foreground),
+                "map": average_precision(truth, instances).mean,
+                "ap50": match_instances(truth, instances, 0.5).accuracy}))
+    store.put_performance(rows)
+    return len(rows)

@@ -17,15 +17,17 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic
-from .performance import PERFORMANCE_STATISTIC, performance, performance_metric_for
-from ..estimators.cte import pair_scores
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
 from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation, Perturbation
+from ..runs.runner import RunTarget, rows, run
+from ..runs.store import ResultStore
+from ..runs.units import Setting
+from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic
 from ..scoring.ranking import Correlations, correlations, rank_scores
+from ..types import content_name
+from .performance import PERFORMANCE_STATISTIC, fill_performance, performance, performance_metric_for
 
 __all__ = ["STRENGTH_KINDS", "perturbation_for", "StrengthSweep", "sweep_strengths", "model_performance"]
 
@@ -40,10 +42,6 @@ def perturbation_for(kind: str, strength: float) -> Perturbation:
     if kind not in NEUTRAL_STRENGTH:
         raise ValueError(f"unknown perturbation kind {kind!r}; choose from {STRENGTH_KINDS}")
     return InputPerturbation(kind, float(strength))
-
-
-def _as_models(bank: Sequence[BankEntry | SegmentationModel]) -> list[SegmentationModel]:
-    return [item if isinstance(item, SegmentationModel) else load_model(item) for item in bank]
 
 
 def model_performance(model: SegmentationModel, images, labels, metric: str = "f1") -> float:
@@ -172,9 +170,11 @@ def sweep_strengths(
     seed: int = 0,
     statistic: str = DEFAULT_STATISTIC,
     progress: bool = True,
-    performance_cache: dict | None = None,
+    names: Sequence[str] | None = None,
+    store: ResultStore | None = None,
+    backend=None,
 ) -> StrengthSweep:
-    """Score every model of ``bank`` at every strength of one perturbation kind.
+    """Score every model of ``bank`` at every strength of one perturbation kind (through the runner).
 
     Parameters
     ----------
@@ -185,15 +185,19 @@ def sweep_strengths(
     strengths : sequence of float
         Dropout rates, or ``theta`` of the input perturbation.
     labels : sequence of arrays, optional
-        Only to compute the true performance that the correlations compare against.
+        Only to compute the true performance that the correlations compare against (from the
+        clean predictions the run stored).
     consistency : {'hard', 'soft', 'instance'}
     seed : int
     statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
     progress : bool
-        A progress bar over (model, strength).
-    performance_cache : dict, optional
-        ``{model name: performance}`` reused between calls (the clean predictions do not depend
-        on the perturbation); filled as models are scored.
+    names : sequence of str, optional
+        Image names (they seed the perturbations); default: names from the pixels
+        (:func:`cte_kit.types.content_name`).
+    store : ResultStore, optional
+        Where the values go; pass the same store to later calls and the strengths, clean
+        predictions and performance already there are not computed again. Default: in memory.
+    backend : SerialBackend or DaskBackend, optional
 
     Returns
     -------
@@ -203,25 +207,36 @@ def sweep_strengths(
     strengths = [float(s) for s in strengths]
     if not strengths:
         raise ValueError("give at least one strength")
+    names = tuple(names) if names is not None else tuple(content_name(image) for image in images)
     perturbations = [perturbation_for(kind, s) for s in strengths]
-    models = _as_models(bank)
     metric = performance_metric_for(consistency)
-    per_image = {s: np.full((len(models), len(images)), np.nan) for s in strengths}
-    perf = np.full(len(models), np.nan) if labels is not None else None
-    cache = performance_cache if performance_cache is not None else {}
-    bar = tqdm(total=len(models) * len(strengths), desc=f"{kind} sweep", disable=not progress)
-    for index, model in enumerate(models):
+    target = RunTarget("strength sweep", tuple(images), names)
+    settings = [Setting(p, (consistency,), seed) for p in perturbations]
+    own = store is None
+    store = ResultStore(":memory:") if own else store
+    try:
+        # a black box cannot be perturbed inside: it gets no dropout setting, and NaN
+        models = [item if isinstance(item, SegmentationModel) else load_model(item) for item in bank]
+        scorable = [m for m in models if kind != "dropout" or m.grey_box]
+        report = run(scorable, target, settings, store, backend=backend, progress=progress)
         if labels is not None:
-            key = (model.name, metric)
-            if key not in cache:
-                cache[key] = model_performance(model, images, labels, metric)
-            perf[index] = cache[key]
-        for strength, perturbation in zip(strengths, perturbations):
-            if isinstance(perturbation, FeatureDropout) and not model.grey_box:
-                bar.update(1)
-                continue
-            pairs = model.predict_pairs(images, perturbation, seed=seed)
-            per_image[strength][index] = pair_scores(pairs, [consistency], threshold=model.threshold)[consistency]
-            bar.update(1)
-    bar.close()
+            fill_performance(store, report.models, report.images[target.name], dict(zip(names, labels)))
+        found = rows(store, report.models, report.images[target.name], settings)
+        truth = store.performance() if labels is not None else {}
+    finally:
+        if own:
+            store.close()
+    model_index = {m.name: i for i, m in enumerate(models)}
+    image_index = {name: j for j, name in enumerate(names)}
+    by_label = {p.label: s for p, s in zip(perturbations, strengths)}
+    per_image = {s: np.full((len(models), len(names)), np.nan) for s in strengths}
+    perf_images = np.full((len(models), len(names)), np.nan)
+    for row in found:
+        i, j = model_index[row["model"]], image_index[row["image"]]
+        per_image[by_label[row["perturbation"]]][i, j] = row["cte"]
+        perf_images[i, j] = truth.get((row["model_key"], row["image_key"]), {}).get(metric, np.nan)
+    perf = None
+    if labels is not None:
+        perf = np.array([float(nan_statistic(v, PERFORMANCE_STATISTIC)) if np.isfinite(v).any() else np.nan
+                         for v in perf_images])
     return StrengthSweep(kind, strengths, [m.name for m in models], consistency, per_image, perf, metric, statistic)

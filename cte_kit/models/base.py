@@ -27,7 +27,7 @@ import numpy as np
 
 from ..data.images import check_image, normalize_percentile, to_grey
 from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout, image_seed
-from ..types import Prediction, PredictionPair
+from ..types import Prediction, PredictionPair, content_name, image_id
 from .layers import LayerMap
 
 __all__ = ["SegmentationModel", "NotGreyBoxError"]
@@ -272,7 +272,8 @@ class SegmentationModel(abc.ABC):
         n_pert : int
             Perturbed predictions per image (``N_pert`` of eq. 3).
         image_ids : sequence of int, optional
-            Stable ids of the images (default: their positions).
+            Stable ids of the images (:func:`cte_kit.types.image_id` of their names; default: of
+            their pixels, :func:`cte_kit.types.content_name`), never their positions.
         names : sequence of str, optional
             For error messages.
         clean : sequence of Prediction, optional
@@ -286,7 +287,8 @@ class SegmentationModel(abc.ABC):
         if n_pert < 1:
             raise ValueError(f"n_pert must be >= 1, got {n_pert}")
         arrays = self._prepare_all(images, names)
-        ids = list(range(len(arrays))) if image_ids is None else [int(i) for i in image_ids]
+        ids = ([image_id(content_name(image)) for image in images] if image_ids is None
+               else [int(i) for i in image_ids])
         if len(ids) != len(arrays):
             raise ValueError(f"{len(ids)} image ids for {len(arrays)} images")
         if clean is not None and len(clean) != len(arrays):

@@ -322,17 +322,21 @@ class StrengthSweepPanel:
                  consistency: str = "hard", seed: int = 0, progress: bool = True, draw: bool = True):
         import ipywidgets as widgets
 
-        from ..evaluation.strength import STRENGTH_KINDS, _as_models
+        from ..evaluation.strength import STRENGTH_KINDS
+        from ..models.bank import load_model
+        from ..runs.store import ResultStore
 
-        self.models = _as_models(bank)
+        self.models = [item if isinstance(item, SegmentationModel) else load_model(item) for item in bank]
+        # every strength, clean prediction and performance computed once, for as long as the panel lives
+        self._store = ResultStore(":memory:")
         self.images, self.labels = images, labels
         self.consistency, self.seed, self.progress, self.draw = consistency, seed, progress, draw
         self.result = None
         self.choice = None
         self.rows: list = []
         self.figure = None
-        self._performance: dict = {}
         self._cache: dict = {}
+        self._performance = None
         self.kind = widgets.Dropdown(options=list(STRENGTH_KINDS), value=kind, description="perturbation",
                                      style={"description_width": "initial"})
         self.strengths = widgets.SelectMultiple(description="strengths", rows=6)
@@ -358,6 +362,7 @@ class StrengthSweepPanel:
         -------
         StrengthSweep
         """
+        from ..evaluation.performance import performance_metric_for
         from ..evaluation.strength import StrengthSweep, sweep_strengths
 
         if kind is not None and kind != self.kind.value:
@@ -382,14 +387,14 @@ class StrengthSweepPanel:
                     self.output.clear_output()
                     fresh = sweep_strengths(self.models, self.images, kind, missing, labels=self.labels,
                                             consistency=self.consistency, seed=self.seed, progress=self.progress,
-                                            performance_cache=self._performance)
+                                            store=self._store)
                 for s in missing:
                     self._cache[(kind, s)] = fresh.per_image[s]
-            metric = "map" if self.consistency == "instance" else "f1"
-            perf = (np.array([self._performance[(m.name, metric)] for m in self.models])
-                    if self.labels is not None else None)
+                if fresh.performance is not None and np.isfinite(fresh.performance).all():
+                    self._performance = fresh.performance
             self.result = StrengthSweep(kind, chosen, [m.name for m in self.models], self.consistency,
-                                        {s: self._cache[(kind, s)] for s in chosen}, perf, metric)
+                                        {s: self._cache[(kind, s)] for s in chosen}, self._performance,
+                                        performance_metric_for(self.consistency))
         finally:
             self.button.disabled, self.button.description, self.button.icon = False, "Run sweep", "play"
         self.status.value = (f"Done: {kind} at {', '.join(f'{s:g}' for s in chosen)} "

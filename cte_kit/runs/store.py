@@ -1,0 +1,426 @@
+"""The result store: every score a run computes, keyed by everything that changes it.
+
+One SQLite file (write-ahead log, one transaction per unit of work, so a crash loses at most the
+unit in flight and never leaves half of one behind) holds:
+
+* ``scores`` - one row per (model key, image key, estimator key, seed): the per-image value
+  ``CTE_i`` (NaN where the clean and perturbed foregrounds are both empty: *empty*, which is not
+  the same as *missing*, a row that was never written);
+* ``predictions`` - each model's clean prediction of each image (foreground mask and instance
+  labels, compressed), which the guards and the performance table read instead of predicting again;
+* ``performance`` - true performance per (model key, image key, labels hash), filled by the
+  evaluation floor when labels are given, so labels added later cost no CTE recomputation;
+* ``failures`` - what failed, where, with its whole traceback;
+* ``models`` and ``images`` - the human names and settings behind the keys, and ``meta`` - the
+  file kind, schema version and the kit version that wrote it.
+
+A **model key** hashes the bank entry's kind, settings and weights (the files' contents) with the
+kit version, so editing a threshold or retraining a model recomputes that model and no other. An
+**image key** is the image's name and a hash of its pixels. An **estimator key** names every
+parameter that changes a value (perturbation, consistency, number of draws, boundary width).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import sqlite3
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+__all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Failure",
+           "describe", "digest", "file_digest", "image_key", "kit_version"]
+
+#: What the ``meta`` table says this file is; another value is a file of another program.
+KIND = "cte_kit results"
+#: Bumped when a table changes; a file with a newer schema is refused, never rewritten.
+SCHEMA_VERSION = 1
+#: Columns of the performance table besides its keys (:data:`cte_kit.evaluation.performance.PERFORMANCE_METRICS`).
+PERFORMANCE_COLUMNS = ("f1", "iou", "map", "ap50")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (image_key TEXT PRIMARY KEY, name TEXT NOT NULL, height INTEGER, width INTEGER);
+CREATE TABLE IF NOT EXISTS scores (
+    model_key TEXT NOT NULL, image_key TEXT NOT NULL, estimator_key TEXT NOT NULL, seed INTEGER NOT NULL,
+    value REAL, PRIMARY KEY (model_key, image_key, estimator_key, seed));
+CREATE TABLE IF NOT EXISTS predictions (
+    model_key TEXT NOT NULL, image_key TEXT NOT NULL, height INTEGER NOT NULL, width INTEGER NOT NULL,
+    foreground BLOB NOT NULL, labels BLOB NOT NULL, PRIMARY KEY (model_key, image_key));
+CREATE TABLE IF NOT EXISTS performance (
+    model_key TEXT NOT NULL, image_key TEXT NOT NULL, labels_key TEXT NOT NULL,
+    f1 REAL, iou REAL, map REAL, ap50 REAL, PRIMARY KEY (model_key, image_key, labels_key));
+CREATE TABLE IF NOT EXISTS failures (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, model_key TEXT NOT NULL, model TEXT NOT NULL, image_key TEXT,
+    image TEXT, setting TEXT NOT NULL, error TEXT NOT NULL, traceback TEXT NOT NULL, time REAL NOT NULL);
+"""
+
+
+class StoreError(ValueError):
+    """The file is not a cte_kit result store this version can read (another kind, a newer schema, corrupt)."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One stored value: ``CTE_i`` of one model on one image under one estimator and seed (NaN = empty)."""
+
+    model_key: str
+    image_key: str
+    estimator_key: str
+    seed: int
+    value: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A unit of work that raised: which model (and image, when one image was the cause), under which
+    setting, the error's last line and its whole traceback."""
+
+    model_key: str
+    model: str
+    image_key: str | None
+    image: str | None
+    setting: str
+    error: str
+    traceback: str
+
+
+def kit_version() -> str:
+    """The version of the kit writing a store (part of every model key)."""
+    from .. import __version__
+
+    return __version__
+
+
+def digest(*parts: bytes | str) -> str:
+    """A 16-hex-digit SHA-256 digest of the parts, each length-prefixed so that no two lists collide."""
+    hasher = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else bytes(part)
+        hasher.update(len(data).to_bytes(8, "little"))
+        hasher.update(data)
+    return hasher.hexdigest()[:16]
+
+
+def image_key(name: str, image: np.ndarray) -> str:
+    """``name#<hash of dtype, shape and pixels>``: a renamed file or an edited image is a new image.
+
+    Parameters
+    ----------
+    name : str
+        The image's name (file stem); also what seeds its perturbations.
+    image : ndarray
+        The raw image as loaded.
+    """
+    array = np.ascontiguousarray(image)
+    return f"{name}#{digest(str(array.dtype), str(array.shape), array.tobytes())}"
+
+
+def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) -> tuple[int, int]:
+    foreground, labels = np.asarray(foreground), np.asarray(labels)
+    if foreground.ndim != 2 or labels.shape != foreground.shape:
+        raise ValueError(f"the clean prediction of {image} needs a (H, W) foreground and labels of the same shape, got "
+                         f"{foreground.shape} and {labels.shape}")
+    return foreground.shape
+
+
+def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(labels, dtype=np.int32), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 6), zlib.compress(buffer.getvalue(), 6)
+
+
+def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
+    bits = np.frombuffer(zlib.decompress(foreground), dtype=np.uint8)
+    mask = np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
+    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False)
+
+
+def _nan_to_null(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _null_to_nan(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+class ResultStore:
+    """A result store in one SQLite file (or in memory, ``":memory:"``, for notebooks).
+
+    Parameters
+    ----------
+    path : str or Path
+        Created with its parent folders if absent; checked (kind, schema) if present.
+
+    Raises
+    ------
+    StoreError
+        The file is not a SQLite database, is another program's database, or was written by a
+        newer schema. The file is left untouched.
+
+    Notes
+    -----
+    Only one process writes (the client of a run; Dask workers return rows to it), so the store
+    needs no locking beyond SQLite's own. Use it as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = str(path)
+        memory = self.path == ":memory:"
+        if not memory:
+            file = Path(path)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            existing = file.exists() and file.stat().st_size > 0
+            if existing:
+                with file.open("rb") as handle:
+                    if handle.read(16) != b"SQLite format 3\x00":
+                        raise StoreError(f"{file} is not a cte_kit result store (not an SQLite file); choose another "
+                                         "--out or move it away")
+        else:
+            existing = False
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None)
+            if existing:
+                self._check()
+            if not memory:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            if not existing:
+                self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                                     [("kind", KIND), ("schema", str(SCHEMA_VERSION)), ("kit", kit_version())])
+        except sqlite3.DatabaseError as error:
+            raise StoreError(f"{self.path} is not a readable cte_kit result store ({error})") from None
+
+    def _check(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        meta = dict(self._db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
+        if meta.get("kind") != KIND:
+            self._db.close()
+            raise StoreError(f"{self.path} is an SQLite file of another kind (not '{KIND}'); choose another --out")
+        if int(meta.get("schema", 0)) > SCHEMA_VERSION:
+            self._db.close()
+            raise StoreError(f"{self.path} was written by a newer cte_kit (schema {meta['schema']}, kit "
+                             f"{meta.get('kit')}; this is schema {SCHEMA_VERSION}, kit {kit_version()}): upgrade "
+                             "cte_kit to read it")
+
+    # -- context ------------------------------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "ResultStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """``kind``, ``schema`` and ``kit`` (the version that created the file)."""
+        return dict(self._db.execute("SELECT key, value FROM meta"))
+
+    # -- writing ------------------------------------------------------------------------------
+    def write(self, models: Mapping[str, tuple[str, str]] = {}, images: Mapping[str, tuple[str, int, int]] = {},
+              scores: Iterable[Score] = (), predictions: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {},
+              failures: Iterable[Failure] = ()) -> int:
+        """Upsert one unit of work in one transaction; returns the number of score rows written.
+
+        Parameters
+        ----------
+        models : mapping of model key -> (name, description JSON)
+        images : mapping of image key -> (name, height, width)
+        scores : iterable of Score
+        predictions : mapping of (model key, image key) -> ((H, W) bool foreground, (H, W) int labels)
+        failures : iterable of Failure
+        """
+        rows = [(s.model_key, s.image_key, s.estimator_key, int(s.seed), _nan_to_null(s.value)) for s in scores]
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO models VALUES (?, ?, ?)",
+                           [(key, name, description) for key, (name, description) in models.items()])
+            db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)",
+                           [(key, name, int(h), int(w)) for key, (name, h, w) in images.items()])
+            db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?, ?)",
+                           [(m, i, *_check_prediction(foreground, labels, i), *_pack(foreground, labels))
+                            for (m, i), (foreground, labels) in predictions.items()])
+            db.executemany("INSERT INTO failures (model_key, model, image_key, image, setting, error, traceback, time) "
+                           "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [(f.model_key, f.model, f.image_key, f.image, f.setting, f.error, f.traceback, time.time())
+                            for f in failures])
+        return len(rows)
+
+    def _transaction(self):
+        store = self
+
+        class _Transaction:
+            def __enter__(self):
+                store._db.execute("BEGIN IMMEDIATE")
+                return store._db
+
+            def __exit__(self, kind, error, trace):
+                store._db.execute("ROLLBACK" if kind else "COMMIT")
+
+        return _Transaction()
+
+    def clear_failures(self, model_key: str) -> None:
+        """Forget the recorded failures of a model (before it is retried)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM failures WHERE model_key = ?", (model_key,))
+
+    def put_performance(self, rows: Iterable[tuple[str, str, str, Mapping[str, float]]]) -> None:
+        """Upsert (model key, image key, labels key, {metric: value}) rows of true performance."""
+        with self._transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO performance VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           [(m, i, l, *(_nan_to_null(values.get(c, math.nan)) for c in PERFORMANCE_COLUMNS))
+                            for m, i, l, values in rows])
+
+    # -- reading ------------------------------------------------------------------------------
+    def done(self, model_key: str, estimator_keys: Sequence[str], seed: int) -> dict[str, set[str]]:
+        """The image keys that have a row, for each estimator key, of one model and seed."""
+        found: dict[str, set[str]] = {key: set() for key in estimator_keys}
+        for image, estimator in self._db.execute(
+                "SELECT image_key, estimator_key FROM scores WHERE model_key = ? AND seed = ?", (model_key, int(seed))):
+            if estimator in found:
+                found[estimator].add(image)
+        return found
+
+    def predicted(self, model_key: str) -> set[str]:
+        """Image keys whose clean prediction by this model is stored."""
+        return {row[0] for row in self._db.execute("SELECT image_key FROM predictions WHERE model_key = ?", (model_key,))}
+
+    def scores(self, model_keys: Sequence[str] | None = None, image_keys: Sequence[str] | None = None) -> list[Score]:
+        """Stored scores, optionally of some models and images only."""
+        rows = self._db.execute("SELECT model_key, image_key, estimator_key, seed, value FROM scores "
+                                "ORDER BY model_key, estimator_key, seed, image_key")
+        models = set(model_keys) if model_keys is not None else None
+        images = set(image_keys) if image_keys is not None else None
+        return [Score(m, i, e, int(s), _null_to_nan(v)) for m, i, e, s, v in rows
+                if (models is None or m in models) and (images is None or i in images)]
+
+    def clean_prediction(self, model_key: str, image_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """A stored clean prediction: ``((H, W) bool foreground, (H, W) int32 labels)``, or None.
+
+        Raises
+        ------
+        StoreError
+            The stored blob is corrupt.
+        """
+        row = self._db.execute("SELECT height, width, foreground, labels FROM predictions WHERE model_key = ? AND "
+                               "image_key = ?", (model_key, image_key)).fetchone()
+        if row is None:
+            return None
+        try:
+            return _unpack(*row)
+        except Exception as error:
+            raise StoreError(f"the stored prediction of {image_key} by model {model_key} in {self.path} is corrupt "
+                             f"({error}); delete the store or run on another --out") from None
+
+    def performance(self, labels_keys: Mapping[str, str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
+        """``{(model key, image key): {metric: value}}``.
+
+        Parameters
+        ----------
+        labels_keys : mapping of image key -> labels key, optional
+            Only the values computed from these labels; default: the latest labels of each image.
+        """
+        found = {}
+        for m, i, labels, *values in self._db.execute(
+                f"SELECT model_key, image_key, labels_key, {', '.join(PERFORMANCE_COLUMNS)} FROM performance "
+                "ORDER BY rowid"):
+            if labels_keys is None or labels_keys.get(i) == labels:
+                found[m, i] = dict(zip(PERFORMANCE_COLUMNS, map(_null_to_nan, values)))
+        return found
+
+    def has_performance(self, model_key: str, image_key: str, labels_key: str) -> bool:
+        return self._db.execute("SELECT 1 FROM performance WHERE model_key = ? AND image_key = ? AND labels_key = ?",
+                                (model_key, image_key, labels_key)).fetchone() is not None
+
+    def latest(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The most recently written key of each model name and of each image name: ``(models, images)``.
+
+        A model whose threshold changed, or an image whose pixels changed, has a new key; its old
+        rows stay in the store, and this is how a reader without the run's bank picks the current ones.
+        """
+        models = dict(self._db.execute("SELECT name, model_key FROM models ORDER BY rowid"))
+        images = dict(self._db.execute("SELECT name, image_key FROM images ORDER BY rowid"))
+        return models, images
+
+    def failures(self, model_keys: Sequence[str] | None = None) -> list[Failure]:
+        """Recorded failures, oldest first."""
+        rows = self._db.execute("SELECT model_key, model, image_key, image, setting, error, traceback FROM failures "
+                                "ORDER BY id")
+        keys = set(model_keys) if model_keys is not None else None
+        return [Failure(*row) for row in rows if keys is None or row[0] in keys]
+
+    def count(self, table: str) -> int:
+        """Rows in one table (``scores``, ``predictions``, ``performance``, ``failures``, ``models``, ``images``)."""
+        if table not in ("scores", "predictions", "performance", "failures", "models", "images"):
+            raise ValueError(f"unknown table {table!r}")
+        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    # -- export -------------------------------------------------------------------------------
+    def table(self) -> dict[str, list]:
+        """The scores joined with model and image names, column by column (for CSV, Parquet, pandas)."""
+        columns = ("model", "model_key", "image", "image_key", "estimator_key", "seed", "value")
+        rows = self._db.execute(
+            "SELECT m.name, s.model_key, i.name, s.image_key, s.estimator_key, s.seed, s.value FROM scores s "
+            "LEFT JOIN models m USING (model_key) LEFT JOIN images i USING (image_key) "
+            "ORDER BY m.name, s.estimator_key, s.seed, i.name").fetchall()
+        return {column: [_null_to_nan(r[k]) if column == "value" else r[k] for r in rows]
+                for k, column in enumerate(columns)}
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write the scores table (:meth:`table`) as CSV; NaN (empty foreground) as an empty field."""
+        table = self.table()
+        path = Path(path)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(table)
+            for row in zip(*table.values()):
+                writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+        return path
+
+    def to_parquet(self, path: str | Path) -> Path:
+        """Write the scores table (:meth:`table`) as Parquet (needs ``pyarrow``)."""
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise ImportError("Parquet export needs pyarrow: pip install pyarrow (or export CSV)") from None
+        path = Path(path)
+        pq.write_table(pa.table(self.table()), path)
+        return path
+
+
+def describe(payload: Mapping) -> str:
+    """Canonical JSON of a description (sorted keys), as stored and hashed."""
+    return json.dumps(payload, sort_keys=True, default=str)
+
+
+def file_digest(path: str | Path) -> str:
+    """Digest of a weights file, or of every file under a model folder (names and contents)."""
+    path = Path(path)
+    if path.is_file():
+        files = [path]
+    elif path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+    else:
+        return digest("missing", str(path))
+    hasher = hashlib.sha256()
+    for file in files:
+        if path.is_dir():  # a single file is its contents; a folder also its layout
+            hasher.update(str(file.relative_to(path)).encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+    return hasher.hexdigest()[:16]
+
