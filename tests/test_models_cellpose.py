@@ -68,10 +68,10 @@ def test_one_mask_per_image_across_tiles(model):
     bottlenecks = []  # the style branch reads the (perturbed) deepest encoder level
     handle = model.cellpose.net.make_style.register_forward_pre_hook(lambda module, inputs: bottlenecks.append(inputs[0]))
     try:
-        pair = model.predict_pairs([image], FeatureDropout(0.5), seed=7)[0]
+        pair = model.predict_pairs([image], FeatureDropout(0.5), seed=7, image_ids=[0])[0]
         forked = [t[t.shape[0] // 2 :] for t in bottlenecks]  # each forked call: the clean tiles, then the perturbed
         bottlenecks.clear()
-        model.predict_pairs([image], FeatureDropout(0.5), seed=7, clean=[pair.clean])  # perturbed tiles alone
+        model.predict_pairs([image], FeatureDropout(0.5), seed=7, image_ids=[0], clean=[pair.clean])  # perturbed tiles alone
         alone = list(bottlenecks)
     finally:
         handle.remove()

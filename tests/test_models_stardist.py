@@ -57,7 +57,7 @@ def test_dropout_changes_output_and_is_seeded(model, adapter_images):
         assert np.array_equal(a.perturbed[0].labels, b.perturbed[0].labels)
         assert not np.array_equal(a.perturbed[0].probability, c.perturbed[0].probability)
     # a batch of one gives the same draw as the image inside a batch of three
-    alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1, image_ids=[1])
+    alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1)  # ids from the pixels
     assert np.array_equal(alone[0].perturbed[0].probability, first[1].perturbed[0].probability)
 
 
@@ -76,9 +76,9 @@ def test_dropout_at_several_layers_draws_one_mask_per_layer(model, adapter_image
     from cte_kit.perturb import image_seed
 
     targets = tuple(model._keras_names[n] for n in model.layers)
-    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4)
+    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4, image_ids=[0])
     forked, forks = model._forked_model(targets)  # the clean + dropout pair runs forked
-    model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4, clean=[pairs[0].clean])
+    model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4, image_ids=[0], clean=[pairs[0].clean])
     rebuilt, scales = model._perturbed_model(targets)  # the dropout prediction alone
     for network, layers in ((forked, forks), (rebuilt, scales)):
         assert len(layers) == 5 and network.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
