@@ -1,13 +1,23 @@
-"""Timing helper shared by the benchmark scripts (run them as `python benchmarks/NAME.py`)."""
+"""Timing helpers shared by the benchmark scripts (run them as `python benchmarks/NAME.py`)."""
 
+import statistics
 import time
 
 
-def best_of(function, repeats: int) -> float:
-    """Shortest wall time of ``repeats`` calls: the least disturbed by other load on the machine."""
+def _times(function, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
-    return min(times)
+    return times
+
+
+def best_of(function, repeats: int) -> float:
+    """Shortest wall time of ``repeats`` calls: the least disturbed by other load on the machine."""
+    return min(_times(function, repeats))
+
+
+def median_of(function, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls: one slow or one lucky call does not move it."""
+    return statistics.median(_times(function, repeats))

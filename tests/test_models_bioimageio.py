@@ -71,6 +71,42 @@ def test_dropout_zero_exact_changes_and_seeded(model, adapter_images):
     assert not model._module.encoders[-1]._forward_hooks
 
 
+@pytest.mark.parametrize("blocksize", [None, 12], ids=["whole", "blocks"])
+def test_forked_pair_equals_the_per_image_path(tiny_bioimageio_zip, adapter_images, blocksize):
+    """Kit U-Net export: encoder once per block, decoder on a doubled batch; within float32 rounding
+    (probabilities within 1e-6, labels equal) of a clean and a separate dropout prediction."""
+    from cte_kit.models.base import SegmentationModel
+    from cte_kit.perturb import image_seed
+
+    model = BioImageIOModel.from_source(tiny_bioimageio_zip, blocksize=blocksize)
+    assert model._forks(["bottleneck"])
+    dropout = FeatureDropout(0.3, ("sym1",))
+    arrays = [model.prepare(image) for image in adapter_images]
+    seeds = [image_seed(5, index, 0) for index in range(len(arrays))]
+    calls = []
+    handle = model._module.decoders[-1].register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].shape[0]))
+    try:
+        clean, perturbed = model._predict_feature_pairs(arrays, dropout, seeds)
+    finally:
+        handle.remove()
+    assert set(calls) == {2}, "every forward call carries the clean and the dropout half"
+    reference_clean, reference_perturbed = SegmentationModel._predict_feature_pairs(model, arrays, dropout, seeds)
+    for shared, reference in zip(clean + perturbed, reference_clean + reference_perturbed):
+        np.testing.assert_allclose(shared.probability, reference.probability, atol=1e-6)
+        assert np.array_equal(shared.labels, reference.labels)
+    assert not np.array_equal(perturbed[0].probability, clean[0].probability)
+    assert model._adapter.relay is None and not model._module.encoders[1]._forward_hooks
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_pairs_do_not_depend_on_the_batch(model, adapter_images, perturbation):
+    """Resuming after a crash batches images differently: an image's pair must not change, bit for bit."""
+    together = model.predict_pairs(adapter_images, perturbation, seed=3, image_ids=[10, 11, 12])
+    alone = model.predict_pairs(adapter_images[1:2], perturbation, seed=3, image_ids=[11])
+    for a, b in zip((together[1].clean, together[1].perturbed[0]), (alone[0].clean, alone[0].perturbed[0])):
+        assert np.array_equal(a.probability, b.probability) and np.array_equal(a.labels, b.labels)
+
+
 @pytest.mark.parametrize("perturbation", [FeatureDropout(0.2), InputPerturbation("gamma", 1.3)], ids=["grey", "black"])
 def test_cte_scores(model, adapter_images, perturbation):
     pairs = model.predict_pairs(adapter_images, perturbation, seed=0)

@@ -68,13 +68,66 @@ def test_one_mask_per_image_across_tiles(model):
     bottlenecks = []  # the style branch reads the (perturbed) deepest encoder level
     handle = model.cellpose.net.make_style.register_forward_pre_hook(lambda module, inputs: bottlenecks.append(inputs[0]))
     try:
-        model.predict_pairs([image], FeatureDropout(0.5), seed=7)
+        pair = model.predict_pairs([image], FeatureDropout(0.5), seed=7, image_ids=[0])[0]
+        forked = [t[t.shape[0] // 2 :] for t in bottlenecks]  # each forked call: the clean tiles, then the perturbed
+        bottlenecks.clear()
+        model.predict_pairs([image], FeatureDropout(0.5), seed=7, image_ids=[0], clean=[pair.clean])  # perturbed tiles alone
+        alone = list(bottlenecks)
     finally:
         handle.remove()
-    perturbed = np.concatenate([t.numpy() for t in bottlenecks[len(bottlenecks) // 2 :]])
-    dropped = (channel_scale(perturbed.shape[1], 0.5, image_seed(7, 0, 0)) == 0).numpy()
-    assert perturbed.shape[0] > 1 and dropped.any(), "several tiles, some channels dropped"
-    assert np.all(perturbed[:, dropped] == 0) and np.all(np.abs(perturbed[:, ~dropped]).sum(axis=(2, 3)) > 0)
+    for captured in (forked, alone):
+        perturbed = np.concatenate([t.numpy() for t in captured])
+        dropped = (channel_scale(perturbed.shape[1], 0.5, image_seed(7, 0, 0)) == 0).numpy()
+        assert perturbed.shape[0] > 1 and dropped.any(), "several tiles, some channels dropped"
+        assert np.all(perturbed[:, dropped] == 0) and np.all(np.abs(perturbed[:, ~dropped]).sum(axis=(2, 3)) > 0)
+
+
+@pytest.mark.parametrize("layers", [("bottleneck",), ("encoder1",), ("encoder0", "decoder2")])
+def test_forked_pair_equals_the_per_image_path(model, images, layers):
+    """Encoder once, decoder on a doubled batch: the same pair as a clean and a separate dropout eval.
+
+    Not bit-identical (MKL-DNN convolutions of a batch of 2n tiles round differently from n) but
+    within float32 rounding: probabilities within 1e-6, labels equal.
+    """
+    from cte_kit.models.base import SegmentationModel
+    from cte_kit.perturb import image_seed
+
+    dropout = FeatureDropout(0.3, layers)
+    arrays = [model.prepare(image) for image in images]
+    seeds = [image_seed(5, index, 0) for index in range(len(arrays))]
+    clean, perturbed = model._predict_feature_pairs(arrays, dropout, seeds)
+    reference_clean, reference_perturbed = SegmentationModel._predict_feature_pairs(model, arrays, dropout, seeds)
+    for shared, reference in zip(clean + perturbed, reference_clean + reference_perturbed):
+        np.testing.assert_allclose(shared.probability, reference.probability, atol=1e-6)
+        assert np.array_equal(shared.labels, reference.labels)
+    assert not np.array_equal(perturbed[0].probability, clean[0].probability)
+
+
+def test_n_pert_runs_the_encoder_once_per_draw_and_clean_reuse_gives_the_same_pairs(model, images):
+    batches = []
+    handle = model.cellpose.net.upsample.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))
+    try:
+        pairs = model.predict_pairs(images[:1], FeatureDropout(0.3), seed=2, n_pert=3)
+    finally:
+        handle.remove()
+    # draw 0 forks (clean + perturbed tile in one decoder batch); draws 1 and 2 run only the perturbed pass
+    assert batches == [2, 1, 1]
+    reused = model.predict_pairs(images[:1], FeatureDropout(0.3), seed=2, n_pert=3, clean=model.predict(images[:1]))
+    for a, b in zip(pairs[0].perturbed, reused[0].perturbed):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+        assert np.array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_pairs_do_not_depend_on_the_batch(model, images, perturbation):
+    """Resuming after a crash batches images differently: an image's pair must not change, bit for bit."""
+    model.batch_size = 4
+    together = model.predict_pairs(images, perturbation, seed=3, image_ids=[10, 11])
+    model.batch_size = 1
+    alone = model.predict_pairs(images[1:], perturbation, seed=3, image_ids=[11])
+    model.batch_size = 4
+    for a, b in zip((together[1].clean, together[1].perturbed[0]), (alone[0].clean, alone[0].perturbed[0])):
+        assert np.array_equal(a.probability, b.probability) and np.array_equal(a.labels, b.labels)
 
 
 def test_layers_are_cpnets_residual_blocks(model):

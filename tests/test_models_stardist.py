@@ -57,7 +57,7 @@ def test_dropout_changes_output_and_is_seeded(model, adapter_images):
         assert np.array_equal(a.perturbed[0].labels, b.perturbed[0].labels)
         assert not np.array_equal(a.perturbed[0].probability, c.perturbed[0].probability)
     # a batch of one gives the same draw as the image inside a batch of three
-    alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1, image_ids=[1])
+    alone = model.predict_pairs(adapter_images[1:2], FeatureDropout(0.3), seed=1)  # ids from the pixels
     assert np.array_equal(alone[0].perturbed[0].probability, first[1].perturbed[0].probability)
 
 
@@ -75,12 +75,16 @@ def test_dropout_at_several_layers_draws_one_mask_per_layer(model, adapter_image
     from cte_kit.models._common import channel_scales
     from cte_kit.perturb import image_seed
 
-    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4)
-    rebuilt, scales = model._perturbed_model(tuple(model._keras_names[n] for n in model.layers))
-    assert len(scales) == 5 and rebuilt.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
-    expected = channel_scales([int(s.scale.shape[0]) for s in scales], 0.5, image_seed(4, 0, 0))
-    for scale, mask in zip(scales, expected):
-        np.testing.assert_array_equal(scale.scale.numpy(), mask.numpy())
+    targets = tuple(model._keras_names[n] for n in model.layers)
+    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4, image_ids=[0])
+    forked, forks = model._forked_model(targets)  # the clean + dropout pair runs forked
+    model.predict_pairs(adapter_images[:1], FeatureDropout(0.5, ("all",)), seed=4, image_ids=[0], clean=[pairs[0].clean])
+    rebuilt, scales = model._perturbed_model(targets)  # the dropout prediction alone
+    for network, layers in ((forked, forks), (rebuilt, scales)):
+        assert len(layers) == 5 and network.get_layer("prob") is model.stardist.keras_model.get_layer("prob")
+        expected = channel_scales([int(s.scale.shape[0]) for s in layers], 0.5, image_seed(4, 0, 0))
+        for scale, mask in zip(layers, expected):
+            np.testing.assert_array_equal(scale.scale.numpy(), mask.numpy())
     assert not np.array_equal(pairs[0].perturbed[0].probability, pairs[0].clean.probability)
     bottleneck = model.predict_pairs(adapter_images[:1], FeatureDropout(0.5), seed=4)
     assert not np.array_equal(bottleneck[0].perturbed[0].probability, pairs[0].perturbed[0].probability)
@@ -99,6 +103,75 @@ def test_cte_scores(model, adapter_images, perturbation):
     for consistency, per_image in pair_scores(pairs, ("hard", "soft", "instance"), threshold=model.threshold).items():
         assert np.isfinite(per_image).all() and ((0 <= per_image) & (per_image <= 1)).all(), consistency
         assert 0 <= summarize(per_image).score <= 1
+
+
+@pytest.mark.parametrize("layers", [("bottleneck",), ("encoder1",), ("encoder0", "decoder0")])
+def test_forked_pair_equals_the_per_image_path_bit_for_bit(model, adapter_images, layers):
+    """The forked Keras model (layers before the perturbed one run once) gives exactly the plain
+    prediction and exactly the dropout prediction of the rebuilt model."""
+    from cte_kit.models.base import SegmentationModel
+    from cte_kit.perturb import image_seed
+
+    dropout = FeatureDropout(0.3, layers)
+    arrays = [model.prepare(image) for image in adapter_images]
+    seeds = [image_seed(5, index, 0) for index in range(len(arrays))]
+    clean, perturbed = model._predict_feature_pairs(arrays, dropout, seeds)
+    reference_clean, reference_perturbed = SegmentationModel._predict_feature_pairs(model, arrays, dropout, seeds)
+    for shared, reference in zip(clean + perturbed, reference_clean + reference_perturbed):
+        assert np.array_equal(shared.probability, reference.probability) and np.array_equal(shared.labels, reference.labels)
+    assert not np.array_equal(perturbed[0].probability, clean[0].probability)
+
+
+def test_n_pert_runs_the_network_once_per_draw_and_clean_reuse_gives_the_same_pairs(model, adapter_images, monkeypatch):
+    from keras import Model
+
+    calls = []
+    predict = Model.predict
+    monkeypatch.setattr(Model, "predict", lambda self, x, **kw: calls.append((self, len(x))) or predict(self, x, **kw))
+    pairs = model.predict_pairs(adapter_images[:1], FeatureDropout(0.3), seed=2, n_pert=3)
+    targets = (model.bottleneck_layer,)
+    forked, rebuilt = model._forked_model(targets)[0], model._perturbed_model(targets)[0]
+    # draw 0: one forked call (clean + perturbed); draws 1 and 2: the dropout model alone; never the plain one
+    assert calls == [(forked, 1), (rebuilt, 1), (rebuilt, 1)]
+    monkeypatch.setattr(Model, "predict", predict)
+    reused = model.predict_pairs(adapter_images[:1], FeatureDropout(0.3), seed=2, n_pert=3, clean=model.predict(adapter_images[:1]))
+    for a, b in zip(pairs[0].perturbed, reused[0].perturbed):
+        assert np.array_equal(a.probability, b.probability) and np.array_equal(a.labels, b.labels)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_pairs_do_not_depend_on_the_batch(model, adapter_images, perturbation):
+    """Resuming after a crash batches images differently: an image's pair must not change, bit for bit."""
+    together = model.predict_pairs(adapter_images, perturbation, seed=3, image_ids=[10, 11, 12])
+    alone = model.predict_pairs(adapter_images[1:2], perturbation, seed=3, image_ids=[11])
+    for a, b in zip((together[1].clean, together[1].perturbed[0]), (alone[0].clean, alone[0].perturbed[0])):
+        assert np.array_equal(a.probability, b.probability) and np.array_equal(a.labels, b.labels)
+
+
+def test_foreground_of_hard_consistency_and_f1_is_the_mask_foreground(model, adapter_images):
+    """StarDist's object probability is high only near object centres: its masks, not that map, are the foreground."""
+    from tiny_models import training_data
+
+    from cte_kit.evaluation.performance import performance
+    from cte_kit.scoring.consistency import pair_consistency
+
+    _, labels = training_data(n_images=3, size=100, seed=11)  # the labels of the conftest's adapter images
+    truth = [labels[0][:90, :77], labels[1][:100, :100], labels[2][:72, :95]]
+    pairs = model.predict_pairs(adapter_images, InputPerturbation("noise", 0.2), seed=0)
+    clean = [pair.clean for pair in pairs]
+    scores = performance(truth, clean, model.threshold)
+    def overlap(a, b):  # by hand: |A & B|, |A| + |B|, |A | B|
+        return np.sum(a & b), np.sum(a) + np.sum(b), np.sum(a | b)
+
+    for index, (pair, reference) in enumerate(zip(pairs, truth)):
+        masks = pair.clean.labels > 0
+        # the test can fail: the map binarised at prob_thresh is a different foreground
+        assert (masks != (pair.clean.probability > model.threshold)).mean() > 0.02
+        both, total, union = overlap(reference > 0, masks)
+        assert scores["f1"][index] == pytest.approx(2 * both / total)
+        assert scores["iou"][index] == pytest.approx(both / union)
+        both, _, union = overlap(masks, pair.perturbed[0].labels > 0)
+        assert pair_consistency(pair.clean, pair.perturbed[0], "hard", threshold=model.threshold) == pytest.approx(both / union)
 
 
 def test_tiling_matches_whole_image(tiny_stardist_folder, adapter_images):

@@ -64,7 +64,7 @@ def test_results_do_not_depend_on_batching_or_order(images):
     model = _random_unet()
     batched = model.predict_pairs(images, FeatureDropout(0.3), seed=4)
     model.batch_size = 1
-    reversed_pairs = model.predict_pairs(images[::-1], FeatureDropout(0.3), seed=4, image_ids=[2, 1, 0])[::-1]
+    reversed_pairs = model.predict_pairs(images[::-1], FeatureDropout(0.3), seed=4)[::-1]  # ids from the pixels
     for a, b in zip(batched, reversed_pairs):
         assert np.allclose(a.perturbed[0].probability, b.perturbed[0].probability, atol=1e-6)
 
@@ -72,10 +72,48 @@ def test_results_do_not_depend_on_batching_or_order(images):
 def test_forked_pass_equals_hooked_full_pass(images):
     """Encoder-once/decoder-twice gives the same perturbed output as a separate perturbed forward."""
     model = _random_unet()
-    forked = model.predict_pairs(images[:1], FeatureDropout(0.4), seed=0)[0]
+    forked = model.predict_pairs(images[:1], FeatureDropout(0.4), seed=0, image_ids=[0])[0]
     generic = SegmentationModel._predict_feature_pairs(model, [model.prepare(images[0])], FeatureDropout(0.4),
                                                         [forked_seed(0, 0)])[1][0]
     assert np.allclose(forked.perturbed[0].probability, generic.probability, atol=1e-5)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_n_pert_computes_the_clean_pass_once_and_clean_reuse_gives_the_same_pairs(images, perturbation):
+    model = _random_unet()
+    encoder, decoder = [], []
+    handles = [model.network.encoders[0].register_forward_pre_hook(lambda m, inputs: encoder.append(inputs[0].shape[0])),
+               model.network.decoders[-1].register_forward_pre_hook(lambda m, inputs: decoder.append(inputs[0].shape[0]))]
+    try:
+        pairs = model.predict_pairs(images, perturbation, seed=6, n_pert=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    # draw 0 computes clean and perturbed together (dropout: encoder once, decoder on both halves);
+    # draws 1 and 2 only the perturbed images
+    assert encoder == ([3, 3, 3] if isinstance(perturbation, FeatureDropout) else [6, 3, 3])
+    assert decoder == [6, 3, 3]
+    reused = model.predict_pairs(images, perturbation, seed=6, n_pert=3, clean=model.predict(images))
+    for pair, again in zip(pairs, reused):
+        for a, b in zip(pair.perturbed, again.perturbed):
+            np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+
+
+@pytest.mark.parametrize("perturbation", [FeatureDropout(0.3), InputPerturbation("noise", 0.2)], ids=["grey", "black"])
+def test_cte_does_not_depend_on_the_batch(images, perturbation):
+    """Resuming after a crash batches images differently: one image alone (batch 1) or among others
+    (batch 4) gets the same pair within float32 rounding of batched convolutions, and the same CTE."""
+    from cte_kit.estimators.cte import pair_scores
+
+    model = _random_unet()
+    together = model.predict_pairs(images, perturbation, seed=3, image_ids=[10, 11, 12])
+    model.batch_size = 1
+    alone = model.predict_pairs(images[1:2], perturbation, seed=3, image_ids=[11])
+    for a, b in zip((together[1].clean, together[1].perturbed[0]), (alone[0].clean, alone[0].perturbed[0])):
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-6)
+    kinds = ("hard", "soft", "instance")
+    for kind, score in pair_scores(alone, kinds).items():
+        assert score[0] == pytest.approx(pair_scores(together[1:2], kinds)[kind][0], abs=1e-6), kind
 
 
 def forked_seed(seed, image_id):

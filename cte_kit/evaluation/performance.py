@@ -12,6 +12,7 @@ import numpy as np
 
 from ..data.images import check_labels
 from ..runs.store import ResultStore, digest
+from ..scoring.consistency import prediction_foreground
 from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
 from ..types import Prediction
 
@@ -41,20 +42,20 @@ def performance(labels: Sequence[np.ndarray], predictions: Sequence[Prediction],
         F1 and IoU; their mAP treats each connected mask value as one object).
     predictions : sequence of Prediction
     threshold : float
-        Foreground threshold of the probability maps.
+        Foreground threshold of the probability map of a prediction without labels.
 
     Returns
     -------
     dict of str -> (n_images,) float ndarray
-        Keys of :data:`PERFORMANCE_METRICS`. Metrics a prediction cannot give (F1 without a
-        probability map uses the binarised labels instead) are always filled; mAP needs
-        instance labels and is NaN without them.
+        Keys of :data:`PERFORMANCE_METRICS`. F1 and IoU score the foreground of
+        :func:`~cte_kit.scoring.consistency.prediction_foreground` (the labels' foreground when
+        there are labels, as hard consistency); mAP needs instance labels and is NaN without them.
     """
     if len(predictions) != len(labels):
         raise ValueError(f"{len(predictions)} predictions but {len(labels)} label images")
     scores = {metric: np.full(len(labels), np.nan) for metric in PERFORMANCE_METRICS}
     for index, (truth, prediction) in enumerate(zip(labels, predictions)):
-        foreground = prediction.probability if prediction.probability is not None else (prediction.labels > 0).astype(np.float32)
+        foreground = prediction_foreground(prediction)
         scores["f1"][index] = f1_score(truth, foreground, threshold)
         scores["iou"][index] = iou_score(truth, foreground, threshold)
         if prediction.labels is not None:

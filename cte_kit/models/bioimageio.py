@@ -18,13 +18,20 @@ Grey box: with ``pytorch_state_dict`` weights the adapter builds the torch modul
 so a forward hook on one of its submodules perturbs every prediction. Kit U-Nets (exported by
 :func:`export_unet`) keep their layer names; for other networks name the bottleneck module in
 the ``bottleneck_layer`` setting (a dotted name such as ``encoders.2``). Other weight formats
-(torchscript, ONNX, TensorFlow) are black boxes.
+(torchscript, ONNX, TensorFlow) are black boxes: their graph runs whole inside the library, so
+neither a hook nor a fork can reach a layer. A clean + dropout pair of a kit U-Net runs the
+encoder once: the held module is called forked (:class:`~cte_kit.models._common.Fork`; the U-Net
+repeats its skip features itself) and the pipeline predicts the image twice around one forward
+call per block (:class:`~cte_kit.models._common.Relay`). Another torch network named by
+``bottleneck_layer`` runs the clean and the dropout prediction separately, as it is unknown
+whether its forward accepts a batch that doubles half-way.
 
 ``bioimageio.core`` is imported on first use only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -34,7 +41,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import expit
 
-from ._common import PerImageDropout, PretrainedDownloadError, check_settings
+from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, check_settings
 from .base import NotGreyBoxError, SegmentationModel
 from ..types import Prediction
 from .instances import INSTANCE_METHODS, instances_from_probability
@@ -49,17 +56,28 @@ _ACTIVATIONS = ("none", "sigmoid")
 
 
 def _pipeline_with_module(description, module, device: str):
-    """A prediction pipeline whose PyTorch forward runs ``module`` (the one our hooks are on)."""
+    """A prediction pipeline whose PyTorch forward runs ``module`` (the one our hooks are on), and its adapter.
+
+    While the adapter's ``relay`` is set (a :class:`~cte_kit.models._common.Relay`), the relay
+    answers the forward calls instead.
+    """
     from bioimageio.core import create_prediction_pipeline
     from bioimageio.core.backends.pytorch_backend import PytorchModelAdapter
 
     class HeldModuleAdapter(PytorchModelAdapter):
+        relay = None
+
         # the library's adapter builds its own module per device; this one lends ours
         def _init_model_on_device(self, device):
             return module.to(device).eval()
 
+        def _forward_impl(self, device, model, input_arrays):
+            if self.relay is None:
+                return super()._forward_impl(device, model, input_arrays)
+            return self.relay(*input_arrays)
+
     adapter = HeldModuleAdapter(description, devices=[device])
-    return create_prediction_pipeline(description, devices=[device], model_adapter=adapter)
+    return create_prediction_pipeline(description, devices=[device], model_adapter=adapter), adapter
 
 
 def _pad_bottom_right(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -141,12 +159,13 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
             raise ValueError(f"activation must be one of {_ACTIVATIONS}, got {self.activation!r}")
         self._input = self._check_input()
         self._output = self._check_output()
-        self._module, self._pipeline = self._load_weights()
+        self._module, self._pipeline, self._adapter = self._load_weights()
         self._pipeline.load()
         self.layer_map = self._layer_map()
 
     def _load_weights(self):
-        """(torch module or None, prediction pipeline): PyTorch state-dict weights run through a module we hold."""
+        """(torch module or None, prediction pipeline, its adapter or None): PyTorch state-dict weights run
+        through a module we hold."""
         formats = {name for name, entry in self.description.weights if entry is not None}
         wanted = self.weights_format or ("pytorch_state_dict" if "pytorch_state_dict" in formats else None)
         if wanted is not None and wanted not in formats:
@@ -154,12 +173,12 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         if wanted != "pytorch_state_dict":
             from bioimageio.core import create_prediction_pipeline
 
-            return None, create_prediction_pipeline(self.description, devices=[self.device], weights_format=wanted)
+            return None, create_prediction_pipeline(self.description, devices=[self.device], weights_format=wanted), None
         from bioimageio.core.backends.pytorch_backend import load_torch_model
 
         module = load_torch_model(self.description.weights.pytorch_state_dict, load_state=True, devices=[self.device])
         module.eval()
-        return module, _pipeline_with_module(self.description, module, self.device)
+        return (module, *_pipeline_with_module(self.description, module, self.device))
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -310,6 +329,33 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return Prediction(probability=probability, labels=labels)
 
     # -- grey box -------------------------------------------------------------------------------
+    def _is_kit_unet(self) -> bool:
+        # duck-typed: the class of an exported kit U-Net comes from the package's own unet_arch.py
+        return hasattr(self._module, "layer") and hasattr(self._module, "levels")
+
+    def _forks(self, layers: Sequence[str]) -> bool:
+        """Kit U-Nets only: their forward repeats skip features for a batch doubled deeper down; of
+        another network it is unknown whether it accepts a batch that doubles half-way."""
+        return self._is_kit_unet()
+
+    @contextlib.contextmanager
+    def _relay(self, layers: Sequence[str], rate: float, seed: int):
+        import torch
+
+        fork = Fork(self._module, self.feature_modules(layers), rate, seed)
+
+        def forked(array):
+            with torch.no_grad():
+                output = fork(torch.from_numpy(array).to(self.device)).cpu().numpy()
+            return [output[: len(array)]], [output[len(array) :]]
+
+        self._adapter.relay = Relay(forked)
+        try:
+            with fork.active():
+                yield self._adapter.relay
+        finally:
+            self._adapter.relay = None
+
     def _layer_map(self) -> LayerMap | None:
         """A kit U-Net's layers (duck-typed: its class comes from the package's ``unet_arch.py``), or
         only ``bottleneck`` when ``bottleneck_layer`` names a submodule of another network."""
@@ -317,7 +363,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
             return None
         if self.bottleneck_layer is not None:
             self._module.get_submodule(self.bottleneck_layer)  # fail early on a wrong name
-        if hasattr(self._module, "layer") and hasattr(self._module, "levels"):
+        if self._is_kit_unet():
             return LayerMap.unet(self._module.levels)
         return LayerMap() if self.bottleneck_layer is not None else None
 

@@ -13,7 +13,12 @@ perturbations, and ``eval`` runs with ``normalize=False``: otherwise Cellpose wo
 brightness or contrast perturbation by normalising again.
 
 Grey box (Cellpose 3 only): forward hooks on CPnet's residual blocks scale their output
-channels by one mask per image, the same for every tile Cellpose cuts. Layer names (see
+channels by one mask per image, the same for every tile Cellpose cuts. A clean + dropout pair
+runs CPnet once per batch of tiles, forked at the first perturbed block (everything before it
+runs once, the rest on a doubled batch; the encoder's skip features are shared), inside
+Cellpose's own ``eval`` with a stand-in for the network (:class:`~cte_kit.models._common.Relay`):
+the clean prediction hands Cellpose the clean half, a second ``eval`` of the same image the
+kept perturbed half, so tiling, flow stitching and mask dynamics stay Cellpose's own. Layer names (see
 :mod:`cte_kit.models.layers`) for CPnet's four levels: ``encoder0`` .. ``encoder2`` are
 ``downsample.down.res_down_0`` .. ``res_down_2`` (also the skip features), ``bottleneck`` is
 ``res_down_3`` - the deepest level, which feeds both the style vector and the decoder -, and
@@ -29,6 +34,7 @@ up to the first three channels) and only ``cpsam`` or a model file can be loaded
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -37,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import expit
 
-from ._common import PerImageDropout, PretrainedDownloadError, check_settings
+from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, check_settings
 from .base import NotGreyBoxError, SegmentationModel
 from ..types import Prediction
 from .layers import LayerMap
@@ -215,6 +221,45 @@ class CellposeModel(PerImageDropout, SegmentationModel):
             return [down[len(down) - 1]]
         index = int(name.removeprefix("encoder").removeprefix("decoder"))
         return [down[index]] if name.startswith("encoder") else [up[len(up) - 1 - index]]
+
+    def _forks(self, layers: Sequence[str]) -> bool:
+        return self.version < 4
+
+    @contextlib.contextmanager
+    def _relay(self, layers: Sequence[str], rate: float, seed: int):
+        from torch.utils import mkldnn
+
+        net = self.cellpose.net.eval()
+        if net.mkldnn:
+            mkldnn.to_mkldnn(net)  # in place, as Cellpose's own forward does on first use
+        fork = Fork(net, self.feature_modules(layers), rate, seed, shared=[net.downsample])
+
+        def forked(tiles):
+            output, style = fork(tiles)[:2]
+            half = tiles.shape[0]
+            return (output[:half], style[:half]), (output[half:], style[half:])
+
+        relay = Relay(forked)
+        self.cellpose.net = _RelayedNet(net, relay)
+        try:
+            with fork.active():
+                yield relay
+        finally:
+            self.cellpose.net = net
+
+
+class _RelayedNet:
+    """What Cellpose's ``run_net`` needs of a network (``nout``, ``device``, ``mkldnn``, ``eval``, a call
+    returning output and style), answered by a :class:`~cte_kit.models._common.Relay`."""
+
+    def __init__(self, net, relay: Relay):
+        self.nout, self.device, self.mkldnn, self._relay = net.nout, net.device, False, relay
+
+    def eval(self):
+        return self
+
+    def __call__(self, tiles):
+        return self._relay(tiles)
 
 
 def _torch_device(device):

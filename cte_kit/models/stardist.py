@@ -14,7 +14,13 @@ Grey box: the Keras functional model is rebuilt with :func:`keras.models.clone_m
 the *same* layer objects (hence the same weights) with one extra layer after each perturbed
 block, which multiplies its channels by a per-image mask (:func:`cte_kit.models._common.channel_scales`).
 The rebuilt model stands in for ``keras_model`` while StarDist predicts, so padding, tiling and
-non-maximum suppression stay StarDist's own. ``p = 0`` never touches the network. Layer names
+non-maximum suppression stay StarDist's own. ``p = 0`` never touches the network. A clean +
+dropout pair is computed by a second rebuild that forks the batch after the first perturbed
+block (the clean half and the scaled half; feature maps from before the fork are repeated where
+the forked half meets them, at the skip connections), so the layers before it run once; StarDist
+predicts the image twice around it (:class:`~cte_kit.models._common.Relay`): the clean half is
+handed over the first time, the kept dropout half the second. Both halves equal the plain and
+the rebuilt model's predictions bit for bit (TensorFlow on CPU). Layer names
 (see :mod:`cte_kit.models.layers`) follow CSBDeep's U-Net naming: ``encoder{n}`` is the output
 of ``down_level_{n}`` (the skip features of level n), ``bottleneck`` the output of the
 ``middle_*`` block and ``decoder{j}`` the output of ``up_level_{depth-1-j}``; a network without
@@ -38,7 +44,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import PerImageDropout, PretrainedDownloadError, channel_scales, check_settings
+from ._common import PerImageDropout, PretrainedDownloadError, Relay, channel_scales, check_settings
 from ..types import Prediction
 from .base import SegmentationModel
 from .layers import LayerMap
@@ -89,6 +95,34 @@ def _channel_scale_layer():
             return inputs * self.scale
 
     return ChannelScale
+
+
+@functools.lru_cache(maxsize=None)
+def _fork_layers():
+    """Keras layers of a forked model: ``Fork`` (the perturbed layer's output doubled, second half
+    scaled by a settable channel vector, or only the second half scaled downstream of the fork) and
+    ``Repeat`` (a feature map computed before the fork, doubled where the forked half meets it)."""
+    from csbdeep.utils.tf import keras_import
+
+    Layer, ops = keras_import("layers", "Layer"), keras_import("ops")
+
+    class Fork(Layer):
+        def __init__(self, forked: bool, **kwargs):
+            super().__init__(**kwargs)
+            self.forked = forked
+
+        def build(self, input_shape):
+            self.scale = self.add_weight(shape=(input_shape[-1],), initializer="ones", trainable=False, name="scale")
+
+        def call(self, inputs):
+            clean, perturbed = ops.split(inputs, 2, axis=0) if self.forked else (inputs, inputs)
+            return ops.concatenate([clean, perturbed * self.scale], axis=0)
+
+    class Repeat(Layer):
+        def call(self, inputs):
+            return ops.concatenate([inputs, inputs], axis=0)
+
+    return Fork, Repeat
 
 
 def _quietly(function, *args, **kwargs):
@@ -261,6 +295,66 @@ class StarDistModel(PerImageDropout, SegmentationModel):
             self._perturbed[targets] = (rebuilt, [scales[name] for name in targets])
         return self._perturbed[targets]
 
+    def _forked_model(self, targets: tuple[str, ...]):
+        """The Keras model whose batch forks after the first of the Keras layers ``targets``: its first
+        half of every output is the plain model's, the second half the dropout one (weights shared;
+        built once per set of layers), and its ``Fork`` layers, in the order of ``targets``."""
+        key = ("fork", targets)
+        if key not in self._perturbed:
+            from csbdeep.utils.tf import keras_import
+
+            clone_model, tree = keras_import("models", "clone_model"), keras_import("tree")
+            Fork, Repeat = _fork_layers()
+            forks: dict[str, Any] = {}
+            forked: set[int] = set()  # ids of the tensors holding clean + perturbed halves
+
+            def call(layer, *args, **kwargs):
+                inputs = tree.flatten((args, kwargs))
+                if any(id(tensor) in forked for tensor in inputs):
+                    # a tensor from before the fork meets the forked half (a skip connection): double it
+                    args, kwargs = tree.map_structure(
+                        lambda t: t if id(t) in forked or not hasattr(t, "shape") else Repeat()(t), (args, kwargs))
+                    output = layer(*args, **kwargs)
+                    if layer.name in targets:
+                        output = forks.setdefault(layer.name, Fork(True, name=f"cte_kit_fork_{layer.name}"))(output)
+                elif layer.name in targets:
+                    output = forks.setdefault(layer.name, Fork(False, name=f"cte_kit_fork_{layer.name}"))(layer(*args, **kwargs))
+                else:
+                    return layer(*args, **kwargs)
+                forked.update(id(tensor) for tensor in tree.flatten(output))
+                return output
+
+            rebuilt = clone_model(self.stardist.keras_model, clone_function=lambda layer: layer, call_function=call)
+            if not all(id(tensor) in forked for tensor in rebuilt.outputs):
+                raise RuntimeError(f"model {self.name!r}: an output does not depend on the perturbed layers {list(targets)}")
+            self._perturbed[key] = (rebuilt, [forks[name] for name in targets])
+        return self._perturbed[key]
+
+    def _forks(self, layers: Sequence[str]) -> bool:
+        return True
+
+    @contextlib.contextmanager
+    def _relay(self, layers: Sequence[str], rate: float, seed: int):
+        """StarDist's ``keras_model`` is a stand-in whose ``predict`` runs the forked model (see
+        :class:`~cte_kit.models._common.Relay`); the masks are those of :meth:`_dropout`."""
+        forked, forks = self._forked_model(tuple(self._keras_names[name] for name in layers))
+        masks = channel_scales([int(fork.scale.shape[0]) for fork in forks], rate, seed)
+        for fork, mask in zip(forks, masks):
+            fork.scale.assign(mask.numpy())
+
+        def halves(x, **kwargs):
+            outputs = forked.predict(x, **kwargs)
+            half = len(x)
+            return [output[:half] for output in outputs], [output[half:] for output in outputs]
+
+        relay = Relay(halves)
+        plain = self.stardist.keras_model
+        self.stardist.keras_model = _RelayedKeras(relay)
+        try:
+            yield relay
+        finally:
+            self.stardist.keras_model = plain
+
     @contextlib.contextmanager
     def _dropout(self, layers: Sequence[str], rate: float, seed: int):
         if rate == 0.0:
@@ -305,6 +399,16 @@ class StarDistModel(PerImageDropout, SegmentationModel):
     def feature_modules(self, layers: Sequence[str]) -> list:
         raise TypeError("StarDist is a Keras model and has no torch modules: its grey-box pass rebuilds the "
                         "Keras model around the perturbed layers instead (StarDistModel._dropout)")
+
+
+class _RelayedKeras:
+    """What StarDist's prediction needs of its Keras model (``predict``), answered by a Relay."""
+
+    def __init__(self, relay: Relay):
+        self._relay = relay
+
+    def predict(self, x, **kwargs):
+        return self._relay(x, **kwargs)
 
 
 def _keras_layer_names(stardist, bottleneck: str) -> dict[str, str]:

@@ -102,8 +102,9 @@ class UNet(nn.Module):
         for decoder in self.decoders:
             skip = skips.pop()
             if skip.shape[0] != x.shape[0]:
-                # A hook doubled the batch after this skip was computed: share it.
-                skip = skip.repeat(x.shape[0] // skip.shape[0], 1, 1, 1)
+                # A hook doubled the batch after this skip was computed: share it (cat, unlike
+                # repeat, keeps the channels-last memory the convolutions are fastest in)
+                skip = torch.cat([skip] * (x.shape[0] // skip.shape[0]))
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
             x = decoder(torch.cat([skip, x], dim=1))
         return self.head(x)

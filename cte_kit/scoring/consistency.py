@@ -242,14 +242,17 @@ def _field(prediction: Prediction, field: str, kind: str, role: str) -> np.ndarr
 
 
 def prediction_foreground(prediction: Prediction) -> np.ndarray:
-    """Probability map if there is one, else the labels' foreground as a bool mask.
+    """The instance labels' foreground as a bool mask if there are labels, else the probability map.
 
     Binarised at a model's threshold (``> threshold``) it is the foreground that hard
-    consistency compares and the guards judge.
+    consistency compares, F1 and IoU score and the guards judge. The labels come first so that
+    every adapter means the same thing by foreground: StarDist's object probability is high only
+    near object centres (its masks are the star-convex polygons), and Cellpose's masks are what
+    its flows and size filter keep of the cell-probability map.
     """
-    if prediction.probability is not None:
-        return prediction.probability
-    return check_label_image(prediction.labels) > 0
+    if prediction.labels is not None:
+        return check_label_image(prediction.labels) > 0
+    return prediction.probability
 
 
 def pair_consistency(
@@ -261,8 +264,9 @@ def pair_consistency(
     ----------
     clean, perturbed : Prediction
     kind : {'hard', 'soft', 'instance'}
-        ``hard`` uses the probability maps, or the labels' foreground (``labels > 0``) of a
-        prediction without one; ``soft`` needs probability maps; ``instance`` needs labels.
+        ``hard`` uses the labels' foreground (``labels > 0``), or the probability map of a
+        prediction without labels (:func:`prediction_foreground`); ``soft`` needs probability
+        maps; ``instance`` needs labels.
     threshold : float
         Foreground threshold of the probability maps (hard, soft).
     boundary : int
