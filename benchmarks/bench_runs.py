@@ -17,7 +17,8 @@ hard and instance consistency).
    (a model and 16 images) as the runner writes them, with and without the clean-prediction blobs,
    against the sweep's compute time per row; file size per row.
 3. ``rank``: ``cte-kit rank`` of 10 models (the 7 plus 3 copies with other thresholds, hence other
-   model keys) on ``--images`` TIFF files, as a subprocess: wall time and its peak RSS (``os.wait4``
+   model keys) on ``--images`` TIFF files, as a subprocess: wall time, CPU time (user + system,
+   which other load on a shared machine inflates less than wall time) and peak RSS (``os.wait4``
    gives the rusage of that child alone). Then the same pipeline in this process under cProfile,
    split into forward passes, post-processing, consistency, store writes, guards and summary,
    against a plain ``model.predict`` of the same images by every model (the forward reference).
@@ -139,7 +140,7 @@ def bench_dask(bank, target, repeats: int, threads: int, folder: Path) -> tuple[
         name = f"Dask LocalCluster, {workers} worker(s) x 1 thread"
         print(f"{name:<44} {median(starts[workers]):10.2f} {median(times[workers]):8.2f} "
               f"{median(times[workers]) / serial:9.2f}")
-    print(f"Dask scores equal the serial ones: {'yes' if same else 'NO'}")
+    print(f"Dask scores equal the serial ones: {'yes' if same else 'NO'}; load average {os.getloadavg()[0]:.1f}")
     return serial, report.n_written, serial_path
 
 
@@ -188,8 +189,8 @@ def rank_command(bank_file: Path, images: Path, out: Path) -> list[str]:
             "--out", str(out), "--no-progress"] + [arg for c in CONSISTENCIES for arg in ("--consistency", c)]
 
 
-def run_child(command: list[str]) -> tuple[float, float, int]:
-    """Wall time, peak RSS (MiB) and exit code of one subprocess (its own rusage, from wait4)."""
+def run_child(command: list[str]) -> tuple[float, float, float]:
+    """Wall time, CPU time (user + system, s) and peak RSS (MiB) of one subprocess (its own rusage, from wait4)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -200,7 +201,7 @@ def run_child(command: list[str]) -> tuple[float, float, int]:
     child.stderr.close()
     if child.returncode not in (0, 1):
         raise RuntimeError(f"{' '.join(command)} exited {child.returncode}:\n{error}")
-    return seconds, usage.ru_maxrss / 1024, child.returncode
+    return seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def write_target(images, names, folder: Path) -> Path:
@@ -217,15 +218,16 @@ def bench_rank(bank, images, names, repeats: int, folder: Path, parts: set) -> N
     runs, resumes = [], []
     print(f"\n3./4. cte-kit rank: {len(bank)} models x {len(images)} images of {images[0].shape[0]} px (TIFF), "
           f"gamma:0.7 hard + instance, torch default threads ({torch.get_num_threads()}); medians of {repeats}")
-    print(f"{'what':<44} {'wall s':>8} {'peak RSS MiB':>13} {'/ first run':>12}")
+    print(f"{'what':<40} {'wall s':>7} {'CPU s':>7} {'peak RSS MiB':>13} {'/ first run':>12}")
     out = folder / "rank_0.sqlite"
     if "rank" in parts:
         for repeat in range(repeats):
             out = folder / f"rank_{repeat}.sqlite"
             runs.append(run_child(rank_command(bank_file, image_dir, out)))
         first = median(r[0] for r in runs)
-        print(f"{'rank, empty store (reference)':<44} {first:8.1f} {median(r[1] for r in runs):13.0f} {1:12.2f}  "
-              f"(each run: {', '.join(f'{r[0]:.1f}' for r in runs)} s; goal < 90 s)")
+        print(f"{'rank, empty store (reference)':<40} {first:7.1f} {median(r[1] for r in runs):7.1f} "
+              f"{median(r[2] for r in runs):13.0f} {1:12.2f}  (wall of each: {', '.join(f'{r[0]:.1f}' for r in runs)} s; "
+              f"goal < 90 s; load {os.getloadavg()[0]:.1f})")
     if "resume" in parts:
         if not out.exists():
             run_child(rank_command(bank_file, image_dir, out))
@@ -233,7 +235,8 @@ def bench_rank(bank, images, names, repeats: int, folder: Path, parts: set) -> N
             resumes.append(run_child(rank_command(bank_file, image_dir, out)))
         again = median(r[0] for r in resumes)
         ratio = f"{again / first:12.3f}" if runs else f"{'-':>12}"
-        print(f"{'rank again, complete store (resume)':<44} {again:8.1f} {median(r[1] for r in resumes):13.0f} {ratio}")
+        print(f"{'rank again, complete store (resume)':<40} {again:7.1f} {median(r[1] for r in resumes):7.1f} "
+              f"{median(r[2] for r in resumes):13.0f} {ratio}")
     if "rank" in parts:
         profile_rank(bank, images, names, folder)
 
@@ -258,15 +261,16 @@ def profile_rank(bank, images, names, folder: Path) -> None:
         return summarize_results(rows, models=ranked, guards=sweep_guards(out, ranked, names))
 
     profiler = cProfile.Profile()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     profiler.runcall(pipeline)
-    total = time.perf_counter() - start
+    total, cpu = time.perf_counter() - start, time.process_time() - cpu
     stats = pstats.Stats(profiler)
     print(f"\n3. Where the time goes: the rank pipeline in this process under cProfile ({torch.get_num_threads()} "
           "threads), against a plain model.predict of the same images by every model")
     print(f"{'what':<44} {'seconds':>8} {'/ predict':>10} {'% of run':>9}")
     print(f"{'model.predict, every model (reference)':<44} {reference:8.1f} {1:10.2f} {'-':>9}")
-    print(f"{'whole pipeline (run, results, guards, summary)':<44} {total:8.1f} {total / reference:10.2f} {100:9.0f}")
+    print(f"{'whole pipeline (run, results, guards, summary)':<44} {total:8.1f} {total / reference:10.2f} {100:9.0f}"
+          f"  ({cpu:.1f} CPU s; load {os.getloadavg()[0]:.1f})")
     for label, file, function in BUCKETS:
         seconds = _cumulative(stats, file, function)
         print(f"{'  ' + label:<44} {seconds:8.1f} {seconds / reference:10.2f} {100 * seconds / total:9.1f}")
