@@ -8,7 +8,7 @@ Protocol (shared data only, bank from ``benchmarks/dsb_bank.py``):
   defaults 40 images and 256 px keep the sweep of a 14-model bank within ~1 h of a 2-core
   machine, two targets at a time with ``--jobs 2``);
 * the bank minus the target's own models (every model trained on that sub-domain) is ranked;
-* every perturbation setting is swept once per target with :func:`cte_kit.runs.sweep.run_sweep`
+* every perturbation setting is swept once per target with :func:`cte_kit.evaluation.sweep.run_sweep`
   (rows cached in ``OUT/<target>_n<N>_c<S>.csv``; a rerun computes only what is missing);
 * each *option* (a perturbation setting, N_pert, statistic, label-free choice, rank combination,
   or the kit's default pairing of each consistency with its own perturbation) turns the
@@ -342,7 +342,7 @@ def sweep_target(entries, images, labels, names, csv, domain, fast, settings, th
 
     torch.set_num_threads(threads)
     from cte_kit.perturb import parse_perturbation
-    from cte_kit.runs.sweep import run_sweep
+    from cte_kit.evaluation.sweep import run_sweep
 
     lines = []
     for n_pert, group in sweep_groups(fast, settings):
@@ -423,7 +423,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    from cte_kit.runs.sweep import read_results, sweep_guards
+    from cte_kit.evaluation.sweep import read_results, sweep_guards
 
     bank_dir, out = Path(args.bank), Path(args.out)
     if not (bank_dir / "bank.yaml").exists():
