@@ -79,7 +79,7 @@ def test_slider_change_runs_the_callback_and_matches_the_estimator(bank, target)
     explorer = perturbation_explorer(model, image, draw=False)
     explorer.sliders["noise"].value = 0.2  # what a user's drag does: the observer recomputes
     clean, perturbed = _pair(model, image, InputPerturbation("noise", 0.2))
-    expected = hard_consistency(clean.probability, perturbed.probability, model.threshold)
+    expected = hard_consistency(clean.labels > 0, perturbed.labels > 0)  # the masks' foreground, as every adapter
     assert explorer.values["input"]["label"] == "noise:0.2"
     assert explorer.values["input"]["hard"] == pytest.approx(expected, abs=1e-12)
     assert explorer.values["input"]["hard"] < 1.0
@@ -101,7 +101,7 @@ def test_dropout_slider_matches_hard_consistency(bank, target):
     for rate in (0.3, 0.6):
         result = explorer.update(dropout=rate)
         clean, perturbed = _pair(model, image, FeatureDropout(rate), seed=0)
-        expected = hard_consistency(clean.probability, perturbed.probability, model.threshold)
+        expected = hard_consistency(clean.labels > 0, perturbed.labels > 0)  # the masks' foreground, as every adapter
         assert result["dropout"]["hard"] == pytest.approx(expected, abs=1e-12)
         assert result["dropout"]["label"] == f"dropout:{rate:g}"
         values[rate] = result["dropout"]["hard"]

@@ -23,7 +23,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..scoring.consistency import hard_consistency, instance_consistency, soft_consistency
-from ..types import Prediction
+from ..types import Prediction, content_name, image_id
 from ..models.base import SegmentationModel
 from ..perturb import image_seed
 from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation
@@ -178,7 +178,7 @@ class PerturbationExplorer:
         estimator's.
         """
         settings = self.settings() if settings is None else settings
-        rng = np.random.default_rng(image_seed(int(settings["seed"]), 0, 0))
+        rng = np.random.default_rng(image_seed(int(settings["seed"]), image_id(content_name(self.raw)), 0))
         array = self.normalised
         for perturbation in self.input_perturbations(settings):
             array = perturbation.apply(array, rng)
