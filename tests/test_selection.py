@@ -179,7 +179,7 @@ def test_symmetric_dropout_pair_matches_unforked_hooks():
     model = _unet_model(levels=3)
     rng = np.random.default_rng(1)
     images = [rng.random((32, 32)).astype(np.float32) for _ in range(2)]
-    pairs = model.predict_pairs(images, FeatureDropout(0.5, ("sym1",)), seed=3)
+    pairs = model.predict_pairs(images, FeatureDropout(0.5, ("sym1",)), seed=3, image_ids=[0, 1])
     clean = model.predict(images)
     for pair, reference in zip(pairs, clean):
         np.testing.assert_allclose(pair.clean.probability, reference.probability, atol=1e-5)
