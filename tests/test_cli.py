@@ -254,7 +254,6 @@ def test_a_bug_is_not_bad_input(tmp_path, monkeypatch, capsys):
 
 
 def test_sweep_config_on_a_local_cluster_equals_the_serial_sweep(tmp_path, target, capsys):
-    pytest.importorskip("distributed")
     bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
     config = tmp_path / "sweep.yaml"
     config.write_text(f"""bank: {bank.name}

@@ -174,7 +174,6 @@ def test_a_model_failing_on_one_image_is_recorded_and_the_rest_completes(tmp_pat
 
 
 def test_a_local_dask_cluster_gives_the_serial_table(tmp_path, target):
-    pytest.importorskip("distributed")
     from cte_kit.runs.backends import DaskBackend
 
     import torch

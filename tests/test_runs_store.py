@@ -5,6 +5,7 @@ import math
 import sqlite3
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from cte_kit.runs.store import (KIND, SCHEMA_VERSION, Failure, ResultStore, Score, StoreError, file_digest,
@@ -144,7 +145,6 @@ def test_csv_export(tmp_path):
 
 
 def test_parquet_export(tmp_path):
-    pq = pytest.importorskip("pyarrow.parquet")
     with _filled(tmp_path / "s.sqlite") as store:
         store.to_parquet(tmp_path / "s.parquet")
     table = pq.read_table(tmp_path / "s.parquet").to_pydict()
