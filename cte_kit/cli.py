@@ -388,10 +388,10 @@ def _run_rank(args) -> int:
 
 
 def _run_sweep(args) -> int:
-    from .evaluation.performance import fill_performance
+    from .evaluation.performance import fill_performance, scored_rows
     from .evaluation.config import read_sweep_config
     from .evaluation.summary import summarize_results
-    from .runs.runner import rows as stored_rows, run, store_guards
+    from .runs.runner import run, store_guards
     from .runs.store import ResultStore
     from .teaching.demo import format_table
 
@@ -414,11 +414,8 @@ def _run_sweep(args) -> int:
                 if missing:
                     print(f"[{run_target.name}] not ranked, rows missing: "
                           + ", ".join(f"{name} ({n})" for name, n in missing.items()), file=sys.stderr)
-                found = stored_rows(store, {n: report.models[n] for n in names}, report.images[run_target.name],
+                found = scored_rows(store, {n: report.models[n] for n in names}, report.images[run_target.name],
                                     report.settings)
-                truth = store.performance()
-                for row in found:
-                    row.update(truth.get((row.pop("model_key"), row.pop("image_key")), {}))
                 if not found:
                     continue
                 guards = store_guards(store, report, run_target.name, names)

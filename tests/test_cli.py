@@ -278,3 +278,20 @@ consistencies: [hard, instance]
         assert all(a == b or abs(a - b) < 1e-6 for *_, a, b in pairs)  # a worker's 1 thread sums floats its own way
     document = json.loads((tmp_path / "serial.json").read_text())
     assert len(document["targets"][0]["settings"]) == 6 and "kendall" in document["targets"][0]["settings"][0]
+
+
+def test_sweep_without_labels_ranks_and_reports_no_correlation(tmp_path, target, capsys):
+    bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"""bank: {bank.name}
+targets:
+  - name: unlabelled
+    images: {target / "images"}
+perturbations: [gamma:0.7]
+consistencies: [hard]
+""")
+    assert main(["sweep", str(config), "--out", str(tmp_path / "s.sqlite"), "--no-progress",
+                 "--summary", str(tmp_path / "s.json")]) == 0
+    assert "[unlabelled] gamma:0.7" in capsys.readouterr().out
+    (setting,) = json.loads((tmp_path / "s.json").read_text())["targets"][0]["settings"]
+    assert setting.get("kendall") is None and {row["name"] for row in setting["models"]} == {"near_target", "sharp_clean"}

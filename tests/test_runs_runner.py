@@ -188,6 +188,9 @@ def test_a_local_dask_cluster_gives_the_serial_table(tmp_path, target):
         torch.set_num_threads(threads)
     with DaskBackend(workers=2) as backend, ResultStore(tmp_path / "dask.sqlite") as store:
         assert backend.dashboard_link.startswith("http")
+        # the nanny's default trim threshold slows forward passes in workers; the backend removes it
+        trims = backend.client.run(lambda: __import__("os").environ.get("MALLOC_TRIM_THRESHOLD_"))
+        assert list(trims.values()) == [None, None]
         report = run(bank, target, SETTINGS, store, backend=backend, chunk=2, progress=False)
         assert _values(store, report) == expected
         assert store.count("predictions") == 3 * 5

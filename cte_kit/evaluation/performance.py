@@ -11,13 +11,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..data.images import check_labels
+from ..runs.runner import rows
 from ..runs.store import ResultStore, digest
+from ..runs.units import Setting
 from ..scoring.consistency import prediction_foreground
 from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
 from ..types import Prediction
 
 __all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "fill_performance", "labels_key", "performance",
-           "performance_metric_for"]
+           "performance_metric_for", "scored_rows"]
 
 #: Per-image performance metrics: foreground F1 (Dice) and IoU at the model threshold, mean
 #: average precision over IoU 0.5:0.05:0.95 and average precision at IoU 0.5 (DSB2018 definition).
@@ -112,3 +114,21 @@ def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapp
                 "ap50": match_instances(truth, instances, 0.5).accuracy}))
     store.put_performance(rows)
     return len(rows)
+
+
+def scored_rows(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
+                settings: Sequence[Setting] | None = None) -> list[dict]:
+    """Stored CTE rows (:func:`cte_kit.runs.runner.rows`) with the true performance of each clean prediction.
+
+    Returns
+    -------
+    list of dict
+        ``model``, ``image``, ``perturbation``, ``consistency``, ``seed``, ``n_pert``, ``cte`` (NaN: empty
+        foreground) and the :data:`PERFORMANCE_METRICS` (NaN where the store has no labels for the image).
+    """
+    truth = store.performance()
+    missing = dict.fromkeys(PERFORMANCE_METRICS, float("nan"))
+    found = rows(store, models, images, settings)
+    for row in found:
+        row.update(truth.get((row.pop("model_key"), row.pop("image_key")), missing))
+    return found

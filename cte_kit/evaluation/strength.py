@@ -21,13 +21,13 @@ import numpy as np
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
 from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation, Perturbation
-from ..runs.runner import RunTarget, rows, run
+from ..runs.runner import RunTarget, run
 from ..runs.store import ResultStore
 from ..runs.units import Setting
 from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic
 from ..scoring.ranking import Correlations, correlations, rank_scores
 from ..types import content_name
-from .performance import PERFORMANCE_STATISTIC, fill_performance, performance, performance_metric_for
+from .performance import PERFORMANCE_STATISTIC, fill_performance, performance, performance_metric_for, scored_rows
 
 __all__ = ["STRENGTH_KINDS", "perturbation_for", "StrengthSweep", "sweep_strengths", "model_performance"]
 
@@ -221,8 +221,7 @@ def sweep_strengths(
         report = run(scorable, target, settings, store, backend=backend, progress=progress)
         if labels is not None:
             fill_performance(store, report.models, report.images[target.name], dict(zip(names, labels)))
-        found = rows(store, report.models, report.images[target.name], settings)
-        truth = store.performance() if labels is not None else {}
+        found = scored_rows(store, report.models, report.images[target.name], settings)
     finally:
         if own:
             store.close()
@@ -234,7 +233,7 @@ def sweep_strengths(
     for row in found:
         i, j = model_index[row["model"]], image_index[row["image"]]
         per_image[by_label[row["perturbation"]]][i, j] = row["cte"]
-        perf_images[i, j] = truth.get((row["model_key"], row["image_key"]), {}).get(metric, np.nan)
+        perf_images[i, j] = row[metric]
     perf = None
     if labels is not None:
         perf = np.array([float(nan_statistic(v, PERFORMANCE_STATISTIC)) if np.isfinite(v).any() else np.nan

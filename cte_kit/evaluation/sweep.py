@@ -21,11 +21,11 @@ from ..estimators.guards import GuardConfig, ModelGuards
 from ..models.bank import BankEntry
 from ..models.base import SegmentationModel
 from ..perturb import Perturbation
-from ..runs.runner import RunReport, RunTarget, rows, run, store_guards
+from ..runs.runner import RunReport, RunTarget, run, store_guards
 from ..runs.store import Failure, ResultStore
 from ..runs.units import Setting
 from ..types import CTEKitWarning
-from .performance import PERFORMANCE_METRICS, fill_performance
+from .performance import fill_performance, scored_rows
 
 __all__ = ["SweepResult", "read_results", "run_sweep", "sweep_guards"]
 
@@ -159,18 +159,11 @@ def read_results(out: str | Path | ResultStore, result: SweepResult | None = Non
     try:
         if result is not None:
             target = next(iter(result.report.images))
-            found = rows(store, result.report.models, result.report.images[target], result.report.settings)
-        else:
-            models, images = store.latest()
-            found = rows(store, models, images)
-        truth = store.performance()
+            return scored_rows(store, result.report.models, result.report.images[target], result.report.settings)
+        return scored_rows(store, *store.latest())
     finally:
         if not isinstance(out, ResultStore):
             store.close()
-    nan = dict.fromkeys(PERFORMANCE_METRICS, float("nan"))
-    for row in found:
-        row.update(truth.get((row.pop("model_key"), row.pop("image_key")), nan))
-    return found
 
 
 def sweep_guards(out: str | Path | ResultStore, models: Sequence[str], images: Sequence[str],

@@ -298,13 +298,17 @@ class ResultStore:
         return {row[0] for row in self._db.execute("SELECT image_key FROM predictions WHERE model_key = ?", (model_key,))}
 
     def scores(self, model_keys: Sequence[str] | None = None, image_keys: Sequence[str] | None = None) -> list[Score]:
-        """Stored scores, optionally of some models and images only."""
-        rows = self._db.execute("SELECT model_key, image_key, estimator_key, seed, value FROM scores "
-                                "ORDER BY model_key, estimator_key, seed, image_key")
-        models = set(model_keys) if model_keys is not None else None
+        """Stored scores, optionally of some models and images only (ordered by model, estimator, seed, image)."""
         images = set(image_keys) if image_keys is not None else None
-        return [Score(m, i, e, int(s), _null_to_nan(v)) for m, i, e, s, v in rows
-                if (models is None or m in models) and (images is None or i in images)]
+        columns = "SELECT model_key, image_key, estimator_key, seed, value FROM scores"
+        if model_keys is None:
+            batches = [self._db.execute(f"{columns} ORDER BY model_key, estimator_key, seed, image_key")]
+        else:
+            # one primary-key lookup per model: reading the whole table per model grows with the store
+            batches = [self._db.execute(f"{columns} WHERE model_key = ? ORDER BY estimator_key, seed, image_key", (key,))
+                       for key in sorted(set(model_keys))]
+        return [Score(m, i, e, int(s), _null_to_nan(v)) for batch in batches for m, i, e, s, v in batch
+                if images is None or i in images]
 
     def clean_prediction(self, model_key: str, image_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """A stored clean prediction: ``((H, W) bool foreground, (H, W) int32 labels)``, or None.
