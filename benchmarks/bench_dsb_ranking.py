@@ -47,7 +47,7 @@ import yaml
 from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from dsb_bank import BANK, DEFAULT_DATA, DOMAINS, split_folder  # noqa: E402
+from dsb_bank import BANK, DOMAINS, split_folder  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 USABLE_F1 = 0.5

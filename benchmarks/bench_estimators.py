@@ -16,7 +16,7 @@ nothing is recomputed).
                                           [--max-images 16] [--crop 256] [--estimators NAME ...]
                                           [--threads 1] [--otce-pixels 500] [--otce-repeats 3]
 
-Reruns resume from ``OUT/estimates.jsonl``.
+Reruns resume from the result store ``OUT/comparison.sqlite``.
 """
 
 from __future__ import annotations

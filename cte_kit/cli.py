@@ -142,7 +142,7 @@ def _add_compare(subparsers):
     parser = subparsers.add_parser("compare", help="compare transferability estimators (CTE, baselines) on labelled targets",
                                    description="Score a bank with every estimator on targets with labels, and report how well "
                                                "each ranks the models (Kendall, Spearman, Pearson against true F1), what it "
-                                               "needs and what it costs. Scores are cached in OUT; a rerun resumes.")
+                                               "needs and what it costs. Results are kept in OUT/comparison.sqlite; a rerun resumes.")
     parser.add_argument("--bank", required=True, help="bank YAML, or `demo` for the embedded demo bank")
     parser.add_argument("--targets", nargs="+", required=True,
                         help="folders with images/ and labels/, or `demo` for the embedded synthetic target")
@@ -151,11 +151,12 @@ def _add_compare(subparsers):
                              "cte, cte_soft, cte_instance, cte+agreement, entropy, confidence, ei_all, tta, nuno, mano, "
                              "dispersion, agreement, agreement_instance, leep, logme, ccfv, topology, otce, or "
                              "cte:<consistency>:<perturbation>[:<statistic>]")
-    parser.add_argument("--out", required=True, help="folder for comparison.csv/json/png and the score cache")
+    parser.add_argument("--out", required=True, help="folder for comparison.csv/json/png and the result store")
     parser.add_argument("--max-images", type=int, help="use at most this many images per target (seeded subset)")
     parser.add_argument("--crop", type=int, help="centre-crop images to at most CROP x CROP pixels")
     parser.add_argument("--usable", type=float, default=0.5, help="true F1 from which a model is usable (default: 0.5)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over images (default: 200)")
+    _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -177,12 +178,18 @@ def _run_compare(args) -> int:
             targets += list(demo_targets(args.max_images or 16, include_real=False))
         else:
             targets.append(target)
-    comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
-                         usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress)
+    backend = _backend(args)
+    try:
+        comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
+                             usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress, backend=backend)
+    finally:
+        if backend is not None:
+            backend.close()
     print(format_comparison(comparison.rows))
     paths = write_comparison(comparison, args.out)
     print(f"Written: {', '.join(str(path) for path in paths.values())}")
-    return 0
+    _print_failures(comparison.failures)
+    return 1 if comparison.failures else 0
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,7 +32,7 @@ def test_compare_rows_and_resume(tmp_path, target, monkeypatch):
     otce = comparison.rows[3]
     assert otce["n_models"] == 0 and "source:" in otce["not_applicable"] and otce["needs"] == "images+labels+source"
 
-    import cte_kit.evaluation.comparison as module
+    import cte_kit.runs.units as module
 
     def fail(*args, **kwargs):
         raise AssertionError("a rerun must read the cache, not score again")
@@ -83,3 +83,17 @@ def test_cli_compare_on_the_demo_bank(tmp_path, capsys):
     assert (tmp_path / "comparison.png").stat().st_size > 0
     assert "Kendall" in capsys.readouterr().out
     assert main(["compare", "--bank", "demo", "--targets", "demo", "--estimators", "oracle", "--out", str(tmp_path)]) == 2
+
+
+def test_a_model_that_cannot_load_is_a_failure_the_others_are_compared(tmp_path, capsys):
+    entries = [entry.to_dict() for entry in demo_bank_entries()[:3]]
+    entries.append({"name": "broken", "kind": "unet", "path": str(tmp_path / "missing.pt")})
+    bank = tmp_path / "bank.yaml"
+    bank.write_text(yaml.safe_dump({"models": entries}))
+    code = main(["compare", "--bank", str(bank), "--targets", "demo", "--max-images", "3", "--estimators", "confidence",
+                 "--out", str(tmp_path / "out"), "--n-boot", "0", "--no-progress"])
+    assert code == 1
+    assert "FAILED broken (load)" in capsys.readouterr().err
+    with (tmp_path / "out" / "comparison.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["n_models"] == "3" and "failed" in row["not_applicable"] and "does not exist" in row["not_applicable"]

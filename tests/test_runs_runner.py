@@ -10,9 +10,10 @@ from cte_kit.models.bank import BankEntry
 from cte_kit.models.unet import UNetModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
 from cte_kit.runs.backends import SerialBackend
-from cte_kit.runs.runner import RunTarget, model_identity, rows, run
+from cte_kit.estimators import parse_estimator
+from cte_kit.runs.runner import RunTarget, estimate, model_identity, rows, run
 from cte_kit.runs.store import ResultStore
-from cte_kit.runs.units import Setting, estimator_key, parse_estimator_key
+from cte_kit.runs.units import FORWARD_KEY, Setting, estimator_key, parse_estimator_key
 from cte_kit.scoring.consistency import hard_consistency, soft_consistency
 from cte_kit.teaching.demo import demo_checkpoint
 from cte_kit.types import image_id
@@ -37,6 +38,10 @@ def _entry(name, **settings):
 def _values(store, report, target="t"):
     return {(r["model"], r["image"], r["perturbation"], r["consistency"]): r["cte"]
             for r in rows(store, report.models, report.images[target], report.settings)}
+
+
+def _scores(report):
+    return {(key, model): (e.score, e.per_image) for key, found in report.results.items() for model, e in found.items()}
 
 
 def test_estimator_keys_name_every_parameter():
@@ -181,9 +186,11 @@ def test_a_local_dask_cluster_gives_the_serial_table(tmp_path, target):
     bank = [_entry("near_target"), _entry("sharp_clean"), _entry("very_noisy")]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a Dask worker computes: the same float sums, so the same bits
+    chosen = [parse_estimator("entropy"), parse_estimator("agreement")]
     try:
         with ResultStore(tmp_path / "serial.sqlite") as serial:
             expected = _values(serial, run(bank, target, SETTINGS, serial, chunk=2, progress=False))
+            expected_estimates = _scores(estimate(bank, target, chosen, serial, progress=False))
     finally:
         torch.set_num_threads(threads)
     with DaskBackend(workers=2) as backend, ResultStore(tmp_path / "dask.sqlite") as store:
@@ -193,4 +200,48 @@ def test_a_local_dask_cluster_gives_the_serial_table(tmp_path, target):
         assert list(trims.values()) == [None, None]
         report = run(bank, target, SETTINGS, store, backend=backend, chunk=2, progress=False)
         assert _values(store, report) == expected
+        assert _scores(estimate(bank, target, chosen, store, backend=backend, progress=False)) == expected_estimates
         assert store.count("predictions") == 3 * 5
+
+
+def test_estimate_hands_labels_only_where_needed_resumes_and_recomputes_on_new_labels(tmp_path, data, target,
+                                                                                      monkeypatch):
+    import cte_kit.runs.units as units
+    from scipy.stats import rankdata
+
+    calls = []
+    original = units.run_estimator
+
+    def spy(estimator, models, *args, labels=None, **kwargs):
+        calls.append((estimator.name, labels is not None))
+        return original(estimator, models, *args, labels=labels, **kwargs)
+
+    monkeypatch.setattr(units, "run_estimator", spy)
+    bank = [_entry("near_target"), _entry("sharp_clean"), _entry("very_noisy"),
+            BankEntry("broken", "unet", str(tmp_path / "missing.pt"))]
+    chosen = [parse_estimator("entropy"), parse_estimator("leep"), parse_estimator("cte+agreement")]
+    labels = list(data.labels)
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        report = estimate(bank, target, chosen, store, labels=labels, progress=False)
+        assert sorted(set(calls)) == [("cte", False), ("entropy", False), ("leep", True)]
+        assert [(f.model, f.setting) for f in report.failures] == [("broken", "load")]
+        working = ["near_target", "sharp_clean", "very_noisy"]
+        assert list(report.forward) == working and all(seconds > 0 for seconds in report.forward.values())
+        for estimator in [*chosen, *chosen[2].components]:
+            found = report.results[estimator.key]
+            assert list(found) == working and all(not e.note and len(e.per_image) == 5 for e in found.values())
+        # the Borda count of the two components' scores, by hand with scipy's ranks
+        cte, agreement = ([report.results[c.key][n].score for n in working] for c in chosen[2].components)
+        borda = ((3 - rankdata(-np.array(cte))) / 2 + (3 - rankdata(-np.array(agreement))) / 2) / 2
+        assert [report.results[chosen[2].key][n].score for n in working] == pytest.approx(borda)
+        assert report.results[chosen[1].key]["near_target"].cost > 0
+
+        calls.clear()
+        again = estimate(bank, target, chosen, store, labels=labels, progress=False)
+        assert calls == [] and again.n_written == 0 and again.results == report.results
+
+        relabelled = [np.where(l > 0, l + 1, 0) for l in labels]  # other labels: the label-based estimate only
+        fresh = estimate(bank, target, chosen, store, labels=relabelled, progress=False)
+        assert calls == [("leep", True)] * 3 and fresh.n_written == 3 * 2  # LEEP and the clean pass it reads
+        assert store.count("estimates") == 3 * (2 + 3 + 1) + 3  # + the relabelled LEEP rows
+        assert {key for (_, _, key) in store.estimates([model_identity(bank[0])[0]])} >= {FORWARD_KEY, chosen[1].key}

@@ -25,7 +25,7 @@ from typing import ClassVar, Sequence
 
 import numpy as np
 
-from ..models.base import NotGreyBoxError, SegmentationModel
+from ..models.base import ModelTraits, NotGreyBoxError, SegmentationModel
 from ..types import Prediction
 
 __all__ = [
@@ -161,7 +161,7 @@ class Estimator(abc.ABC):
     def label_free(self) -> bool:
         return not self.needs
 
-    def not_applicable(self, model: SegmentationModel) -> str | None:
+    def not_applicable(self, model: SegmentationModel | ModelTraits) -> str | None:
         """Why this estimator cannot score ``model`` (None when it can)."""
         return not_applicable(self.reads, model)
 
@@ -173,6 +173,23 @@ class Estimator(abc.ABC):
         """Score every model of a bank; ``data[i]`` belongs to ``models[i]``."""
         return [self.score(model, item) for model, item in zip(models, data)]
 
+    def score_kept(self, models: Sequence[str], kept: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[EstimatorResult]:
+        """Score a bank from its clean foregrounds and instance labels alone (what a run's store keeps).
+
+        Parameters
+        ----------
+        models : sequence of str
+            Model names.
+        kept : sequence (one per model) of sequences (one per image) of ((H, W) bool, (H, W) int) pairs
+            Each model's clean foreground (at its threshold) and instance labels.
+
+        Raises
+        ------
+        NotImplementedError
+            The estimator needs more than the clean masks (images, features, probabilities).
+        """
+        raise NotImplementedError(f"estimator {self.name!r} needs more than the stored clean masks")
+
     def result(self, model: SegmentationModel | str, per_image, score: float | None = None) -> EstimatorResult:
         """An :class:`EstimatorResult` under this key; the aggregate defaults to the mean over images."""
         per_image = np.asarray(per_image, dtype=np.float64)
@@ -181,7 +198,7 @@ class Estimator(abc.ABC):
         return EstimatorResult(self.key, model if isinstance(model, str) else model.name, per_image, float(score))
 
 
-def not_applicable(reads: str, model: SegmentationModel) -> str | None:
+def not_applicable(reads: str, model: SegmentationModel | ModelTraits) -> str | None:
     """Why a model cannot give what an estimator reads (None when it can)."""
     if reads == "features" and not model.grey_box:
         return f"{model.name} is a black box: no features"

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..models.base import SegmentationModel
+from ..models.base import ModelTraits, SegmentationModel
 from ..perturb import FeatureDropout, Perturbation, parse_perturbation
 from ..scoring.consistency import (CONSISTENCY_KINDS, DEFAULT_STATISTIC, PAPER_STATISTIC, CTESummary,
                                    image_consistency, summarize)
@@ -170,7 +170,7 @@ class CTE(Estimator):
             object.__setattr__(self, "perturbation", default_perturbation(self.consistency).label)
         parse_perturbation(self.perturbation)  # a bad label fails here, not in the middle of a comparison
 
-    def not_applicable(self, model: SegmentationModel) -> str | None:
+    def not_applicable(self, model: SegmentationModel | ModelTraits) -> str | None:
         if isinstance(parse_perturbation(self.perturbation), FeatureDropout) and not model.grey_box:
             return f"{model.name} is a black box: no feature dropout"
         return not_applicable("instances" if self.consistency == "instance" else "output", model)
@@ -202,7 +202,7 @@ class RankAggregate(Estimator):
         if any(component.needs for component in self.components):
             raise ValueError("combine label-free estimators only: a component needs labels or source data")
 
-    def not_applicable(self, model: SegmentationModel) -> str | None:
+    def not_applicable(self, model: SegmentationModel | ModelTraits) -> str | None:
         reasons = [c.not_applicable(model) for c in self.components]
         return next((reason for reason in reasons if reason), None)
 

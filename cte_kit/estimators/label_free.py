@@ -23,8 +23,9 @@ from typing import Sequence
 import numpy as np
 
 from .guards import foreground_agreement, leave_one_out_consensus, object_agreement
-from ..models.base import SegmentationModel
+from ..models.base import ModelTraits, SegmentationModel
 from ..perturb import parse_perturbation
+from ..scoring.consistency import prediction_foreground
 from .base import Estimator, EstimatorInput, EstimatorResult
 from ..types import name_seed
 from .sampling import default_feature_layer, features_at, pixel_probabilities, sample_pixels
@@ -247,7 +248,7 @@ class EffectiveInvariance(Estimator):
     description = "Effective Invariance over all pixels, no foreground restriction (label-free)"
     uses_predictions = False
 
-    def not_applicable(self, model: SegmentationModel) -> str | None:
+    def not_applicable(self, model: SegmentationModel | ModelTraits) -> str | None:
         if self.perturbation.startswith("dropout") and not model.grey_box:
             return f"{model.name} is a black box: no feature dropout"
         return None
@@ -357,17 +358,21 @@ class BankAgreement(Estimator):
         return "instances" if self.level == "instance" else "output"
 
     def score_bank(self, models: Sequence[SegmentationModel], data: Sequence[EstimatorInput]) -> list[EstimatorResult]:
+        kept = [[(prediction_foreground(p) > model.threshold, p.labels) for p in item.clean(model)]
+                for model, item in zip(models, data)]
+        return self.score_kept([model.name for model in models], kept)
+
+    def score_kept(self, models: Sequence[str], kept: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]) -> list[EstimatorResult]:
         if len(models) < 3:
             raise ValueError(f"bank agreement needs at least 3 models (a majority of the others), got {len(models)}")
-        predictions = [item.clean(model) for model, item in zip(models, data)]
-        n_images = len(data[0].images)
+        n_images = len(kept[0])
         per_image = np.full((len(models), n_images), np.nan)
         for index in range(n_images):
-            masks = np.stack([p[index].probability > m.threshold for p, m in zip(predictions, models)])
+            masks = np.stack([np.asarray(pairs[index][0], dtype=bool) for pairs in kept])
             consensus = leave_one_out_consensus(masks)
-            for k in range(len(models)):
+            for k, pairs in enumerate(kept):
                 if self.level == "semantic":
                     per_image[k, index] = foreground_agreement(consensus[k], masks[k])
                 else:
-                    per_image[k, index] = object_agreement(consensus[k], predictions[k][index].labels)
+                    per_image[k, index] = object_agreement(consensus[k], pairs[index][1])
         return [self.result(model, row) for model, row in zip(models, per_image)]

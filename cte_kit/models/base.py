@@ -30,11 +30,29 @@ from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_o
 from ..types import InputTypeError, Prediction, PredictionPair, content_name, image_id
 from .layers import LayerMap
 
-__all__ = ["SegmentationModel", "NotGreyBoxError"]
+__all__ = ["ModelTraits", "SegmentationModel", "NotGreyBoxError"]
 
 
 class NotGreyBoxError(InputTypeError):
     """Feature perturbation was asked of a model whose internals are not accessible."""
+
+
+@dataclass(frozen=True)
+class ModelTraits:
+    """What a model can give an estimator, known without loading it again (a run's store keeps it).
+
+    Attributes
+    ----------
+    name : str
+    grey_box : bool
+        Whether features can be read and perturbed.
+    output : {'semantic', 'instance', 'both'}
+        What its predictions fill.
+    """
+
+    name: str
+    grey_box: bool
+    output: str
 
 
 @dataclass
@@ -87,6 +105,10 @@ class SegmentationModel(abc.ABC):
     def output(self) -> str:
         """``'semantic'``, ``'instance'`` or ``'both'``: what :meth:`predict` fills."""
         return "both"
+
+    @property
+    def traits(self) -> ModelTraits:
+        return ModelTraits(self.name, self.grey_box, self.output)
 
     def describe(self) -> dict:
         """A small summary for tables and results files."""

@@ -16,13 +16,13 @@ from typing import Iterable, Iterator
 
 from ..models.bank import load_model
 from ..models.base import SegmentationModel
-from .units import Unit, UnitResult, score_unit
+from .units import EstimateUnit, Unit, UnitResult, compute_unit
 
 __all__ = ["DaskBackend", "SerialBackend"]
 
 
-def _load(unit: Unit, cache: dict) -> SegmentationModel | None:
-    """The unit's model from ``cache`` (loaded on first use), or None when loading fails (score_unit records why)."""
+def _load(unit: Unit | EstimateUnit, cache: dict) -> SegmentationModel | None:
+    """The unit's model from ``cache`` (loaded on first use), or None when loading fails (compute_unit records why)."""
     if isinstance(unit.model, SegmentationModel):
         return unit.model
     if unit.model_key not in cache:
@@ -36,20 +36,20 @@ def _load(unit: Unit, cache: dict) -> SegmentationModel | None:
 class SerialBackend:
     """Compute units one after the other in this process, loading each model once."""
 
-    def map(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
+    def map(self, units: Iterable[Unit | EstimateUnit]) -> Iterator[tuple[Unit | EstimateUnit, UnitResult]]:
         cache: dict = {}
         for unit in units:
-            yield unit, score_unit(unit, _load(unit, cache))
+            yield unit, compute_unit(unit, _load(unit, cache))
 
 
-def _worker_score(unit: Unit) -> UnitResult:
+def _worker_score(unit: Unit | EstimateUnit) -> UnitResult:
     from distributed import get_worker
 
     worker = get_worker()
     cache = getattr(worker, "_cte_kit_models", None)
     if cache is None:
         cache = worker._cte_kit_models = {}
-    return score_unit(unit, _load(unit, cache))
+    return compute_unit(unit, _load(unit, cache))
 
 
 class DaskBackend:
@@ -101,7 +101,7 @@ class DaskBackend:
     def dashboard_link(self) -> str:
         return self.client.dashboard_link
 
-    def map(self, units: Iterable[Unit]) -> Iterator[tuple[Unit, UnitResult]]:
+    def map(self, units: Iterable[Unit | EstimateUnit]) -> Iterator[tuple[Unit | EstimateUnit, UnitResult]]:
         from distributed import as_completed
 
         units = list(units)

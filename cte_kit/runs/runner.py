@@ -16,21 +16,25 @@ floor's, from the stored clean predictions.
 from __future__ import annotations
 
 import dataclasses
+import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..estimators.base import Estimator, EstimatorResult, SourceData
+from ..estimators.cte import RankAggregate
 from ..estimators.guards import GuardConfig, ModelGuards, compute_guards
 from ..models.bank import BankEntry
-from ..models.base import SegmentationModel
+from ..models.base import ModelTraits, SegmentationModel
 from .backends import SerialBackend
-from .store import ResultStore, describe, digest, file_digest, image_key, kit_version
-from .units import Setting, Unit, parse_estimator_key
+from .store import Estimate, Failure, ResultStore, describe, digest, file_digest, image_key, kit_version
+from .units import FORWARD_KEY, EstimateUnit, Setting, Unit, parse_estimator_key
 from ..types import InputTypeError
 
-__all__ = ["CHUNK", "RunReport", "RunTarget", "model_identity", "plan", "rows", "run", "store_guards"]
+__all__ = ["CHUNK", "EstimateReport", "RunReport", "RunTarget", "estimate", "model_identity", "plan", "rows", "run",
+           "store_guards"]
 
 #: Images per unit of work: the granularity of resuming and of spreading work over Dask workers.
 CHUNK = 16
@@ -138,21 +142,27 @@ def _chunks(keys: Sequence[str], size: int) -> list[list[int]]:
     return [order[start:start + size] for start in range(0, len(order), size)]
 
 
+def _identities(bank: Sequence[BankEntry | SegmentationModel]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """``({model name: model key}, {model key: (name, description)})`` in bank order; refuses duplicate names."""
+    names = [item.name for item in bank]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate model names in the bank: {duplicates}")
+    models, descriptions = {}, {}
+    for item in bank:
+        key, description = model_identity(item)
+        models[item.name] = key
+        descriptions[key] = (item.name, description)
+    return models, descriptions
+
+
 def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTarget], settings: Sequence[Setting],
          store: ResultStore, chunk: int = CHUNK) -> tuple[RunReport, list[Unit], dict]:
     """The units a run still has to compute, the report it starts from and the models' descriptions."""
     if not settings:
         raise ValueError("give at least one setting (perturbation)")
-    names = [item.name for item in bank]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"duplicate model names in the bank: {duplicates}")
-    report = RunReport(settings=tuple(settings))
-    descriptions = {}
-    for item in bank:
-        key, description = model_identity(item)
-        report.models[item.name] = key
-        descriptions[key] = (item.name, description)
+    models, descriptions = _identities(bank)
+    report = RunReport(models=models, settings=tuple(settings))
     units = []
     for target in targets:
         keys = target.keys()
@@ -206,19 +216,26 @@ def run(bank: Sequence[BankEntry | SegmentationModel], targets: RunTarget | Sequ
     targets = [targets] if isinstance(targets, RunTarget) else list(targets)
     settings = [settings] if isinstance(settings, Setting) else list(settings)
     report, units, descriptions = plan(bank, targets, settings, store, chunk)
+    _execute(units, store, backend, descriptions, targets, report, progress, "models x image chunks")
+    return report
+
+
+def _execute(units: Sequence[Unit | EstimateUnit], store: ResultStore, backend, descriptions: Mapping,
+             targets: Sequence[RunTarget], report: RunReport | EstimateReport, progress: bool, description: str) -> None:
+    """The loop: compute units on the backend and write each one's results in one transaction as it completes."""
     backend = backend if backend is not None else SerialBackend()
     images = {key: (name, *np.shape(image)[:2]) for target in targets
               for name, image, key in zip(target.names, target.images, target.keys())}
-    bar = tqdm(total=len(units), desc="models x image chunks", disable=not progress or not units)
+    bar = tqdm(total=len(units), desc=description, disable=not progress or not units)
     for unit, result in backend.map(units):
         report.n_written += store.write(models={unit.model_key: descriptions[unit.model_key]},
                                         images={k: images[k] for k in unit.image_keys}, scores=result.scores,
                                         predictions={(unit.model_key, k): v for k, v in result.predictions.items()},
-                                        failures=result.failures)
+                                        failures=result.failures, estimates=result.estimates,
+                                        traits={unit.model_key: result.traits} if result.traits else {})
         report.failures.extend(result.failures)
         bar.update(1)
     bar.close()
-    return report
 
 
 def store_guards(store: ResultStore, report: RunReport, target: str, models: Sequence[str] | None = None,
@@ -261,3 +278,181 @@ def rows(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str
     found.sort(key=lambda r: (r["perturbation"], r["consistency"], r["seed"], r["n_pert"], model_order[r["model"]],
                               image_order[r["image"]]))
     return found
+
+
+@dataclass
+class EstimateReport:
+    """What :func:`estimate` found on one target.
+
+    Attributes
+    ----------
+    models : dict of str -> str
+        Model name -> model key, in bank order.
+    images : dict of str -> str
+        Image name -> image key, in target order.
+    results : dict of str -> dict of str -> Estimate
+        Estimator key -> {model name: Estimate}; a model that failed (see ``failures``) is absent.
+    forward : dict of str -> float
+        Seconds of each model's clean forward pass over the target (the unit of every cost).
+    n_written : int
+        Rows computed now.
+    failures : list of Failure
+    """
+
+    models: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    forward: dict = field(default_factory=dict)
+    n_written: int = 0
+    failures: list = field(default_factory=list)
+
+
+def _with_components(estimators: Sequence[Estimator]) -> list[Estimator]:
+    """The estimators and, before each rank aggregate, its components (once each)."""
+    found: dict[str, Estimator] = {}
+
+    def add(estimator: Estimator) -> None:
+        if isinstance(estimator, RankAggregate):
+            for component in estimator.components:
+                add(component)
+        found.setdefault(estimator.key, estimator)
+
+    for estimator in estimators:
+        add(estimator)
+    return list(found.values())
+
+
+def _arrays_digest(arrays: Sequence[np.ndarray]) -> str:
+    return digest(*(part for array in arrays for part in (str(np.asarray(array).dtype), str(np.shape(array)),
+                                                         np.ascontiguousarray(array).tobytes())))
+
+
+def _inputs_key(estimator: Estimator, images: str, labels: str | None, source: SourceData | None) -> str:
+    """What an estimator's result depends on besides the model: the images, and the labels and source it reads."""
+    parts = [images]
+    if "labels" in estimator.needs:
+        parts.append(labels or "no labels")
+    if "source" in estimator.needs:
+        parts.append(_arrays_digest([*source.images, *source.labels]) if source is not None else "no source")
+    return digest(*parts)
+
+
+def estimate(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, estimators: Sequence[Estimator],
+             store: ResultStore, labels: Sequence[np.ndarray] | None = None,
+             sources: Mapping[str, SourceData | None] | None = None, backend=None,
+             progress: bool = True) -> EstimateReport:
+    """Score a bank on one target with any estimators (:mod:`cte_kit.estimators`), writing to ``store``.
+
+    Model-scope estimators run in units (one model, the whole target) on the backend, which
+    predicts each image clean once for all of them; bank-scope estimators (bank agreement, rank
+    aggregates) are computed here from the stored clean masks and the components' results. A
+    result already stored under the same model key, inputs key and estimator key is not recomputed.
+
+    Parameters
+    ----------
+    bank : sequence of BankEntry or SegmentationModel
+    target : RunTarget
+    estimators : sequence of Estimator
+        The components of a rank aggregate are computed (and reported) too.
+    store : ResultStore
+    labels : sequence of (H, W) int arrays, optional
+        The target's labels, one per image: handed only to estimators that declare they need them.
+    sources : mapping of model name -> SourceData, optional
+        Each model's source images and labels: handed only to estimators that need them.
+    backend : SerialBackend or DaskBackend, optional
+    progress : bool
+
+    Returns
+    -------
+    EstimateReport
+    """
+    if labels is not None and len(labels) != len(target.images):
+        raise ValueError(f"target {target.name!r}: {len(target.images)} images but {len(labels)} label images")
+    everything = _with_components(list(estimators))
+    models, descriptions = _identities(bank)
+    report = EstimateReport(models=models, images=dict(zip(target.names, target.keys())))
+    images_key = digest("images", *report.images.values())
+    labels_key = _arrays_digest(labels) if labels is not None else None
+    sources = dict(sources or {})
+    per_model = [e for e in everything if e.scope == "model"]
+    keys = {name: {e.key: _inputs_key(e, images_key, labels_key, sources.get(name)) for e in per_model}
+            for name in models}
+    stored = store.estimates(list(models.values()))
+    units = []
+    for item in bank:
+        model_key, inputs = models[item.name], keys[item.name]
+        todo = [e for e in per_model if (model_key, inputs[e.key], e.key) not in stored]
+        if todo or (model_key, images_key, FORWARD_KEY) not in stored:
+            source = sources.get(item.name) if any("source" in e.needs for e in todo) else None
+            given = tuple(labels) if labels is not None and any("labels" in e.needs for e in todo) else None
+            units.append(EstimateUnit(item, model_key, target.images, target.names, tuple(report.images.values()),
+                                      tuple(todo), tuple(inputs[e.key] for e in todo), images_key, given, source))
+    _execute(units, store, backend, descriptions, [target], report, progress, f"{target.name}: models")
+
+    stored = store.estimates(list(models.values()))
+    traits = store.traits(list(models.values()))
+    # a model is scored when its clean pass over the target is stored (it loaded and predicted)
+    scored = {name: key for name, key in models.items() if (key, images_key, FORWARD_KEY) in stored and key in traits}
+    report.forward = {name: stored[key, images_key, FORWARD_KEY].score for name, key in scored.items()}
+    for estimator in everything:
+        found = report.results.setdefault(estimator.key, {})
+        if estimator.scope == "model":
+            for name, key in scored.items():
+                if (key, keys[name][estimator.key], estimator.key) in stored:
+                    found[name] = stored[key, keys[name][estimator.key], estimator.key]
+            continue
+        found.update(_bank_estimate(estimator, scored, {n: ModelTraits(n, **traits[k]) for n, k in scored.items()},
+                                    images_key, store, report))
+    return report
+
+
+def _bank_estimate(estimator: Estimator, models: Mapping[str, str], traits: Mapping[str, ModelTraits], images_key: str,
+                   store: ResultStore, report: EstimateReport) -> dict[str, Estimate]:
+    """A bank-scope estimator's results, from the store or computed now from stored masks and components."""
+    reasons = {name: estimator.not_applicable(traits[name]) for name in models}
+    members = [name for name in models if reasons[name] is None]
+    if isinstance(estimator, RankAggregate):
+        parts = [report.results[c.key] for c in estimator.components]
+        for name in members:
+            if any(name not in part or part[name].note for part in parts):
+                reasons[name] = f"{name}: a component estimator did not score the model"
+        members = [name for name in members if reasons[name] is None]
+    bank_key = digest(images_key, *sorted(models[name] for name in members))
+
+    def not_applicable(name: str) -> Estimate:
+        return Estimate(models[name], bank_key, estimator.key, float("nan"), (), float("nan"), reasons[name])
+
+    stored = store.estimates([models[name] for name in members])
+    if members and all((models[name], bank_key, estimator.key) in stored for name in members):
+        found = {name: stored[models[name], bank_key, estimator.key] for name in members}
+        return {**found, **{name: not_applicable(name) for name in models if name not in found}}
+    new: dict[str, Estimate] = {}
+    if isinstance(estimator, RankAggregate) and members:
+        combined = estimator.combine([[_result(c.key, name, report.results[c.key][name]) for name in members]
+                                      for c in estimator.components])
+        for name, result in zip(members, combined):
+            cost = sum(report.results[c.key][name].cost for c in estimator.components)
+            new[name] = Estimate(models[name], bank_key, estimator.key, result.score, tuple(map(float, result.per_image)), cost)
+    elif members:
+        kept = [[store.clean_prediction(models[name], key) for key in report.images.values()] for name in members]
+        start = time.perf_counter()
+        try:
+            results = estimator.score_kept(members, kept)
+        except (ValueError, NotImplementedError) as error:
+            reasons.update({name: str(error) for name in members})
+            results = []
+        except Exception as error:
+            report.failures.extend(Failure.from_error(error, models[name], name, estimator.key) for name in members)
+            results = []
+        seconds = (time.perf_counter() - start) / len(members)
+        for name, result in zip(members, results):
+            forward = max(report.forward[name], 1e-9)
+            cost = (seconds + (report.forward[name] if estimator.uses_predictions else 0.0)) / forward
+            new[name] = Estimate(models[name], bank_key, estimator.key, result.score, tuple(map(float, result.per_image)), cost)
+    new.update({name: not_applicable(name) for name in models if name not in new and reasons[name] is not None})
+    report.n_written += store.write(estimates=new.values())
+    return new
+
+
+def _result(key: str, model: str, stored: Estimate) -> EstimatorResult:
+    return EstimatorResult(key, model, np.array(stored.per_image, dtype=float), stored.score)

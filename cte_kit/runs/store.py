@@ -10,8 +10,13 @@ unit in flight and never leaves half of one behind) holds:
   labels, compressed), which the guards and the performance table read instead of predicting again;
 * ``performance`` - true performance per (model key, image key, labels hash), filled by the
   evaluation floor when labels are given, so labels added later cost no CTE recomputation;
+* ``estimates`` - one row per (model key, inputs key, estimator key) of the other estimators
+  (:mod:`cte_kit.estimators`): the model's score, its per-image values and its cost in clean forward
+  passes, or the reason it does not apply; the inputs key hashes the images, and the labels, source
+  data or bank members where the estimator reads them;
 * ``failures`` - what failed, where, with its whole traceback;
-* ``models`` and ``images`` - the human names and settings behind the keys, and ``meta`` - the
+* ``models`` and ``images`` - the human names and settings behind the keys (and what a loaded
+  model can give: features, instances), and ``meta`` - the
   file kind, schema version and the kit version that wrote it.
 
 A **model key** hashes the bank entry's kind, settings and weights (the files' contents) with the
@@ -29,6 +34,7 @@ import json
 import math
 import sqlite3
 import time
+import traceback
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +42,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Failure",
+__all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Estimate", "Failure",
            "describe", "digest", "file_digest", "image_key", "kit_version"]
 
 #: What the ``meta`` table says this file is; another value is a file of another program.
@@ -48,7 +54,8 @@ PERFORMANCE_COLUMNS = ("f1", "iou", "map", "ap50")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS models (model_key TEXT PRIMARY KEY, name TEXT NOT NULL, description TEXT NOT NULL,
+    traits TEXT);
 CREATE TABLE IF NOT EXISTS images (image_key TEXT PRIMARY KEY, name TEXT NOT NULL, height INTEGER, width INTEGER);
 CREATE TABLE IF NOT EXISTS scores (
     model_key TEXT NOT NULL, image_key TEXT NOT NULL, estimator_key TEXT NOT NULL, seed INTEGER NOT NULL,
@@ -59,6 +66,9 @@ CREATE TABLE IF NOT EXISTS predictions (
 CREATE TABLE IF NOT EXISTS performance (
     model_key TEXT NOT NULL, image_key TEXT NOT NULL, labels_key TEXT NOT NULL,
     f1 REAL, iou REAL, map REAL, ap50 REAL, PRIMARY KEY (model_key, image_key, labels_key));
+CREATE TABLE IF NOT EXISTS estimates (
+    model_key TEXT NOT NULL, inputs_key TEXT NOT NULL, estimator_key TEXT NOT NULL, score REAL,
+    per_image TEXT NOT NULL, cost REAL, note TEXT NOT NULL, PRIMARY KEY (model_key, inputs_key, estimator_key));
 CREATE TABLE IF NOT EXISTS failures (
     id INTEGER PRIMARY KEY AUTOINCREMENT, model_key TEXT NOT NULL, model TEXT NOT NULL, image_key TEXT,
     image TEXT, setting TEXT NOT NULL, error TEXT NOT NULL, traceback TEXT NOT NULL, time REAL NOT NULL);
@@ -81,6 +91,32 @@ class Score:
 
 
 @dataclass(frozen=True)
+class Estimate:
+    """One estimator's result for one model on one set of inputs.
+
+    Attributes
+    ----------
+    model_key, inputs_key, estimator_key : str
+    score : float
+        The model's score (NaN: undefined, or not applicable).
+    per_image : tuple of float
+        Per-image values in the target's image order (empty when not applicable).
+    cost : float
+        Wall time in clean forward passes of the same images (NaN when not applicable).
+    note : str
+        Why the estimator does not apply to this model ('' when it does).
+    """
+
+    model_key: str
+    inputs_key: str
+    estimator_key: str
+    score: float
+    per_image: tuple
+    cost: float
+    note: str = ""
+
+
+@dataclass(frozen=True)
 class Failure:
     """A unit of work that raised: which model (and image, when one image was the cause), under which
     setting, the error's last line and its whole traceback."""
@@ -92,6 +128,14 @@ class Failure:
     setting: str
     error: str
     traceback: str
+
+    @classmethod
+    def from_error(cls, error: BaseException, model_key: str, model: str, setting: str, image_key: str | None = None,
+                   image: str | None = None) -> "Failure":
+        """The failure an exception describes, with its last line and its whole traceback."""
+        return cls(model_key, model, image_key, image, setting,
+                   "".join(traceback.format_exception_only(type(error), error)).strip(),
+                   "".join(traceback.format_exception(type(error), error, error.__traceback__)))
 
 
 def kit_version() -> str:
@@ -231,8 +275,9 @@ class ResultStore:
     # -- writing ------------------------------------------------------------------------------
     def write(self, models: Mapping[str, tuple[str, str]] = {}, images: Mapping[str, tuple[str, int, int]] = {},
               scores: Iterable[Score] = (), predictions: Mapping[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {},
-              failures: Iterable[Failure] = ()) -> int:
-        """Upsert one unit of work in one transaction; returns the number of score rows written.
+              failures: Iterable[Failure] = (), estimates: Iterable[Estimate] = (),
+              traits: Mapping[str, Mapping] = {}) -> int:
+        """Upsert one unit of work in one transaction; returns the number of score and estimate rows written.
 
         Parameters
         ----------
@@ -241,11 +286,21 @@ class ResultStore:
         scores : iterable of Score
         predictions : mapping of (model key, image key) -> ((H, W) bool foreground, (H, W) int labels)
         failures : iterable of Failure
+        estimates : iterable of Estimate
+        traits : mapping of model key -> {trait: value}
+            What a loaded model can give (``grey_box``, ``output``), for estimators' applicability.
         """
+        estimate_rows = [(e.model_key, e.inputs_key, e.estimator_key, _nan_to_null(e.score),
+                          json.dumps([_nan_to_null(v) for v in e.per_image]), _nan_to_null(e.cost), e.note)
+                         for e in estimates]
         rows = [(s.model_key, s.image_key, s.estimator_key, int(s.seed), _nan_to_null(s.value)) for s in scores]
         with self._transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO models VALUES (?, ?, ?)",
+            db.executemany("INSERT INTO models (model_key, name, description) VALUES (?, ?, ?) ON CONFLICT (model_key) "
+                           "DO UPDATE SET name = excluded.name, description = excluded.description",
                            [(key, name, description) for key, (name, description) in models.items()])
+            db.executemany("UPDATE models SET traits = ? WHERE model_key = ?",
+                           [(describe(dict(values)), key) for key, values in traits.items()])
+            db.executemany("INSERT OR REPLACE INTO estimates VALUES (?, ?, ?, ?, ?, ?, ?)", estimate_rows)
             db.executemany("INSERT OR REPLACE INTO images VALUES (?, ?, ?, ?)",
                            [(key, name, int(h), int(w)) for key, (name, h, w) in images.items()])
             db.executemany("INSERT OR REPLACE INTO scores VALUES (?, ?, ?, ?, ?)", rows)
@@ -256,7 +311,7 @@ class ResultStore:
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                            [(f.model_key, f.model, f.image_key, f.image, f.setting, f.error, f.traceback, time.time())
                             for f in failures])
-        return len(rows)
+        return len(rows) + len(estimate_rows)
 
     def _transaction(self):
         store = self
@@ -309,6 +364,25 @@ class ResultStore:
                        for key in sorted(set(model_keys))]
         return [Score(m, i, e, int(s), _null_to_nan(v)) for batch in batches for m, i, e, s, v in batch
                 if images is None or i in images]
+
+    def estimates(self, model_keys: Sequence[str]) -> dict[tuple[str, str, str], Estimate]:
+        """``{(model key, inputs key, estimator key): Estimate}`` of these models."""
+        found = {}
+        for key in dict.fromkeys(model_keys):
+            for m, i, e, score, per_image, cost, note in self._db.execute(
+                    "SELECT * FROM estimates WHERE model_key = ?", (key,)):
+                found[m, i, e] = Estimate(m, i, e, _null_to_nan(score), tuple(map(_null_to_nan, json.loads(per_image))),
+                                          _null_to_nan(cost), note)
+        return found
+
+    def traits(self, model_keys: Sequence[str]) -> dict[str, dict]:
+        """What each loaded model could give (``grey_box``, ``output``), for the models that were ever loaded."""
+        found = {}
+        for key in dict.fromkeys(model_keys):
+            row = self._db.execute("SELECT traits FROM models WHERE model_key = ?", (key,)).fetchone()
+            if row is not None and row[0] is not None:
+                found[key] = json.loads(row[0])
+        return found
 
     def clean_prediction(self, model_key: str, image_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """A stored clean prediction: ``((H, W) bool foreground, (H, W) int32 labels)``, or None.
@@ -366,8 +440,9 @@ class ResultStore:
         return [Failure(*row) for row in rows if keys is None or row[0] in keys]
 
     def count(self, table: str) -> int:
-        """Rows in one table (``scores``, ``predictions``, ``performance``, ``failures``, ``models``, ``images``)."""
-        if table not in ("scores", "predictions", "performance", "failures", "models", "images"):
+        """Rows in one table (``scores``, ``estimates``, ``predictions``, ``performance``, ``failures``, ``models``,
+        ``images``)."""
+        if table not in ("scores", "estimates", "predictions", "performance", "failures", "models", "images"):
             raise ValueError(f"unknown table {table!r}")
         return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 

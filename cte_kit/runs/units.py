@@ -1,19 +1,25 @@
-"""A unit of work: one model, a chunk of images and the settings still to compute on them.
+"""Units of work, and what a backend runs on them (in this process or on a Dask worker).
 
-:func:`score_unit` is what a backend runs (in this process or on a Dask worker): it predicts
-each image clean once and reuses that prediction for every setting, scores every consistency,
-keeps the clean predictions for the guards and the performance table, and records failures with
-their tracebacks instead of raising.
+* :class:`Unit` - one model, a chunk of images and the CTE settings still to compute on them.
+  :func:`score_unit` predicts each image clean once and reuses that prediction for every setting,
+  scores every consistency and keeps the clean predictions for the guards and the performance table.
+* :class:`EstimateUnit` - one model, a whole target and the model-scope estimators still to compute
+  (many pool samples over every image of the target, so a target is not cut into chunks).
+  :func:`estimate_unit` predicts the target once, hands each estimator only what it declares it
+  needs, times it in clean forward passes and records why an estimator does not apply.
+
+Both record failures with their tracebacks instead of raising; :func:`compute_unit` runs either.
 """
 
 from __future__ import annotations
 
-import traceback
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..estimators.base import Estimator, SourceData, run_estimator
 from ..estimators.cte import pair_scores
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
@@ -21,9 +27,14 @@ from ..models.instances import connected_components
 from ..perturb import Perturbation, parse_perturbation
 from ..scoring.consistency import CONSISTENCY_KINDS, prediction_foreground
 from ..types import Prediction, image_id
-from .store import Failure, Score
+from .store import Estimate, Failure, Score
 
-__all__ = ["Setting", "Unit", "UnitResult", "estimator_key", "parse_estimator_key", "score_unit"]
+__all__ = ["EstimateUnit", "FORWARD_KEY", "Setting", "Unit", "UnitResult", "compute_unit", "estimate_unit",
+           "estimator_key", "parse_estimator_key", "score_unit"]
+
+#: Estimator key of the row that records a model's clean forward pass over a target (its ``score`` is
+#: the seconds it took): the unit of every estimator's cost.
+FORWARD_KEY = "forward"
 
 
 @dataclass(frozen=True)
@@ -101,12 +112,41 @@ class Unit:
 
 
 @dataclass(frozen=True)
+class EstimateUnit:
+    """One model, every image of a target and the model-scope estimators still to compute on them.
+
+    Attributes
+    ----------
+    labels : tuple of (H, W) int arrays, optional
+        The target's labels: present only when an estimator of the unit declares it needs them.
+    source : SourceData, optional
+        The model's source images and labels: present only when an estimator needs them.
+    inputs_keys : tuple of str
+        One per estimator: what its result is stored under (images, and the labels or source it reads).
+    """
+
+    model: BankEntry | SegmentationModel
+    model_key: str
+    images: tuple
+    names: tuple[str, ...]
+    image_keys: tuple[str, ...]
+    estimators: tuple[Estimator, ...]
+    inputs_keys: tuple[str, ...]
+    forward_key: str
+    labels: tuple | None = None
+    source: SourceData | None = None
+
+
+@dataclass(frozen=True)
 class UnitResult:
-    """What a unit computed: score rows, clean predictions (foreground, labels) and failures."""
+    """What a unit computed: score rows, clean predictions (foreground, labels), failures, estimator
+    results and what the loaded model can give (its traits)."""
 
     scores: tuple[Score, ...]
     predictions: Mapping[str, tuple[np.ndarray, np.ndarray]]
     failures: tuple[Failure, ...]
+    estimates: tuple[Estimate, ...] = ()
+    traits: Mapping[str, object] = field(default_factory=dict)
 
 
 def _kept(model: SegmentationModel, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
@@ -135,12 +175,11 @@ def _score_batch(model: SegmentationModel, unit: Unit, indices: Sequence[int]) -
     return scores, kept
 
 
-def _failure(unit: Unit, error: BaseException, index: int | None) -> Failure:
-    settings = ", ".join(s.perturbation.label for s in unit.settings) or "clean"
-    return Failure(unit.model_key, unit.model.name, None if index is None else unit.image_keys[index],
-                   None if index is None else unit.names[index], settings,
-                   "".join(traceback.format_exception_only(type(error), error)).strip(),
-                   "".join(traceback.format_exception(type(error), error, error.__traceback__)))
+def _failure(unit: Unit | EstimateUnit, error: BaseException, index: int | None, setting: str | None = None) -> Failure:
+    if setting is None:
+        setting = ", ".join(s.perturbation.label for s in unit.settings) or "clean"
+    return Failure.from_error(error, unit.model_key, unit.model.name, setting,
+                              None if index is None else unit.image_keys[index], None if index is None else unit.names[index])
 
 
 def score_unit(unit: Unit, model: SegmentationModel | None) -> UnitResult:
@@ -150,10 +189,9 @@ def score_unit(unit: Unit, model: SegmentationModel | None) -> UnitResult:
     recorded as the failure and the model's other images are still scored.
     """
     if model is None:
-        try:
-            model = unit.model if isinstance(unit.model, SegmentationModel) else load_model(unit.model)
-        except Exception as error:  # a broken entry must not stop the bank
-            return UnitResult((), {}, (_failure(unit, error, None),))
+        model, failure = _load_again(unit)
+        if failure is not None:
+            return UnitResult((), {}, (failure,))
     everything = list(range(len(unit.images)))
     try:
         scores, kept = _score_batch(model, unit, everything)
@@ -171,3 +209,62 @@ def score_unit(unit: Unit, model: SegmentationModel | None) -> UnitResult:
         scores.extend(image_scores)
         kept.update(image_kept)
     return UnitResult(tuple(scores), kept, tuple(failures))
+
+
+def _load_again(unit: Unit | EstimateUnit) -> tuple[SegmentationModel | None, Failure | None]:
+    """Load a unit's model to record why it cannot be loaded (a broken entry must not stop the bank)."""
+    try:
+        return (unit.model if isinstance(unit.model, SegmentationModel) else load_model(unit.model)), None
+    except Exception as error:
+        return None, _failure(unit, error, None, setting="load")
+
+
+def estimate_unit(unit: EstimateUnit, model: SegmentationModel | None) -> UnitResult:
+    """Compute one estimate unit with a loaded model (None: it could not be loaded; the error is raised again).
+
+    An estimator that does not apply to the model (a black box, no instances, no source data) or
+    refuses its inputs (``ValueError``, ``NotImplementedError``) gets a result with the reason;
+    any other error is a failure with its traceback, and is retried by the next run.
+    """
+    if model is None:
+        model, failure = _load_again(unit)
+        if failure is not None:
+            return UnitResult((), {}, (failure,))
+    traits = {"grey_box": model.grey_box, "output": model.output}
+    try:
+        start = time.perf_counter()
+        clean = model.predict(list(unit.images), list(unit.names))
+        forward = time.perf_counter() - start
+    except Exception as error:
+        return UnitResult((), {}, (_failure(unit, error, None, setting="clean"),), traits=traits)
+    kept = {key: _kept(model, prediction) for key, prediction in zip(unit.image_keys, clean)}
+    estimates = [Estimate(unit.model_key, unit.forward_key, FORWARD_KEY, forward, (), 1.0)]
+    failures = []
+    for estimator, inputs_key in zip(unit.estimators, unit.inputs_keys):
+        reason = estimator.not_applicable(model)
+        if reason is None and "source" in estimator.needs and unit.source is None:
+            reason = f"{model.name} has no `source:` folder in its bank entry"
+        if reason is None:
+            try:
+                start = time.perf_counter()
+                # labels and source data go to the estimators that declare them, and to no other
+                (result,) = run_estimator(estimator, [model], list(unit.images), list(unit.names), predictions=[clean],
+                                          labels=unit.labels if "labels" in estimator.needs else None,
+                                          sources=[unit.source if "source" in estimator.needs else None])
+                seconds = time.perf_counter() - start + (forward if estimator.uses_predictions else 0.0)
+            except (ValueError, NotImplementedError) as error:
+                reason = f"{model.name}: {error}"
+            except Exception as error:
+                failures.append(_failure(unit, error, None, setting=estimator.key))
+                continue
+        if reason is None:
+            estimates.append(Estimate(unit.model_key, inputs_key, estimator.key, result.score,
+                                      tuple(float(v) for v in result.per_image), seconds / max(forward, 1e-9)))
+        else:
+            estimates.append(Estimate(unit.model_key, inputs_key, estimator.key, float("nan"), (), float("nan"), reason))
+    return UnitResult((), kept, tuple(failures), tuple(estimates), traits)
+
+
+def compute_unit(unit: Unit | EstimateUnit, model: SegmentationModel | None) -> UnitResult:
+    """What a backend runs: :func:`score_unit` or :func:`estimate_unit`, by the kind of unit."""
+    return estimate_unit(unit, model) if isinstance(unit, EstimateUnit) else score_unit(unit, model)
