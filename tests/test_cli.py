@@ -253,15 +253,18 @@ def test_a_bug_is_not_bad_input(tmp_path, monkeypatch, capsys):
     assert "Traceback" in err and "KeyError" in err and "internal error" in err
 
 
+def _sweep_config(folder, target_yaml: str, rest: str):
+    """A sweep config over two demo U-Nets and one target (``target_yaml``: its lines after ``- ``)."""
+    bank = _bank(folder / "bank.yaml", names=("near_target", "sharp_clean"))
+    config = folder / "sweep.yaml"
+    config.write_text(f"bank: {bank.name}\ntargets:\n  - {target_yaml}\n{rest}")
+    return config
+
+
 def test_sweep_config_on_a_local_cluster_equals_the_serial_sweep(tmp_path, target, capsys):
-    bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
-    config = tmp_path / "sweep.yaml"
-    config.write_text(f"""bank: {bank.name}
-targets:
-  - name: small
+    config = _sweep_config(tmp_path, f"""name: small
     images: {target / "images"}
-    labels: {target / "labels"}
-perturbations:
+    labels: {target / "labels"}""", """perturbations:
   - kind: gamma
     strengths: [0.5, 0.7]
   - dropout:0.2
@@ -281,15 +284,8 @@ consistencies: [hard, instance]
 
 
 def test_sweep_without_labels_ranks_and_reports_no_correlation(tmp_path, target, capsys):
-    bank = _bank(tmp_path / "bank.yaml", names=("near_target", "sharp_clean"))
-    config = tmp_path / "sweep.yaml"
-    config.write_text(f"""bank: {bank.name}
-targets:
-  - name: unlabelled
-    images: {target / "images"}
-perturbations: [gamma:0.7]
-consistencies: [hard]
-""")
+    config = _sweep_config(tmp_path, f"""name: unlabelled
+    images: {target / "images"}""", "perturbations: [gamma:0.7]\nconsistencies: [hard]\n")
     assert main(["sweep", str(config), "--out", str(tmp_path / "s.sqlite"), "--no-progress",
                  "--summary", str(tmp_path / "s.json")]) == 0
     assert "[unlabelled] gamma:0.7" in capsys.readouterr().out
