@@ -9,7 +9,7 @@ Protocol (shared data only, bank from ``benchmarks/dsb_bank.py``):
   machine, two targets at a time with ``--jobs 2``);
 * the bank minus the target's own models (every model trained on that sub-domain) is ranked;
 * every perturbation setting is swept once per target with :func:`cte_kit.evaluation.sweep.run_sweep`
-  (rows cached in ``OUT/<target>_n<N>_c<S>.csv``; a rerun computes only what is missing);
+  (rows in the result store ``OUT/<target>_n<N>_c<S>.sqlite``; a rerun computes only what is missing);
 * each *option* (a perturbation setting, N_pert, statistic, label-free choice, rank combination,
   or the kit's default pairing of each consistency with its own perturbation) turns the
   per-image rows into one score per model; it is judged by Kendall / Spearman / Pearson against
@@ -336,8 +336,8 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
 
 
 # -- main -------------------------------------------------------------------------------------
-def sweep_target(entries, images, labels, names, csv, domain, fast, settings, threads) -> list[str]:
-    """Every setting group on one target (resumable rows in ``csv``); returns the log lines."""
+def sweep_target(entries, images, labels, names, store, domain, fast, settings, threads) -> list[str]:
+    """Every setting group on one target (resumable rows in the result store ``store``); returns the log lines."""
     import torch
 
     torch.set_num_threads(threads)
@@ -349,9 +349,9 @@ def sweep_target(entries, images, labels, names, csv, domain, fast, settings, th
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            result = run_sweep(entries, images, names, csv, [parse_perturbation(p) for p in group],
+            result = run_sweep(entries, images, names, store, [parse_perturbation(p) for p in group],
                                CONSISTENCIES, labels=labels, seed=0, n_pert=n_pert, progress=False)
-        lines += [f"FAILED {f.model} {f.perturbation}: {f.error}" for f in result.failures]
+        lines += [f"FAILED {f.model} {f.setting}: {f.error}" for f in result.failures]
         lines.append(f"[{domain}] {len(entries)} models x {len(images)} images, N_pert={n_pert} {', '.join(group)}: "
                      f"{result.n_new_rows} new rows in {time.perf_counter() - started:.0f} s")
     return lines
@@ -379,7 +379,7 @@ def run_cli_table(bank_dir: Path, out: Path, targets) -> list[dict]:
                 warnings.simplefilter("ignore")
                 code = cli_main(["rank", "--bank", str(bank_file), "--images", str(images), "--labels", str(labels),
                                  *arguments, "--consistency", "hard", "--consistency", "instance",
-                                 "--out", str(out / "cli" / f"results_{domain}.csv"), "--summary", str(summary),
+                                 "--out", str(out / "cli" / f"results_{domain}.sqlite"), "--summary", str(summary),
                                  "--no-progress"])
             if code not in (0, 1):
                 raise RuntimeError(f"cte-kit rank failed on {domain} ({code})")
@@ -435,7 +435,7 @@ def main(argv=None) -> int:
     for domain in args.targets:
         images, labels, names = load_target(bank_dir, domain, max_images, args.max_side)
         targets[domain] = (target_bank(bank_dir, domain), images, labels, names,
-                           out / f"{domain}_n{max_images}_c{args.max_side}.csv")
+                           out / f"{domain}_n{max_images}_c{args.max_side}.sqlite")
     # one process per target (spawned: no inherited thread pools), largest target first
     context = multiprocessing.get_context("spawn")
     order = sorted(targets, key=lambda d: -len(targets[d][0]) * len(targets[d][1]))
@@ -449,9 +449,9 @@ def main(argv=None) -> int:
         return 0
     per_target, truths, tables_by_target = {}, {}, {}
     available = None
-    for domain, (entries, images, labels, names, csv) in targets.items():
-        tables = tables_from_rows(read_results(csv), [e.name for e in entries], names)
-        tables.guards = sweep_guards(csv, tables.models, names)
+    for domain, (entries, images, labels, names, store) in targets.items():
+        tables = tables_from_rows(read_results(store), [e.name for e in entries], names)
+        tables.guards = sweep_guards(store, tables.models, names)
         tables_by_target[domain] = tables
         # a model without any foreground has no score (it ranks last); a setting needs scores on every target
         keys = {key for key, matrix in tables.cte.items() if np.isfinite(matrix).any()}

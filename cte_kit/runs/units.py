@@ -123,6 +123,8 @@ class EstimateUnit:
         The model's source images and labels: present only when an estimator needs them.
     inputs_keys : tuple of str
         One per estimator: what its result is stored under (images, and the labels or source it reads).
+    images_key : str
+        The target's images: the key of the clean forward pass's row (:data:`FORWARD_KEY`).
     """
 
     model: BankEntry | SegmentationModel
@@ -132,7 +134,7 @@ class EstimateUnit:
     image_keys: tuple[str, ...]
     estimators: tuple[Estimator, ...]
     inputs_keys: tuple[str, ...]
-    forward_key: str
+    images_key: str
     labels: tuple | None = None
     source: SourceData | None = None
 
@@ -238,7 +240,7 @@ def estimate_unit(unit: EstimateUnit, model: SegmentationModel | None) -> UnitRe
     except Exception as error:
         return UnitResult((), {}, (_failure(unit, error, None, setting="clean"),), traits=traits)
     kept = {key: _kept(model, prediction) for key, prediction in zip(unit.image_keys, clean)}
-    estimates = [Estimate(unit.model_key, unit.forward_key, FORWARD_KEY, forward, (), 1.0)]
+    estimates = [Estimate(unit.model_key, unit.images_key, FORWARD_KEY, forward, (), 1.0)]
     failures = []
     for estimator, inputs_key in zip(unit.estimators, unit.inputs_keys):
         reason = estimator.not_applicable(model)
