@@ -18,10 +18,11 @@ __all__ = ["ESTIMATORS", "COMBINED", "parse_estimator", "resolve_estimators"]
 
 #: The label-free combination the kit recommends: Borda count of hard CTE (the kit default) and
 #: semantic bank agreement, two estimators that fail for different reasons (instability vs. a
-#: wrong majority). On the DSB2018 protocol (``benchmarks/bench_estimators.py``) it ranks the
-#: usable models best of all estimators (mean Kendall 0.56, tied with MaNo), but over all models
-#: bank agreement alone is better (0.49 vs 0.40), and on targets where most models fail (histo,
-#: brightfield) it is no better than chance. See the README, "Which estimator?".
+#: wrong majority). On the DSB2018 protocol (``benchmarks/bench_estimators.py``, 2026-12-05) it
+#: ranks the usable models within noise of hard CTE alone (mean Kendall 0.79 vs 0.81) and the whole
+#: bank better (0.47 vs 0.40), but bank agreement alone sorts the whole bank better still (0.55), and
+#: on targets where most models fail (histo, brightfield) it is no better than chance. See the
+#: README, "Which estimator?".
 COMBINED = RankAggregate((CTE("hard"), BankAgreement("semantic")))
 
 #: Every estimator the kit implements, with its default parameters.
