@@ -245,3 +245,17 @@ def test_estimate_hands_labels_only_where_needed_resumes_and_recomputes_on_new_l
         assert calls == [("leep", True)] * 3 and fresh.n_written == 3 * 2  # LEEP and the clean pass it reads
         assert store.count("estimates") == 3 * (2 + 3 + 1) + 3  # + the relabelled LEEP rows
         assert {key for (_, _, key) in store.estimates([model_identity(bank[0])[0]])} >= {FORWARD_KEY, chosen[1].key}
+
+
+def test_cte_in_a_comparison_equals_the_run_of_the_same_setting(target):
+    """compare() and rank score one image under one setting alike: the same seeds (from names), the same values."""
+    bank = [_entry("near_target"), _entry("sharp_clean")]
+    with ResultStore(":memory:") as store:
+        report = run(bank, target, [Setting("dropout:0.2", ("hard", "soft"))], store, progress=False)
+        expected = {(r["model"], r["image"], r["consistency"]): r["cte"]
+                    for r in rows(store, report.models, report.images["t"], report.settings)}
+        chosen = [parse_estimator("cte:hard:dropout:0.2"), parse_estimator("cte:soft:dropout:0.2")]
+        found = estimate(bank, target, chosen, store, progress=False).results
+    got = {(model, name, estimator.consistency): value for estimator in chosen
+           for model, result in found[estimator.key].items() for name, value in zip(target.names, result.per_image)}
+    assert got == pytest.approx(expected, abs=1e-6)

@@ -19,7 +19,7 @@ from ..models.base import ModelTraits, SegmentationModel
 from ..perturb import FeatureDropout, Perturbation, parse_perturbation
 from ..scoring.consistency import (CONSISTENCY_KINDS, DEFAULT_STATISTIC, PAPER_STATISTIC, CTESummary,
                                    image_consistency, summarize)
-from ..types import PredictionPair
+from ..types import Prediction, PredictionPair, image_id
 from .selection import aggregate_ranks
 from .base import Estimator, EstimatorInput, EstimatorResult, not_applicable
 
@@ -110,6 +110,8 @@ def estimate(
     seed: int = 0,
     statistic: str = DEFAULT_STATISTIC,
     boundary: int = 1,
+    names: Sequence[str] | None = None,
+    clean: Sequence[Prediction] | None = None,
 ) -> ModelEstimate:
     """CTE of ``model`` on ``images`` under one perturbation.
 
@@ -128,13 +130,18 @@ def estimate(
         Aggregation over images (the kit's default: the mean; the paper: the median).
     boundary : int
         Width of the boundary band removed by instance consistency.
+    names : sequence of str, optional
+        The images' names: they seed each image's perturbation, as in a run (default: the pixels).
+    clean : sequence of Prediction, optional
+        The images' clean predictions, when the caller has them: only the perturbed passes run.
 
     Returns
     -------
     ModelEstimate
     """
     perturbation = default_perturbation(consistency) if perturbation is None else perturbation
-    pairs = model.predict_pairs(images, perturbation, seed=seed, n_pert=n_pert)
+    ids = [image_id(name) for name in names] if names is not None else None
+    pairs = model.predict_pairs(images, perturbation, seed=seed, n_pert=n_pert, image_ids=ids, names=names, clean=clean)
     per_image = pair_scores(pairs, [consistency], threshold=model.threshold, boundary=boundary)[consistency]
     return ModelEstimate(model.name, perturbation.label, consistency, per_image, summarize(per_image, statistic))
 
@@ -160,7 +167,6 @@ class CTE(Estimator):
     n_pert: int = 1
     seed: int = 0
     name = "cte"
-    uses_predictions = False
     description = "consistency of the prediction under a perturbation (label-free)"
 
     def __post_init__(self):
@@ -176,8 +182,10 @@ class CTE(Estimator):
         return not_applicable("instances" if self.consistency == "instance" else "output", model)
 
     def score(self, model: SegmentationModel, data: EstimatorInput) -> EstimatorResult:
+        # the shared clean predictions, and seeds from the images' names: the values of a run of the same setting
         result = estimate(model, list(data.images), parse_perturbation(self.perturbation), self.consistency,
-                          n_pert=self.n_pert, seed=self.seed, statistic=self.statistic)
+                          n_pert=self.n_pert, seed=self.seed, statistic=self.statistic, names=list(data.names),
+                          clean=list(data.predictions) if data.predictions is not None else None)
         return self.result(model, result.per_image, result.score)
 
 

@@ -27,7 +27,7 @@ from ..models.base import ModelTraits, SegmentationModel
 from ..perturb import parse_perturbation
 from ..scoring.consistency import prediction_foreground
 from .base import Estimator, EstimatorInput, EstimatorResult
-from ..types import name_seed
+from ..types import image_id, name_seed
 from .sampling import default_feature_layer, features_at, pixel_probabilities, sample_pixels
 
 __all__ = [
@@ -246,7 +246,6 @@ class EffectiveInvariance(Estimator):
     seed: int = 0
     name = "ei_all"
     description = "Effective Invariance over all pixels, no foreground restriction (label-free)"
-    uses_predictions = False
 
     def not_applicable(self, model: SegmentationModel | ModelTraits) -> str | None:
         if self.perturbation.startswith("dropout") and not model.grey_box:
@@ -254,7 +253,9 @@ class EffectiveInvariance(Estimator):
         return None
 
     def score(self, model: SegmentationModel, data: EstimatorInput) -> EstimatorResult:
-        pairs = model.predict_pairs(data.images, parse_perturbation(self.perturbation), seed=self.seed, names=data.names)
+        pairs = model.predict_pairs(data.images, parse_perturbation(self.perturbation), seed=self.seed,
+                                    image_ids=[image_id(name) for name in data.names], names=data.names,
+                                    clean=data.predictions)
         return self.result(model, [
             np.mean([effective_invariance(pair.clean.probability, q.probability, model.threshold) for q in pair.perturbed])
             for pair in pairs
