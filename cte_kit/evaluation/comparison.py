@@ -214,8 +214,7 @@ def compare(
                 found = report.results.get(estimator.key, {})
                 records = {name: found[name] for name in names if name in found and not found[name].note}
                 reasons = {name: found[name].note for name in names if name in found and found[name].note}
-                reasons.update({name: failed.get(name, f"{name}: failed") for name in names
-                                if name not in found and name in failed})
+                reasons.update({name: failed[name] for name in names if name not in found and name in failed})
                 scores = np.array([records[n].score if n in records else np.nan for n in names], dtype=float)
                 per_image = np.array([records[n].per_image if n in records else [np.nan] * len(target.names)
                                       for n in names], dtype=float)

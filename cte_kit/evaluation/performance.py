@@ -12,7 +12,7 @@ import numpy as np
 
 from ..data.images import check_labels
 from ..runs.runner import rows
-from ..runs.store import ResultStore, digest
+from ..runs.store import ResultStore, array_digest
 from ..runs.units import Setting
 from ..scoring.consistency import prediction_foreground
 from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
@@ -68,8 +68,7 @@ def performance(labels: Sequence[np.ndarray], predictions: Sequence[Prediction],
 
 def labels_key(labels: np.ndarray) -> str:
     """A digest of one label image: performance computed from other labels is other performance."""
-    array = np.ascontiguousarray(labels)
-    return digest(str(array.dtype), str(array.shape), array.tobytes())
+    return array_digest(labels)
 
 
 def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],

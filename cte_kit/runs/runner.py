@@ -29,8 +29,8 @@ from ..estimators.guards import GuardConfig, ModelGuards, compute_guards
 from ..models.bank import BankEntry
 from ..models.base import ModelTraits, SegmentationModel
 from .backends import SerialBackend
-from .store import Estimate, Failure, ResultStore, describe, digest, file_digest, image_key, kit_version
-from .units import FORWARD_KEY, EstimateUnit, Setting, Unit, parse_estimator_key
+from .store import Estimate, Failure, ResultStore, array_digest, describe, digest, file_digest, image_key, kit_version
+from .units import FORWARD_KEY, EstimateUnit, Setting, Unit, parse_estimator_key, stored_result
 from ..types import InputTypeError
 
 __all__ = ["CHUNK", "EstimateReport", "RunReport", "RunTarget", "estimate", "model_identity", "plan", "rows", "run",
@@ -322,18 +322,13 @@ def _with_components(estimators: Sequence[Estimator]) -> list[Estimator]:
     return list(found.values())
 
 
-def _arrays_digest(arrays: Sequence[np.ndarray]) -> str:
-    return digest(*(part for array in arrays for part in (str(np.asarray(array).dtype), str(np.shape(array)),
-                                                         np.ascontiguousarray(array).tobytes())))
-
-
 def _inputs_key(estimator: Estimator, images: str, labels: str | None, source: SourceData | None) -> str:
     """What an estimator's result depends on besides the model: the images, and the labels and source it reads."""
     parts = [images]
     if "labels" in estimator.needs:
         parts.append(labels or "no labels")
     if "source" in estimator.needs:
-        parts.append(_arrays_digest([*source.images, *source.labels]) if source is not None else "no source")
+        parts.append(array_digest(*source.images, *source.labels) if source is not None else "no source")
     return digest(*parts)
 
 
@@ -372,7 +367,7 @@ def estimate(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, e
     models, descriptions = _identities(bank)
     report = EstimateReport(models=models, images=dict(zip(target.names, target.keys())))
     images_key = digest("images", *report.images.values())
-    labels_key = _arrays_digest(labels) if labels is not None else None
+    labels_key = array_digest(*labels) if labels is not None else None
     sources = dict(sources or {})
     per_model = [e for e in everything if e.scope == "model"]
     keys = {name: {e.key: _inputs_key(e, images_key, labels_key, sources.get(name)) for e in per_model}
@@ -402,12 +397,13 @@ def estimate(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, e
                     found[name] = stored[key, keys[name][estimator.key], estimator.key]
             continue
         found.update(_bank_estimate(estimator, scored, {n: ModelTraits(n, **traits[k]) for n, k in scored.items()},
-                                    images_key, store, report))
+                                    images_key, store, stored, report))
     return report
 
 
 def _bank_estimate(estimator: Estimator, models: Mapping[str, str], traits: Mapping[str, ModelTraits], images_key: str,
-                   store: ResultStore, report: EstimateReport) -> dict[str, Estimate]:
+                   store: ResultStore, stored: Mapping[tuple[str, str, str], Estimate],
+                   report: EstimateReport) -> dict[str, Estimate]:
     """A bank-scope estimator's results, from the store or computed now from stored masks and components."""
     reasons = {name: estimator.not_applicable(traits[name]) for name in models}
     members = [name for name in models if reasons[name] is None]
@@ -422,7 +418,6 @@ def _bank_estimate(estimator: Estimator, models: Mapping[str, str], traits: Mapp
     def not_applicable(name: str) -> Estimate:
         return Estimate(models[name], bank_key, estimator.key, float("nan"), (), float("nan"), reasons[name])
 
-    stored = store.estimates([models[name] for name in members])
     if members and all((models[name], bank_key, estimator.key) in stored for name in members):
         found = {name: stored[models[name], bank_key, estimator.key] for name in members}
         return {**found, **{name: not_applicable(name) for name in models if name not in found}}
@@ -432,7 +427,7 @@ def _bank_estimate(estimator: Estimator, models: Mapping[str, str], traits: Mapp
                                       for c in estimator.components])
         for name, result in zip(members, combined):
             cost = sum(report.results[c.key][name].cost for c in estimator.components)
-            new[name] = Estimate(models[name], bank_key, estimator.key, result.score, tuple(map(float, result.per_image)), cost)
+            new[name] = stored_result(result, models[name], bank_key, cost)
     elif members:
         kept = [[store.clean_prediction(models[name], key) for key in report.images.values()] for name in members]
         start = time.perf_counter()
@@ -448,7 +443,7 @@ def _bank_estimate(estimator: Estimator, models: Mapping[str, str], traits: Mapp
         for name, result in zip(members, results):
             forward = max(report.forward[name], 1e-9)
             cost = (seconds + (report.forward[name] if estimator.uses_predictions else 0.0)) / forward
-            new[name] = Estimate(models[name], bank_key, estimator.key, result.score, tuple(map(float, result.per_image)), cost)
+            new[name] = stored_result(result, models[name], bank_key, cost)
     new.update({name: not_applicable(name) for name in models if name not in new and reasons[name] is not None})
     report.n_written += store.write(estimates=new.values())
     return new

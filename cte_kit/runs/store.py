@@ -43,7 +43,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Estimate", "Failure",
-           "describe", "digest", "file_digest", "image_key", "kit_version"]
+           "array_digest", "describe", "digest", "file_digest", "image_key", "kit_version"]
 
 #: What the ``meta`` table says this file is; another value is a file of another program.
 KIND = "cte_kit results"
@@ -165,8 +165,13 @@ def image_key(name: str, image: np.ndarray) -> str:
     image : ndarray
         The raw image as loaded.
     """
-    array = np.ascontiguousarray(image)
-    return f"{name}#{digest(str(array.dtype), str(array.shape), array.tobytes())}"
+    return f"{name}#{array_digest(image)}"
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    """A :func:`digest` of arrays' dtypes, shapes and contents, in order."""
+    contiguous = [np.ascontiguousarray(array) for array in arrays]
+    return digest(*(part for array in contiguous for part in (str(array.dtype), str(array.shape), array.tobytes())))
 
 
 def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) -> tuple[int, int]:

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..estimators.base import Estimator, SourceData, run_estimator
+from ..estimators.base import Estimator, EstimatorResult, SourceData, run_estimator
 from ..estimators.cte import pair_scores
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
@@ -30,7 +30,7 @@ from ..types import Prediction, image_id
 from .store import Estimate, Failure, Score
 
 __all__ = ["EstimateUnit", "FORWARD_KEY", "Setting", "Unit", "UnitResult", "compute_unit", "estimate_unit",
-           "estimator_key", "parse_estimator_key", "score_unit"]
+           "estimator_key", "parse_estimator_key", "score_unit", "stored_result"]
 
 #: Estimator key of the row that records a model's clean forward pass over a target (its ``score`` is
 #: the seconds it took): the unit of every estimator's cost.
@@ -213,6 +213,11 @@ def score_unit(unit: Unit, model: SegmentationModel | None) -> UnitResult:
     return UnitResult(tuple(scores), kept, tuple(failures))
 
 
+def stored_result(result: EstimatorResult, model_key: str, inputs_key: str, cost: float) -> Estimate:
+    """An estimator's result for one model as the store keeps it."""
+    return Estimate(model_key, inputs_key, result.key, result.score, tuple(float(v) for v in result.per_image), cost)
+
+
 def _load_again(unit: Unit | EstimateUnit) -> tuple[SegmentationModel | None, Failure | None]:
     """Load a unit's model to record why it cannot be loaded (a broken entry must not stop the bank)."""
     try:
@@ -260,8 +265,7 @@ def estimate_unit(unit: EstimateUnit, model: SegmentationModel | None) -> UnitRe
                 failures.append(_failure(unit, error, None, setting=estimator.key))
                 continue
         if reason is None:
-            estimates.append(Estimate(unit.model_key, inputs_key, estimator.key, result.score,
-                                      tuple(float(v) for v in result.per_image), seconds / max(forward, 1e-9)))
+            estimates.append(stored_result(result, unit.model_key, inputs_key, seconds / max(forward, 1e-9)))
         else:
             estimates.append(Estimate(unit.model_key, inputs_key, estimator.key, float("nan"), (), float("nan"), reason))
     return UnitResult((), kept, tuple(failures), tuple(estimates), traits)
