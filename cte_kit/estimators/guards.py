@@ -48,6 +48,7 @@ __all__ = [
     "compute_guards",
     "foreground_agreement",
     "guarded_order",
+    "image_flags",
     "image_statistics",
     "leave_one_out_consensus",
     "object_agreement",
@@ -224,6 +225,39 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
     return ImageStatistics(float(foreground.mean()), int(sizes.size),
                            float(np.median(sizes)) if sizes.size else float("nan"),
                            float(sizes.max()) / labels.size if sizes.size else 0.0)
+
+
+def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), consensus_objects: float = float("nan"),
+                n_voters: int = 0, config: GuardConfig = GuardConfig()) -> tuple[Flag, ...]:
+    """The guards' checks on one image's prediction (quality control of one model, image by image).
+
+    Parameters
+    ----------
+    own : ImageStatistics
+        The model's prediction of the image (:func:`image_statistics`).
+    consensus_fraction, consensus_objects : float
+        The median foreground fraction and object count of the other models on the same image.
+    n_voters : int
+        How many models that median is over: the checks against the bank need
+        :attr:`GuardConfig.min_models` of them; with fewer only the absolute checks run.
+    config : GuardConfig
+
+    Returns
+    -------
+    tuple of Flag
+        ``floods`` / ``one-region`` whatever the bank says; against the bank ``floods``, ``empty``
+        (no foreground where the bank finds some), ``over-splits`` and ``merges``.
+    """
+    flags = list(_absolute_flags(own.foreground_fraction, own.largest_object_fraction, config))
+    if n_voters < config.min_models or not np.isfinite(consensus_fraction):
+        return tuple(flags)
+    if own.foreground_fraction < config.empty_fraction <= consensus_fraction:
+        flags.append(Flag("empty", "all", f"predicts no foreground where the bank predicts {_percent(consensus_fraction)}"))
+    values = dict(foreground_fraction=own.foreground_fraction, consensus_fraction=consensus_fraction,
+                  agreement_iou=float("nan"), bank_agreement_iou=float("nan"), objects_per_image=float(own.n_objects),
+                  consensus_objects=consensus_objects)
+    known = {flag.code for flag in flags}
+    return tuple(flags) + tuple(f for f in _relative_flags(values, float("nan"), n_voters, config) if f.code not in known)
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
