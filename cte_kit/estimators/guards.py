@@ -257,6 +257,8 @@ def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), 
                   agreement_iou=float("nan"), bank_agreement_iou=float("nan"), objects_per_image=float(own.n_objects),
                   consensus_objects=consensus_objects)
     known = {flag.code for flag in flags}
+    if "empty" in known:  # no objects at all is not a merge
+        known.add("merges")
     return tuple(flags) + tuple(f for f in _relative_flags(values, float("nan"), n_voters, config) if f.code not in known)
 
 
