@@ -24,7 +24,7 @@ from ..runs.quality import QualityControl
 from ..runs.store import ResultStore
 from ..scoring.objects import best_iou
 from ..scoring.ranking import correlations
-from .performance import fill_performance, labels_key
+from .performance import fill_performance
 
 __all__ = ["MATCH_IOU", "QualityJudgement", "auroc", "judge_quality", "object_matches"]
 
@@ -148,8 +148,7 @@ def judge_quality(qc: QualityControl, store: ResultStore, labels: Mapping[str, n
     images = {image.image: image for image in qc.images if image.image in labels}
     truth = {name: check_labels(labels[name], name=f"labels of {name}") for name in images}
     keys = {name: image.image_key for name, image in images.items()}
-    fill_performance(store, {qc.model: qc.model_key}, keys, truth)
-    performance = store.performance({keys[name]: labels_key(truth[name]) for name in images})
+    performance = store.performance(fill_performance(store, {qc.model: qc.model_key}, keys, truth))
     columns = {c: [] for c in ("image", "score", "consistency", "agreement", "f1", "map", "ap50")}
     for name, image in images.items():
         found = performance[qc.model_key, image.image_key]
