@@ -7,7 +7,7 @@ the splits are the ones ``benchmarks/dsb_bank.py`` writes, symlinks into the sha
 splits are never read. Models already trained are kept.
 
     python benchmarks/qc_adapters.py [--data PATH] [--out results/qc_adapters] [--source fluo_256]
-                                     [--stardist-epochs 40] [--cellpose-epochs 40]
+                                     [--stardist-epochs 40] [--cellpose-epochs 8]
 
 Writes ``OUT/stardist_<source>/`` (config + weights), ``OUT/cellpose_<source>`` (a Cellpose model file) and
 ``OUT/adapters.yaml``, bank entries for both (``kind: stardist`` / ``kind: cellpose``).
@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "results" / "qc_adapters"))
     parser.add_argument("--source", default="fluo_256", choices=sorted(DOMAINS))
     parser.add_argument("--stardist-epochs", type=int, default=40)
-    parser.add_argument("--cellpose-epochs", type=int, default=40)
+    parser.add_argument("--cellpose-epochs", type=int, default=8)
     parser.add_argument("--only", choices=("stardist", "cellpose"))
     args = parser.parse_args(argv)
     from cte_kit.data.folder import load_folder

@@ -25,7 +25,6 @@
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
@@ -36,7 +35,7 @@ import numpy as np
 
 from ..data.images import normalize_percentile, to_grey
 from ..runs.quality import DOUBTFUL, QualityControl
-from ..runs.store import ResultStore
+from ..runs.store import ResultStore, write_csv, write_parquet
 
 __all__ = ["plot_quality_histograms", "plot_quality_image", "score_image", "write_napari", "write_report",
            "write_tables"]
@@ -70,23 +69,6 @@ def score_image(labels, ids, scores) -> np.ndarray:
 
 
 # -- tables -----------------------------------------------------------------------------------------
-def _write_csv(columns: Mapping[str, Sequence], path: Path) -> Path:
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in zip(*columns.values()):
-            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
-    return path
-
-
-def _write_parquet(columns: Mapping[str, Sequence], path: Path) -> Path:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    pq.write_table(pa.table({name: list(values) for name, values in columns.items()}), path)
-    return path
-
-
 def write_tables(qc: QualityControl, out: str | Path, parquet: bool = True) -> dict[str, Path]:
     """``images.csv`` / ``objects.csv`` (and ``.parquet``) in ``out``: the per-image and per-object scores.
 
@@ -98,9 +80,9 @@ def write_tables(qc: QualityControl, out: str | Path, parquet: bool = True) -> d
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, columns in (("images", qc.image_table()), ("objects", qc.object_table())):
-        paths[f"{name}.csv"] = _write_csv(columns, out / f"{name}.csv")
+        paths[f"{name}.csv"] = write_csv(columns, out / f"{name}.csv")
         if parquet:
-            paths[f"{name}.parquet"] = _write_parquet(columns, out / f"{name}.parquet")
+            paths[f"{name}.parquet"] = write_parquet(columns, out / f"{name}.parquet")
     return paths
 
 
@@ -136,7 +118,7 @@ def write_napari(qc: QualityControl, store: ResultStore, out: str | Path) -> lis
                     "area": objects.area.tolist(), "centroid_y": objects.centroid_y.tolist(),
                     "centroid_x": objects.centroid_x.tolist()}
         paths += [folder / f"{stem}_labels.tif", folder / f"{stem}_score.tif",
-                  _write_csv(features, folder / f"{stem}_objects.csv")]
+                  write_csv(features, folder / f"{stem}_objects.csv")]
     return paths
 
 

@@ -47,7 +47,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 __all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Estimate", "Failure",
-           "ObjectValues", "array_digest", "describe", "digest", "file_digest", "image_key", "kit_version"]
+           "ObjectValues", "array_digest", "write_csv", "write_parquet", "describe", "digest", "file_digest", "image_key", "kit_version"]
 
 #: What the ``meta`` table says this file is; another value is a file of another program.
 KIND = "cte_kit results"
@@ -575,25 +575,34 @@ class ResultStore:
     def to_csv(self, path: str | Path, **selection) -> Path:
         """Write the scores table (:meth:`table`, with its ``selection``) as CSV; NaN (empty foreground) as an
         empty field."""
-        table = self.table(**selection)
-        path = Path(path)
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(table)
-            for row in zip(*table.values()):
-                writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
-        return path
+        return write_csv(self.table(**selection), path)
 
     def to_parquet(self, path: str | Path, **selection) -> Path:
         """Write the scores table (:meth:`table`, with its ``selection``) as Parquet (needs ``pyarrow``)."""
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ImportError("Parquet export needs pyarrow: pip install pyarrow (or export CSV)") from None
-        path = Path(path)
-        pq.write_table(pa.table(self.table(**selection)), path)
-        return path
+        return write_parquet(self.table(**selection), path)
+
+
+def write_csv(columns: Mapping[str, Sequence], path: str | Path) -> Path:
+    """Write columns (name -> values, of equal length) as CSV with a header; NaN as an empty field."""
+    path = Path(path)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in zip(*columns.values()):
+            writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
+    return path
+
+
+def write_parquet(columns: Mapping[str, Sequence], path: str | Path) -> Path:
+    """Write columns (name -> values) as Parquet (needs ``pyarrow``)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ImportError("Parquet export needs pyarrow: pip install pyarrow (or export CSV)") from None
+    path = Path(path)
+    pq.write_table(pa.table({name: list(values) for name, values in columns.items()}), path)
+    return path
 
 
 def describe(payload: Mapping) -> str:
