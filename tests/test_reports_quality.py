@@ -26,17 +26,22 @@ def make_report(folder, worst=2):
         return qc, write_report(qc, store, dict(zip(target.names, target.images)), folder, perturbed, worst=worst)
 
 
-@pytest.fixture
-def offline(monkeypatch):
+@pytest.fixture(scope="module")
+def offline_report(tmp_path_factory):
+    """The report and its files, written with every network connection refused."""
     def refuse(*args, **kwargs):
-        raise OSError("network access in a test of the offline report")
+        raise OSError("network access while writing the offline report")
 
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
+    folder = tmp_path_factory.mktemp("qc")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(socket.socket, "connect", refuse)
+        patch.setattr(socket, "create_connection", refuse)
+        qc, path = make_report(folder)
+    return qc, path
 
 
-def test_the_report_is_self_contained_and_made_offline(tmp_path, offline):
-    qc, path = make_report(tmp_path)
+def test_the_report_is_self_contained_and_made_offline(offline_report):
+    qc, path = offline_report
     text = path.read_text()
     sources = re.findall(r"<img[^>]*src='([^']*)'", text)
     assert len(sources) == 1 + 2  # the histograms and the two least reliable images
@@ -46,18 +51,21 @@ def test_the_report_is_self_contained_and_made_offline(tmp_path, offline):
     assert "What they do not mean" in text and "three" in text
 
 
-def test_napari_files_match_the_labels(tmp_path):
-    qc, _ = make_report(tmp_path)
+def test_napari_files_match_the_labels(offline_report):
+    qc, path = offline_report
+    folder = path.parent
     for image, objects in zip(qc.images, qc.objects):
-        labels = tifffile.imread(tmp_path / "napari" / f"{image.image}_labels.tif")
-        with open(tmp_path / "napari" / f"{image.image}_objects.csv", newline="") as handle:
+        labels = tifffile.imread(folder / "napari" / f"{image.image}_labels.tif")
+        with open(folder / "napari" / f"{image.image}_objects.csv", newline="") as handle:
             rows = list(csv.DictReader(handle))
         # napari matches a row of a Labels layer's features to a label by its `index` column
         assert [int(r["index"]) for r in rows] == sorted(np.unique(labels[labels > 0]).tolist())
-        scores = tifffile.imread(tmp_path / "napari" / f"{image.image}_score.tif")
+        scores = tifffile.imread(folder / "napari" / f"{image.image}_score.tif")
         for row in rows:
             assert np.allclose(scores[labels == int(row["index"])], float(row["score"]))
         assert np.isnan(scores[labels == 0]).all()
+    with open(folder / "objects.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == sum(o.ids.size for o in qc.objects)
 
 
 def test_score_image():
