@@ -258,7 +258,8 @@ def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), 
         ``floods`` / ``one-region`` whatever the bank says; against the bank ``floods``, ``empty``
         (no foreground where the bank finds some), ``over-splits`` and ``merges``.
     """
-    flags = list(_absolute_flags(own.foreground_fraction, own.largest_object_fraction, config))
+    # one empty image is not degenerate in itself (the image may hold nothing): only against the bank
+    flags = list(_absolute_flags({**_own_values([own], config), "empty_images": 0.0}, config))
     if n_voters < config.min_models or not np.isfinite(consensus_fraction):
         return tuple(flags)
     if own.foreground_fraction < config.empty_fraction <= consensus_fraction:
