@@ -96,10 +96,10 @@ def evaluate(entry, qc, judgement, store, images, names) -> dict:
         image_probability.append(float(probability[labels > 0].mean()) if (labels > 0).any() else float("nan"))
     objects = judgement.objects
     matched = np.asarray(objects["matched"], dtype=bool)
-    alternatives = {"mean probability": np.concatenate(mean_probability) if mean_probability else np.zeros(0),
+    alternatives = {"mean probability": np.concatenate([np.zeros(0), *mean_probability]),
                     "size": np.asarray(objects["area"], dtype=float)}
     if entry.kind == "stardist":
-        alternatives["StarDist object probability"] = np.concatenate(max_probability)
+        alternatives["StarDist object probability"] = np.concatenate([np.zeros(0), *max_probability])
     per_object = {"score": _auroc(matched, objects["score"]), "stability": _auroc(matched, objects["stability"]),
                   "agreement": _auroc(matched, objects["agreement"]),
                   **{name: _auroc(matched, values) for name, values in alternatives.items()}}
@@ -112,8 +112,9 @@ def evaluate(entry, qc, judgement, store, images, names) -> dict:
                              "mean probability": _spearman(image_probability, truth)}
     return {"model": qc.model, "adapter": ADAPTER.get(entry.kind, entry.kind), "n_images": judgement.n_images,
             "n_objects": judgement.n_objects, "n_matched": judgement.n_matched,
-            "median_f1": float(np.nanmedian(judgement.images["f1"])),
-            "median_map": float(np.nanmedian(judgement.images["map"])),
+            "median_f1": float(np.median(judgement.images["f1"])) if judgement.n_images else float("nan"),
+            "median_map": float(np.median(judgement.images["map"])) if judgement.n_images else float("nan"),
+            "failures": sorted({f.error for f in qc.failures}),
             "compared_with": list(qc.compared_with), "model_flags": [f.reason for f in qc.guards.flags] if qc.guards else [],
             "auroc": per_object, "spearman": per_image}
 
