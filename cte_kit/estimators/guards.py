@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 from skimage import measure
 
 from ..scoring.metrics import mask_overlap, match_instances
@@ -68,20 +69,35 @@ class GuardConfig:
         wrong as 20 % against 5 %, and a plain ratio would miss the first on dense targets)
     fraction_gap : float
         ... and that is at least this far from it (fraction of the image) is an outlier.
-    flood_fraction : float
-        A mean foreground fraction above this is degenerate whatever the bank says.
     empty_fraction : float
         An image with a foreground fraction below this counts as empty.
     empty_share : float
         A model empty on more than this share of the images where the consensus is not empty
         predicts nothing.
+    flood_fraction : float or None
+        A mean foreground fraction above this is degenerate whatever the bank says (None: no such
+        check, for dense tissue where every pixel belongs to an object).
     region_foreground, region_fraction : float
         A model that marks more than ``region_foreground`` of the image as foreground, mostly as
         one region whose area exceeds ``region_fraction`` of the image (median over images),
         segments the background or the tissue, not objects - whatever the bank says. This is
         the check that still works when the whole bank fails the same way (fluorescence models
-        on H&E or brightfield images); on targets where the objects really fill the image as
-        one region (a dense tissue under connected components) loosen it or use ``--no-guards``.
+        on H&E or brightfield images). With ``region_foreground`` 0 it reads "objects the size of
+        the image" (dense tissue: a cell model whose one object covers the tissue found no
+        boundaries).
+    network_enclosed : float or None
+        A model whose largest foreground region spans more than ``region_fraction`` of the image
+        (holes filled) and encloses background making up more than this share of that span
+        (median over images) traces a network - membranes, boundaries - rather than objects,
+        whatever the bank says (None, the default: no such check, so that a bank of membrane models
+        can be ranked for membranes). Mitochondria and cells are objects; a membrane model asked
+        for them is the failure this catches (0.5 in their tasks).
+    foreground : (float, float) or None
+        The task's plausible mean foreground fraction (mitochondria: a few % of a section). Only
+        models inside it (and without an absolute flag) make the consensus the others are
+        compared with, so that a bank whose majority segments the wrong structure cannot flag the
+        few models that segment the right one; a model outside it is flagged ``implausible``.
+        None: every model without an absolute flag votes.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -92,11 +108,13 @@ class GuardConfig:
     min_models: int = 3
     fraction_odds_ratio: float = 4.0
     fraction_gap: float = 0.1
-    flood_fraction: float = 0.8
+    flood_fraction: float | None = 0.8
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
     region_foreground: float = 0.5
     region_fraction: float = 0.25
+    network_enclosed: float | None = None
+    foreground: tuple[float, float] | None = None
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -107,9 +125,30 @@ class GuardConfig:
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
         for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio",
-                     "region_foreground", "region_fraction"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+                     "region_fraction", "network_enclosed"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {value}")
+        if not 0 <= self.region_foreground < 1:
+            raise ValueError(f"region_foreground must lie in [0, 1), got {self.region_foreground}")
+        if self.foreground is not None:
+            low, high = self.foreground
+            if not 0 <= low < high <= 1:
+                raise ValueError(f"foreground must be a range (low, high) with 0 <= low < high <= 1, got {self.foreground}")
+            object.__setattr__(self, "foreground", (float(low), float(high)))
+
+    def describe(self) -> str:
+        """What these guards call degenerate, in a few words."""
+        parts = []
+        if self.foreground is not None:
+            parts.append(f"an expected foreground of {_percent(self.foreground[0])} to {_percent(self.foreground[1])}")
+        parts.append(f"flooding above {_percent(self.flood_fraction)}" if self.flood_fraction is not None
+                     else "no flooding check (dense tissue may be all foreground)")
+        parts.append("objects the size of the image" if self.region_foreground == 0 else
+                     f"one region over {_percent(self.region_fraction)} of the image")
+        if self.network_enclosed is not None:
+            parts.append("networks (membranes) instead of objects")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -119,7 +158,8 @@ class Flag:
     Attributes
     ----------
     code : str
-        ``'floods'``, ``'one-region'``, ``'empty'``, ``'disagrees'``, ``'over-splits'`` or ``'merges'``.
+        ``'floods'``, ``'one-region'``, ``'network'``, ``'implausible'``, ``'empty'``, ``'disagrees'``,
+        ``'over-splits'`` or ``'merges'``.
     scope : {'all', 'instance'}
         What it concerns: the foreground (every consistency) or the objects only.
     reason : str
@@ -137,12 +177,16 @@ class Flag:
 @dataclass(frozen=True)
 class ImageStatistics:
     """What one clean prediction looks like: foreground fraction, object count, median object area,
-    and the area of the largest object as a fraction of the image."""
+    the area of the largest object as a fraction of the image, and the largest foreground region's
+    span (its area with holes filled, as a fraction of the image) with the share of that span its
+    holes make up."""
 
     foreground_fraction: float
     n_objects: int
     median_object_size: float
     largest_object_fraction: float
+    region_span: float = 0.0
+    enclosed_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -162,6 +206,10 @@ class ModelGuards:
         Median over images of the median object area (pixels), model and bank.
     largest_object_fraction : float
         Median over images of the largest object's area as a fraction of the image.
+    region_span, enclosed_fraction : float
+        Median over images of the largest foreground region's area with its holes filled (fraction
+        of the image), and of the share of that area its holes make up (a network encloses most of
+        what it spans; an object encloses nothing).
     agreement_iou, agreement_f1 : float
         Mean over images of the IoU / object F1 against the other models' consensus (NaN
         without a consensus).
@@ -179,6 +227,8 @@ class ModelGuards:
     object_size: float
     consensus_object_size: float
     largest_object_fraction: float
+    region_span: float
+    enclosed_fraction: float
     agreement_iou: float
     agreement_f1: float
     bank_agreement_iou: float
@@ -202,7 +252,7 @@ def _check_mask(mask, name: str) -> np.ndarray:
 
 
 def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatistics:
-    """Foreground fraction, object count and median object area of one clean prediction.
+    """Foreground fraction, object count, median object area and the largest region's shape of one clean prediction.
 
     Parameters
     ----------
@@ -221,9 +271,23 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
         raise ValueError(f"labels shape {labels.shape} differs from foreground shape {foreground.shape}")
     sizes = np.bincount(labels.ravel())[1:]
     sizes = sizes[sizes > 0]
+    span, enclosed = _largest_region(foreground)
     return ImageStatistics(float(foreground.mean()), int(sizes.size),
                            float(np.median(sizes)) if sizes.size else float("nan"),
-                           float(sizes.max()) / labels.size if sizes.size else 0.0)
+                           float(sizes.max()) / labels.size if sizes.size else 0.0, span, enclosed)
+
+
+def _largest_region(foreground: np.ndarray) -> tuple[float, float]:
+    """Span of the largest 8-connected foreground region (holes filled, fraction of the image) and the share
+    of that span its holes make up; (0, 0) without foreground."""
+    regions = measure.label(foreground, connectivity=2)
+    if regions.max() == 0:
+        return 0.0, 0.0
+    largest = regions == np.argmax(np.bincount(regions.ravel())[1:]) + 1
+    rows, cols = np.flatnonzero(largest.any(axis=1)), np.flatnonzero(largest.any(axis=0))
+    window = largest[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+    filled = int(ndi.binary_fill_holes(window).sum())
+    return filled / foreground.size, 1.0 - int(window.sum()) / filled
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
@@ -311,8 +375,7 @@ def compute_guards(
     own = {name: _own_values(list(statistics[name].values())) for name in models}
     # First the checks that need no bank: a model that floods the image is left out of the
     # consensus, so that a bank failing the same way cannot outvote the one model that works.
-    absolute = {name: _absolute_flags(own[name]["foreground_fraction"], own[name]["largest_object_fraction"], config)
-                for name in models}
+    absolute = {name: _absolute_flags(own[name], config) for name in models}
     plausible = [name for name in models if not absolute[name]]
     per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
                         "empty_where_bank_not": []} for name in models}
@@ -379,6 +442,8 @@ def _own_values(statistics: Sequence[ImageStatistics]) -> dict:
         objects_per_image=_median([v.n_objects for v in statistics]),
         object_size=_median([v.median_object_size for v in statistics]),
         largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
+        region_span=_median([v.region_span for v in statistics]),
+        enclosed_fraction=_median([v.enclosed_fraction for v in statistics]),
     )
 
 
@@ -408,16 +473,30 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
 
-def _absolute_flags(fraction: float, region: float, config: GuardConfig) -> tuple[Flag, ...]:
-    """Flags that need no bank: almost all foreground, or most of the image as one region."""
+def _absolute_flags(values: dict, config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags that need no bank: almost all foreground, most of the image as one region, a network instead of
+    objects, or a foreground the task's objects never cover."""
+    fraction, region = values["foreground_fraction"], values["largest_object_fraction"]
     if not np.isfinite(fraction):
         return ()
-    if fraction > config.flood_fraction:
+    if config.flood_fraction is not None and fraction > config.flood_fraction:
         return (Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground"),)
     if fraction > config.region_foreground and region > config.region_fraction:
+        if config.region_foreground == 0:
+            return (Flag("one-region", "all", f"finds one object covering {_percent(region)} of the image: it found no "
+                                              "boundaries between the objects"),)
         return (Flag("one-region", "all", f"marks {_percent(fraction)} of the image as foreground, mostly as one "
                                           f"region covering {_percent(region)} of it: it segments the background or "
                                           "the tissue, not objects"),)
+    span, enclosed = values["region_span"], values["enclosed_fraction"]
+    if config.network_enclosed is not None and span > config.region_fraction and enclosed > config.network_enclosed:
+        return (Flag("network", "all", f"draws a network: its largest region spans {_percent(span)} of the image and "
+                                       f"encloses {_percent(enclosed)} of that span as holes - it traces boundaries "
+                                       "(membranes), not objects"),)
+    if config.foreground is not None and not config.foreground[0] <= fraction <= config.foreground[1]:
+        low, high = config.foreground
+        return (Flag("implausible", "all", f"predicts {_percent(fraction)} of the image as foreground where this "
+                                           f"task's objects cover {_percent(low)} to {_percent(high)}"),)
     return ()
 
 

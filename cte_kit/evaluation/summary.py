@@ -21,7 +21,34 @@ from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_
 from ..types import CTEKitWarning
 from .performance import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, performance_metric_for
 
-__all__ = ["summarize_results"]
+__all__ = ["regret", "summarize_results"]
+
+
+def regret(performance, pick: int | None) -> float:
+    """What following a pick costs: the best true performance minus the pick's.
+
+    Parameters
+    ----------
+    performance : (n_models,) float array_like
+        True performance of each model (NaN: unknown, never the best).
+    pick : int or None
+        Index of the picked model; None when nothing was recommended.
+
+    Returns
+    -------
+    float
+        In [0, 1] for scores in [0, 1]; 0 when the pick is the best; NaN without a pick or a known
+        performance of it.
+
+    Examples
+    --------
+    >>> regret([0.9, 0.6, float("nan")], 1)
+    0.30000000000000004
+    """
+    performance = np.asarray(performance, dtype=float)
+    if pick is None or not np.isfinite(performance[pick]):
+        return math.nan
+    return float(np.nanmax(performance) - performance[pick])
 
 
 def summarize_results(
@@ -67,7 +94,7 @@ def summarize_results(
         further apart than that), ``separated`` (a unique best model; otherwise a warning is
         issued), and with labels ``kendall``, ``spearman``, ``weighted_kendall`` (of the kit's
         ranking against true performance), ``kendall_unguarded`` (of CTE alone), ``pearson``
-        (of the CTE values) and their p-values.
+        (of the CTE values) and their p-values, and ``regret`` (:func:`regret` of the recommended model).
     """
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
@@ -140,7 +167,8 @@ def summarize_results(
             raw = correlations(cte, perf, seed=seed)
             entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,
                          spearman_p=ordered.spearman_p, pearson=raw.pearson, pearson_p=raw.pearson_p,
-                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall)
+                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall,
+                         regret=regret(perf, recommended))
         entry["models"] = model_rows
         summaries.append(entry)
     return summaries
