@@ -361,7 +361,8 @@ def _run_demo(args) -> int:
         rows = read_results(store, result)
         names = _ranked(result, rows, allow_incomplete=False)
         summaries = summarize_results(rows, statistic=choice.task.statistic, models=names,
-                                      guards=sweep_guards(store, names, target.names, choice.task.guards))
+                                      guards=sweep_guards(store, names, target.names, choice.task.guards),
+                                      guard_config=choice.task.guards)
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -420,7 +421,7 @@ def _run_rank(args) -> int:
     rows = [r for r in rows if r["model"] in ranked]
     guards = None if args.no_guards or not ranked else sweep_guards(args.out, ranked, target.names, task.guards)
     summaries = summarize_results(rows, statistic=args.statistic or task.statistic, seed=args.seed, models=ranked,
-                                  guards=guards) if rows else []
+                                  guards=guards, guard_config=task.guards) if rows else []
     _warn_task_hint(choice, guards)
     _warn_flagged(summaries)
     for summary in summaries:
@@ -478,7 +479,8 @@ def _run_sweep(args) -> int:
                 if not found:
                     continue
                 guards = store_guards(store, report, run_target.name, names, config=task.guards)
-                summaries = summarize_results(found, statistic=task.statistic, models=names, guards=guards)
+                summaries = summarize_results(found, statistic=task.statistic, models=names, guards=guards,
+                                              guard_config=task.guards)
                 _warn_task_hint(config.task, guards)
                 _warn_flagged(summaries)
                 for summary in summaries:
@@ -518,9 +520,10 @@ def _warn_flagged(summaries: list[dict]) -> None:
                       f"others: {listing}. A model can be very consistent and still segment the wrong thing; "
                       "--no-guards ranks by CTE alone.", CTEKitWarning, stacklevel=2)
     for summary in summaries:
-        if summary.get("verdict"):
-            warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
-                          f"{summary['verdict']}.", CTEKitWarning, stacklevel=2)
+        for sentence in (summary.get("verdict"), summary.get("bank_note")):
+            if sentence:
+                warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
+                              f"{sentence}.", CTEKitWarning, stacklevel=2)
 
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:

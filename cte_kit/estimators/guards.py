@@ -21,11 +21,18 @@ a :class:`Flag` with a reason in plain words. Flags of scope ``'all'`` concern t
 ``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
 :class:`GuardConfig`.
 
+The absolute checks read the task (:class:`GuardConfig`, one per task in
+:mod:`cte_kit.estimators.tasks`): dense tissue is all foreground and only "objects the size of the
+image" is degenerate there; mitochondria cover a few % of a section, so a model far outside the
+task's expected foreground, or one that draws a network of membranes, is flagged whatever the bank
+says, and does not vote. That is what keeps a bank whose majority segments the wrong structure
+(membrane or nuclei models on EM mitochondria) from flagging the few right models.
+
 What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` plausible models there
-is no consensus and only the absolute checks run; where most of the bank fails the same way
-*without* flooding the image, the consensus is that failure and a lone good model looks like
-the outlier. :func:`bank_verdict`
-says when the bank as a whole looks unusable.
+is no consensus and only the absolute checks run; where most of the bank fails the same way in a
+way the task's expectations do not describe, the consensus is that failure and a lone good model
+looks like the outlier. :func:`bank_verdict` says when the bank as a whole looks unusable,
+:func:`bank_disagreement` when the ranking rests on a part of it only.
 """
 
 from __future__ import annotations
@@ -41,10 +48,12 @@ from ..scoring.metrics import mask_overlap, match_instances
 from ..types import InputTypeError
 
 __all__ = [
+    "ABSOLUTE_FLAGS",
     "Flag",
     "GuardConfig",
     "ModelGuards",
     "ImageStatistics",
+    "bank_disagreement",
     "bank_verdict",
     "compute_guards",
     "foreground_agreement",
@@ -552,6 +561,52 @@ def guarded_order(scores, flagged) -> np.ndarray:
     if finite.size and (finite.min() < 0 or finite.max() > 1):
         raise ValueError("guarded_order needs scores in [0, 1]")
     return np.where(flagged, scores - 2.0, scores)
+
+
+#: Flags that need no bank (a model with one of them does not vote in the consensus).
+ABSOLUTE_FLAGS = ("floods", "one-region", "network", "implausible")
+
+
+def bank_disagreement(guards: Mapping[str, ModelGuards], consistency: str = "hard",
+                      config: GuardConfig = GuardConfig()) -> str | None:
+    """A sentence when the bank disagrees with itself, else None.
+
+    Two cases say that the ranking rests on a part of the bank only: half of the models or more
+    are flagged (most of the bank segments something else, or nothing), or too few models look
+    plausible for a consensus, so that only the checks that need no bank could run. The few
+    models left are not outliers for it: they are what the ranking can still offer.
+
+    Parameters
+    ----------
+    guards : mapping of str to ModelGuards
+    consistency : str
+    config : GuardConfig
+        Its ``min_models``.
+
+    Returns
+    -------
+    str or None
+        None also when every model is flagged (:func:`bank_verdict` says that).
+    """
+    flagged = {name: g.flags_for(consistency) for name, g in guards.items() if g.flags_for(consistency)}
+    if not flagged or len(flagged) == len(guards):
+        return None
+    others = [name for name in guards if name not in flagged]
+    sentences = []
+    if 2 * len(flagged) >= len(guards):
+        codes: dict[str, int] = {}
+        for flags in flagged.values():
+            for flag in dict.fromkeys(f.code for f in flags):
+                codes[flag] = codes.get(flag, 0) + 1
+        sentences.append(f"the bank disagrees with itself: {len(flagged)} of {len(guards)} models are flagged ("
+                         + ", ".join(f"{code} {n}" for code, n in codes.items()) + "); the ranking rests on the "
+                         + f"other {len(others)} ({', '.join(others)})")
+    plausible = [name for name, g in guards.items() if not any(f.code in ABSOLUTE_FLAGS for f in g.flags)]
+    if len(plausible) < config.min_models <= len(guards):
+        sentences.append(f"only {len(plausible)} model{'s' if len(plausible) != 1 else ''} look plausible for the "
+                         f"task, fewer than the {config.min_models} a consensus needs: they were checked against "
+                         "the task's expectations, not against each other")
+    return "; ".join(sentences) if sentences else None
 
 
 def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard") -> str | None:

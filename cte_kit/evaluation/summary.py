@@ -14,7 +14,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..estimators.guards import ModelGuards, bank_verdict, guarded_order
+from ..estimators.guards import GuardConfig, ModelGuards, bank_disagreement, bank_verdict, guarded_order
 from ..estimators.selection import DEFAULT_TOL, separation
 from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic, summarize
 from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
@@ -58,6 +58,7 @@ def summarize_results(
     seed: int = 0,
     models: Sequence[str] | None = None,
     guards: Mapping[str, ModelGuards] | None = None,
+    guard_config: GuardConfig = GuardConfig(),
 ) -> list[dict]:
     """Per-setting rankings from result rows.
 
@@ -74,6 +75,8 @@ def summarize_results(
     guards : mapping of str to ModelGuards, optional
         Label-free guards (:func:`sweep_guards`). A model with a flag that concerns the setting's
         consistency is ranked after every unflagged model; None ranks by CTE alone.
+    guard_config : GuardConfig
+        The configuration the guards were computed with (the task's): what a consensus needs.
 
     Returns
     -------
@@ -86,7 +89,8 @@ def summarize_results(
         ``code``, ``scope``, ``reason``; empty when clean), ``guards`` (the guard values), and
         with labels ``performance``, ``f1``, ``map``, ``rank_performance``),
         ``recommended`` (the top unflagged model, None when every model is flagged),
-        ``verdict`` (a sentence when no model can be recommended), ``p_best_is_top`` (sampling
+        ``verdict`` (a sentence when no model can be recommended), ``bank_note`` (a sentence when
+        the ranking rests on a part of the bank only: the bank disagrees with itself), ``p_best_is_top`` (sampling
         stability: how often the recommended model stays first among the unflagged models when
         images are resampled - it says nothing about validity, which is what the flags are
         for), ``tied_at_top`` (exact ties), ``near_tied_at_top`` (within
@@ -136,6 +140,7 @@ def summarize_results(
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
         entry["recommended"] = names[recommended] if recommended is not None else None
         entry["verdict"] = bank_verdict(guards, consistency) if guards else None
+        entry["bank_note"] = bank_disagreement(guards, consistency, guard_config) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
         if n_boot and eligible.sum() > 1:
