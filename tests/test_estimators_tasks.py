@@ -73,7 +73,10 @@ def test_the_task_is_never_assumed_silently():
 
 
 def _guards(fraction):
-    return ModelGuards("m", 1, fraction, fraction, 1, 1, 10, 10, 0.1, 0.5, 0.0, 1.0, 1.0, 1.0)
+    return ModelGuards(name="m", n_images=1, foreground_fraction=fraction, consensus_fraction=fraction,
+                       empty_images=0.0, objects_per_image=1, consensus_objects=1, object_size=10,
+                       consensus_object_size=10, largest_object_fraction=0.1, region_span=0.5, enclosed_fraction=0.0,
+                       agreement_iou=1.0, agreement_f1=1.0, bank_agreement_iou=1.0)
 
 
 def test_an_assumed_task_that_looks_wrong_says_so():

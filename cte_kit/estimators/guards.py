@@ -13,9 +13,9 @@ predictions the estimator already makes, never at a label:
   (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
   compared with itself.
 
-A model whose output is degenerate whatever the bank says (almost all foreground, or most of
-the image as one region) is flagged first and left out of the consensus, so that a bank that
-fails the same way cannot outvote the one model that works; the others are then compared with
+A model whose output is degenerate whatever the bank says (almost all foreground, nothing on
+most images, or most of the image as one region) is flagged first and left out of the consensus,
+so that a bank that fails the same way cannot outvote the one model that works; the others are then compared with
 the consensus of these plausible models. A model whose output is degenerate or an outlier gets
 a :class:`Flag` with a reason in plain words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
 ``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
@@ -29,10 +29,11 @@ says, and does not vote. That is what keeps a bank whose majority segments the w
 (membrane or nuclei models on EM mitochondria) from flagging the few right models.
 
 What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` plausible models there
-is no consensus and only the absolute checks run; where most of the bank fails the same way in a
-way the task's expectations do not describe, the consensus is that failure and a lone good model
-looks like the outlier. :func:`bank_verdict` says when the bank as a whole looks unusable,
-:func:`bank_disagreement` when the ranking rests on a part of it only.
+is no consensus and only the absolute checks run (they hold for a bank of any size, one model
+included); where most of the bank fails the same way in a way the task's expectations do not
+describe, the consensus is that failure and a lone good model looks like the outlier.
+:func:`bank_verdict` says when the bank as a whole looks unusable, :func:`bank_disagreement` when
+the ranking rests on a part of it only.
 """
 
 from __future__ import annotations
@@ -48,7 +49,6 @@ from ..scoring.metrics import mask_overlap, match_instances
 from ..types import InputTypeError
 
 __all__ = [
-    "ABSOLUTE_FLAGS",
     "Flag",
     "GuardConfig",
     "ModelGuards",
@@ -83,6 +83,10 @@ class GuardConfig:
     empty_share : float
         A model empty on more than this share of the images where the consensus is not empty
         predicts nothing.
+    absolute_empty_share : float
+        A model empty on more than this share of all the images predicts nothing, whatever the
+        bank says (a bank of any size, one model included). The readers keep only images with
+        objects; on a target where most images truly hold none, raise it.
     flood_fraction : float or None
         A mean foreground fraction above this is degenerate whatever the bank says (None: no such
         check, for dense tissue where every pixel belongs to an object).
@@ -120,6 +124,7 @@ class GuardConfig:
     flood_fraction: float | None = 0.8
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
+    absolute_empty_share: float = 0.5
     region_foreground: float = 0.5
     region_fraction: float = 0.25
     network_enclosed: float | None = None
@@ -133,8 +138,8 @@ class GuardConfig:
         for name in ("fraction_odds_ratio", "count_ratio"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
-        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio",
-                     "region_fraction", "network_enclosed"):
+        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "absolute_empty_share",
+                     "agreement_ratio", "region_fraction", "network_enclosed"):
             value = getattr(self, name)
             if value is not None and not 0 < value < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
@@ -209,6 +214,9 @@ class ModelGuards:
         Images the model has a prediction for.
     foreground_fraction, consensus_fraction : float
         Mean over images of the model's foreground fraction and of the bank's median.
+    empty_images : float
+        Share of the images on which the model's foreground fraction is below
+        :attr:`GuardConfig.empty_fraction` (it predicts nothing there).
     objects_per_image, consensus_objects : float
         Median over images of the model's object count and of the bank's median count.
     object_size, consensus_object_size : float
@@ -225,12 +233,16 @@ class ModelGuards:
     bank_agreement_iou : float
         The median of ``agreement_iou`` over the bank (the reference of the ``disagrees`` flag).
     flags : tuple of Flag
+    plausible : bool
+        Whether the model passed the checks that need no bank, and so made the consensus the others
+        were compared with.
     """
 
     name: str
     n_images: int
     foreground_fraction: float
     consensus_fraction: float
+    empty_images: float
     objects_per_image: float
     consensus_objects: float
     object_size: float
@@ -242,6 +254,7 @@ class ModelGuards:
     agreement_f1: float
     bank_agreement_iou: float
     flags: tuple[Flag, ...] = field(default_factory=tuple)
+    plausible: bool = True
 
     def flags_for(self, consistency: str) -> tuple[Flag, ...]:
         """The flags that concern a ranking by ``consistency``."""
@@ -381,9 +394,9 @@ def compute_guards(
             loaded = load(name, image)
             if loaded is not None:
                 statistics[name][image] = image_statistics(*loaded)
-    own = {name: _own_values(list(statistics[name].values())) for name in models}
-    # First the checks that need no bank: a model that floods the image is left out of the
-    # consensus, so that a bank failing the same way cannot outvote the one model that works.
+    own = {name: _own_values(list(statistics[name].values()), config) for name in models}
+    # First the checks that need no bank: a model that floods the image or predicts nothing is left
+    # out of the consensus, so that a bank failing the same way cannot outvote the one model that works.
     absolute = {name: _absolute_flags(own[name], config) for name in models}
     plausible = [name for name in models if not absolute[name]]
     per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
@@ -439,15 +452,17 @@ def compute_guards(
         )
         relative = _relative_flags(values, _mean(record["empty_where_bank_not"]), len(plausible), config)
         known = {flag.code for flag in absolute[name]}
-        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known))
+        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known),
+                                   plausible=not absolute[name])
     return guards
 
 
-def _own_values(statistics: Sequence[ImageStatistics]) -> dict:
+def _own_values(statistics: Sequence[ImageStatistics], config: GuardConfig) -> dict:
     """A model's own guard values over images (no bank needed)."""
     return dict(
         n_images=len(statistics),
         foreground_fraction=_mean([v.foreground_fraction for v in statistics]),
+        empty_images=_mean([v.foreground_fraction < config.empty_fraction for v in statistics]),
         objects_per_image=_median([v.n_objects for v in statistics]),
         object_size=_median([v.median_object_size for v in statistics]),
         largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
@@ -482,12 +497,14 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
 
-def _absolute_flags(values: dict, config: GuardConfig) -> tuple[Flag, ...]:
-    """Flags that need no bank: almost all foreground, most of the image as one region, a network instead of
-    objects, or a foreground the task's objects never cover."""
-    fraction, region = values["foreground_fraction"], values["largest_object_fraction"]
+def _absolute_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags that need no bank: almost all foreground, nothing on most images, most of the image as one region,
+    a network instead of objects, or a foreground the task's objects never cover."""
+    fraction, region, empty = values["foreground_fraction"], values["largest_object_fraction"], values["empty_images"]
     if not np.isfinite(fraction):
         return ()
+    if empty > config.absolute_empty_share:
+        return (Flag("empty", "all", f"predicts no foreground on {empty:.0%} of the images"),)
     if config.flood_fraction is not None and fraction > config.flood_fraction:
         return (Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground"),)
     if fraction > config.region_foreground and region > config.region_fraction:
@@ -563,10 +580,6 @@ def guarded_order(scores, flagged) -> np.ndarray:
     return np.where(flagged, scores - 2.0, scores)
 
 
-#: Flags that need no bank (a model with one of them does not vote in the consensus).
-ABSOLUTE_FLAGS = ("floods", "one-region", "network", "implausible")
-
-
 def bank_disagreement(guards: Mapping[str, ModelGuards], consistency: str = "hard",
                       config: GuardConfig = GuardConfig()) -> str | None:
     """A sentence when the bank disagrees with itself, else None.
@@ -601,7 +614,7 @@ def bank_disagreement(guards: Mapping[str, ModelGuards], consistency: str = "har
         sentences.append(f"the bank disagrees with itself: {len(flagged)} of {len(guards)} models are flagged ("
                          + ", ".join(f"{code} {n}" for code, n in codes.items()) + "); the ranking rests on the "
                          + f"other {len(others)} ({', '.join(others)})")
-    plausible = [name for name, g in guards.items() if not any(f.code in ABSOLUTE_FLAGS for f in g.flags)]
+    plausible = [name for name, g in guards.items() if g.plausible]
     if len(plausible) < config.min_models <= len(guards):
         sentences.append(f"only {len(plausible)} model{'s' if len(plausible) != 1 else ''} look plausible for the "
                          f"task, fewer than the {config.min_models} a consensus needs: they were checked against "

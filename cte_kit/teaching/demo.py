@@ -145,5 +145,9 @@ def format_table(summary: dict) -> str:
             line += (f" Sampling stability: it stays first among the unflagged models in "
                      f"{summary['p_best_is_top']:.0%} of bootstrap resamples of the images (how much the "
                      "scores move with the images, not whether they can be trusted: that is what the flags say).")
+        if np.isfinite(summary.get("regret", np.nan)):
+            line += f" Regret: the best model's true {metric} is {summary['regret']:.3f} above the recommended one's."
         lines.append(line)
+    if summary.get("bank_note"):
+        lines.append(f"Note: {summary['bank_note']}.")
     return "\n".join(lines)
