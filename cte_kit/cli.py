@@ -228,6 +228,7 @@ def _add_qc(subparsers):
                                         "--out of `cte-kit rank` to reuse its predictions")
     parser.add_argument("--worst", type=int, default=8, help="least reliable images shown in the report (default: 8)")
     parser.add_argument("--n-images", type=int, default=16, help="--images demo: synthetic target images (default: 16)")
+    _add_task_option(parser)
     _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -242,6 +243,7 @@ def _run_qc(args) -> int:
     from .runs.store import ResultStore
     from .teaching.demo import demo_bank_entries, demo_targets
 
+    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
     bank = demo_bank_entries() if args.bank == "demo" else read_bank(args.bank)
     if args.images == "demo":
         demo = demo_targets(args.n_images, include_real=False)[0]
@@ -257,7 +259,8 @@ def _run_qc(args) -> int:
     backend = _backend(args)
     try:
         with ResultStore(args.store or out / "results.sqlite") as store:
-            qc = quality(bank, target, args.model, store, backend=backend, progress=not args.no_progress)
+            qc = quality(bank, target, args.model, store, backend=backend, progress=not args.no_progress,
+                         task=choice.task)
             judgement = judge_quality(qc, store, dict(zip(names, labels))) if labels is not None else None
             shown = [image.image for image in qc.ranked()[:args.worst]]
             chosen = next(item for item in bank if item.name == args.model)

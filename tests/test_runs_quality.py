@@ -143,6 +143,8 @@ def test_the_default_settings_follow_the_kits_defaults():
     from cte_kit.estimators.cte import default_settings
 
     assert [s.perturbation.label for s in quality_settings()] == list(default_settings(["hard"]))
+    for task in ("nuclei", "mitochondria", "cells"):
+        assert [s.perturbation.label for s in quality_settings(task=task)] == list(default_settings(["hard"], task))
 
 
 def test_the_perturbed_foreground_is_the_one_the_stability_was_measured_on():

@@ -21,6 +21,7 @@ import numpy as np
 
 from ..estimators.cte import default_settings
 from ..estimators.guards import GuardConfig, ModelGuards
+from ..estimators.tasks import Task, task_defaults
 from ..estimators.quality import ImageEvidence, image_evidence, image_scores, object_scores
 from ..models.bank import BankEntry, load_model
 from ..models.base import SegmentationModel
@@ -40,11 +41,11 @@ QUALITY_KEY = "quality"
 DOUBTFUL = 0.5
 
 
-def quality_settings(seed: int = 0, n_pert: int = 1) -> list[Setting]:
-    """The settings quality control reads: the kit's default perturbation of hard consistency
+def quality_settings(seed: int = 0, n_pert: int = 1, task: str | Task | None = None) -> list[Setting]:
+    """The settings quality control reads: the task's default perturbation of hard consistency
     (:func:`cte_kit.estimators.cte.default_settings`), whose runs also measure every object's stability."""
     return [Setting(label, tuple(consistencies), seed, n_pert)
-            for label, consistencies in default_settings(["hard"]).items()]
+            for label, consistencies in default_settings(["hard"], task).items()]
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,8 @@ def _names(bank: Sequence[BankEntry | SegmentationModel], model: str) -> list[st
 
 
 def quality(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, model: str, store: ResultStore,
-            settings: Sequence[Setting] | None = None, backend=None, config: GuardConfig = GuardConfig(),
-            progress: bool = True) -> QualityControl:
+            settings: Sequence[Setting] | None = None, backend=None, config: GuardConfig | None = None,
+            progress: bool = True, task: str | Task | None = None) -> QualityControl:
     """Label-free quality control of one model of a bank on a target, per image and per object.
 
     Parameters
@@ -204,11 +205,13 @@ def quality(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, mo
         Read first (a ranking run into the same store is reused), then written.
     settings : sequence of Setting, optional
         The perturbations the consistency and object stability are measured under; default
-        :func:`quality_settings` (the kit's default). Their hard consistency is used.
+        :func:`quality_settings` (the task's default). Their hard consistency is used.
     backend : SerialBackend or DaskBackend, optional
-    config : GuardConfig
-        The guards' thresholds: which models are compared with, and the per-image flags.
+    config : GuardConfig, optional
+        The guards' thresholds: which models are compared with, and the per-image flags; default the task's.
     progress : bool
+    task : str or Task, optional
+        The segmentation problem (:mod:`cte_kit.estimators.tasks`): its default perturbation and guards.
 
     Returns
     -------
@@ -220,7 +223,8 @@ def quality(bank: Sequence[BankEntry | SegmentationModel], target: RunTarget, mo
         ``model`` is not in the bank, or a setting scores no hard consistency.
     """
     names = _names(bank, model)
-    settings = list(settings) if settings is not None else quality_settings()
+    settings = list(settings) if settings is not None else quality_settings(task=task)
+    config = config if config is not None else task_defaults(task).guards
     if not settings or any("hard" not in s.consistencies for s in settings):
         raise ValueError("quality control reads the hard consistency: give settings that score it")
     chosen = [item for item in bank if item.name == model]
