@@ -119,7 +119,8 @@ def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_
     """Train the models of a task bank into ``out`` and write its ``bank.yaml`` (with ``task:``).
 
     Each model trains on its own domain's images (seed 100 + its position), never the target's;
-    its training seed is its position: the bank is reproducible bit for bit on one machine.
+    its training seed is its position: the bank is reproducible bit for bit on one machine. A model
+    whose checkpoint is already in ``out`` is kept, so an interrupted build resumes.
     """
     out = Path(out)
     bank = TASK_BANKS[task]
@@ -128,9 +129,12 @@ def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_
         if model.pretrained is not None:
             entries.append(BankEntry(model.name, "unet", pretrained=model.pretrained))
             continue
+        path = out / f"{model.name}.pt"
+        if path.is_file():
+            entries.append(BankEntry(model.name, "unet", path.name))
+            continue
         data = generate_tissue(model.domain, n_images, shape=(128, 128), seed=100 + index)
         labels = {"mitochondria": data.mitochondria, "membranes": data.membranes, "cells": data.cells}[model.labels]
-        path = out / f"{model.name}.pt"
         train_unet(data.images, labels, UNetConfig(**TASK_BANK_ARCHITECTURE, output=model.output),
                    TrainingConfig(**{**training.__dict__, "steps": model.steps, "seed": index}), out=path,
                    name=model.name, source=f"synthetic {model.labels} of {model.domain}", progress=progress)
