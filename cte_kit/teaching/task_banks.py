@@ -55,7 +55,7 @@ class TaskBank:
 
 #: Small networks trained briefly: the banks are for teaching, and retrain in minutes.
 TASK_BANK_ARCHITECTURE = dict(levels=3, width=8)
-TASK_BANK_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=64)
+TASK_BANK_TRAINING = TrainingConfig(batch_size=8, patch_size=64)  # the steps are each model's
 TASK_BANK_TRAIN_IMAGES = 24
 
 _EM_TARGET = EM_SSTEM.with_(name="em_target", cell_size=42.0, wall_contrast=-0.55, mitochondria=4.0,
@@ -115,12 +115,13 @@ def task_target(task: str, n_images: int = 8, shape: tuple[int, int] = (128, 128
 
 
 def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_BANK_TRAINING,
-                    n_images: int = TASK_BANK_TRAIN_IMAGES, progress: bool = True) -> list[BankEntry]:
+                    n_images: int = TASK_BANK_TRAIN_IMAGES, scale: float = 1.0, progress: bool = True) -> list[BankEntry]:
     """Train the models of a task bank into ``out`` and write its ``bank.yaml`` (with ``task:``).
 
     Each model trains on its own domain's images (seed 100 + its position), never the target's;
     its training seed is its position: the bank is reproducible bit for bit on one machine. A model
-    whose checkpoint is already in ``out`` is kept, so an interrupted build resumes.
+    whose checkpoint is already in ``out`` is kept, so an interrupted build resumes. ``scale``
+    multiplies every model's steps (a smoke run).
     """
     out = Path(out)
     bank = TASK_BANKS[task]
@@ -136,7 +137,7 @@ def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_
         data = generate_tissue(model.domain, n_images, shape=(128, 128), seed=100 + index)
         labels = {"mitochondria": data.mitochondria, "membranes": data.membranes, "cells": data.cells}[model.labels]
         train_unet(data.images, labels, UNetConfig(**TASK_BANK_ARCHITECTURE, output=model.output),
-                   TrainingConfig(**{**training.__dict__, "steps": model.steps, "seed": index}), out=path,
+                   TrainingConfig(**{**training.__dict__, "steps": max(1, round(model.steps * scale)), "seed": index}), out=path,
                    name=model.name, source=f"synthetic {model.labels} of {model.domain}", progress=progress)
         entries.append(BankEntry(model.name, "unet", path.name))
     write_bank(entries, out / "bank.yaml", task=task)
