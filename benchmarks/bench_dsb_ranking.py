@@ -220,11 +220,11 @@ def load_target(bank_dir: Path, domain: str, max_images: int, max_side: int, til
     return [pieces[i][1] for i in order], [pieces[i][2] for i in order], [pieces[i][0] for i in order]
 
 
-def target_bank(bank_dir: Path, domain: str, design=None):
-    """The bank less the models trained on the target's own domain (default design: the DSB2018 bank)."""
+def target_bank(bank_dir: Path, domain: str, own: set[str] | None = None):
+    """The bank less the models trained on the target's own domain (``own``; default: those of the DSB2018 bank)."""
     from cte_kit.models.bank import read_bank
 
-    own = (design.own(domain) if design is not None else {spec.name for spec in BANK if spec.source == domain})
+    own = own if own is not None else {spec.name for spec in BANK if spec.source == domain}
     return [entry for entry in read_bank(bank_dir / "bank.yaml") if entry.name not in own]
 
 

@@ -46,10 +46,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Protocol:
-    """One task's protocol: its bank design, the target domains, how targets are cut, what is swept and judged."""
+    """One task's protocol: its bank, the target domains, how targets are cut, what is swept and judged."""
 
     task: str
-    design_module: str
+    bank_module: str  # the bank's builder in benchmarks/: its BANK lists the models and their sources
+    default_bank: str  # its output folder under results/
     targets: tuple[str, ...]
     kind: str  # the consistency ranked and judged (hard vs F1, instance vs mAP)
     settings: tuple[str, ...]
@@ -59,12 +60,13 @@ class Protocol:
     side: int
     max_images: int
 
-    def design(self):
-        return __import__(self.design_module).DESIGN
+    def own(self, domain: str) -> set[str]:
+        """The models trained on ``domain`` (left out when it is the target)."""
+        return {spec.name for spec in __import__(self.bank_module).BANK if spec.source == domain}
 
 
 PROTOCOLS = {
-    "mitochondria": Protocol("mitochondria", "mito_bank", ("vnc", "epfl"), "hard",
+    "mitochondria": Protocol("mitochondria", "mito_bank", "mito_bank", ("vnc", "epfl"), "hard",
                              ("dropout:0.05", "dropout:0.1", "dropout:0.2", "gamma:0.7", "gamma:1.3", "noise:0.05",
                               "contrast:0.7"),
                              usable_metric="f1", usable_from=0.5, tile=True, side=256, max_images=24),
@@ -196,7 +198,7 @@ def write_report(protocol: Protocol, options, per_target, truths, tables_by_targ
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("task", choices=sorted(PROTOCOLS))
-    parser.add_argument("--bank", help="folder of the task's bank (default: results/<design name>)")
+    parser.add_argument("--bank", help="folder of the task's bank (default: results/<the protocol's bank>)")
     parser.add_argument("--out", help="default: results/tasks/<task>")
     parser.add_argument("--max-images", type=int, help="target images (tiles) per target (default: the protocol's)")
     parser.add_argument("--side", type=int, help="tile or crop side in pixels (default: the protocol's)")
@@ -212,12 +214,11 @@ def main(argv=None) -> int:
     from cte_kit.evaluation.sweep import read_results, sweep_guards
 
     protocol = PROTOCOLS[args.task]
-    design = protocol.design()
     task = task_defaults(protocol.task)
-    bank_dir = Path(args.bank) if args.bank else REPO / "results" / design.name
+    bank_dir = Path(args.bank) if args.bank else REPO / "results" / protocol.default_bank
     out = Path(args.out) if args.out else REPO / "results" / "tasks" / protocol.task
     if not (bank_dir / "bank.yaml").exists():
-        print(f"no bank in {bank_dir}: train it first ({protocol.design_module}.py)", file=sys.stderr)
+        print(f"no bank in {bank_dir}: train it first (benchmarks/{protocol.bank_module}.py)", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
     args.max_images = 4 if args.fast else args.max_images or protocol.max_images
@@ -227,7 +228,7 @@ def main(argv=None) -> int:
     per_target, truths, tables_by_target = {}, {}, {}
     options = [o for o in build_options(protocol) if all(c.perturbation in settings for c in o.components)]
     for target in protocol.targets:
-        entries = target_bank(bank_dir, target, design)
+        entries = target_bank(bank_dir, target, protocol.own(target))
         images, labels, names = load_target(bank_dir, target, args.max_images, args.side, tile=protocol.tile)
         store = out / f"{target}_n{args.max_images}_s{args.side}.sqlite"
         for line in sweep_target(entries, images, labels, names, store, target, False, (), args.threads,
