@@ -323,17 +323,21 @@ METRIC_FOR = {"hard": "f1", "soft": "f1", "instance": "map"}
 
 
 def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, usable_metric: str = "f1",
-                    usable_from: float = USABLE_F1):
+                    usable_from: float = USABLE_F1, recommend_from: float | None = None):
     """Per option and kind: point correlations (all / usable), bootstrap replicates over images, the top pick and
     its regret (the best model's true score minus the pick's; NaN when nothing is recommended).
 
-    A model is usable when its true ``usable_metric`` (median over images) reaches ``usable_from``."""
+    A model is usable when its true ``usable_metric`` (median over images) reaches ``usable_from``. With the guards,
+    nothing is recommended when every model is flagged or the top unflagged model's score is below
+    ``recommend_from`` (default: the nuclei task's ``Task.recommend_from``), as the kit's summaries do."""
+    from cte_kit.estimators.tasks import task_defaults
     from cte_kit.evaluation.summary import regret
 
     n_images = len(tables.images)
     all_columns = np.arange(n_images)
     truth = {m: np.nanmedian(tables.perf[m], axis=1) for m in ("f1", "map")}
     usable = truth[usable_metric] >= usable_from
+    recommend_from = task_defaults("nuclei").recommend_from if recommend_from is None else recommend_from
     draws = np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
     results = {}
     for option in options:
@@ -348,7 +352,8 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, u
                 boot["all"][b] = _correlate(s, t)
                 boot["usable"][b] = _correlate(s[usable], t[usable])
             top = int(np.nanargmax(score)) if np.isfinite(score).any() else None
-            no_recommendation = bool(option.guards and tables.flagged(kind).all())
+            no_recommendation = bool(option.guards and (tables.flagged(kind).all() or top is None
+                                                        or score[top] < recommend_from))
             results[(option.name, kind)] = {
                 "regret": math.nan if no_recommendation else regret(truth[metric], top),
                 "score": score, "point": point, "boot": boot,

@@ -95,25 +95,34 @@ def build_options(protocol: Protocol) -> list[Option]:
     return options
 
 
-def judge(results: dict, option: Option, kind: str) -> tuple[float, float]:
-    """What leave-one-target-out minimises on the targets it chooses on: (regret of the pick, -Kendall over all);
-    no recommendation where a usable model existed counts as the worst regret."""
+def loss(entry: dict, truth: dict, metric: str) -> float:
+    """What following an option costs on a target: the regret of its pick, plus 1 when the pick is unusable (a
+    broken model recommended); without a pick, the best model's score when a usable model existed (all of it is
+    lost), else 0 (saying that no model can be recommended is then the right answer)."""
+    if entry["no_recommendation"] or entry["top"] is None:
+        return float(np.nanmax(truth[metric])) if truth["usable"].any() else 0.0
+    return entry["regret"] + (0.0 if entry["top_usable"] else 1.0)
+
+
+def judge(results: dict, truth: dict, option: Option, kind: str) -> tuple[float, float]:
+    """What leave-one-target-out minimises on the targets it chooses on: (loss, -Kendall over all models)."""
     entry = results[(option.name, kind)]
-    regret = entry["regret"] if np.isfinite(entry["regret"]) else 1.0
     kendall = entry["point"]["all"][0]
-    return regret, -(kendall if np.isfinite(kendall) else -1.0)
+    return loss(entry, truth, METRIC_FOR[kind]), -(kendall if np.isfinite(kendall) else -1.0)
 
 
-def leave_one_target_out(options, per_target: dict, kind: str) -> list[dict]:
-    """For each target: the option chosen on the others (lowest mean regret, then highest mean Kendall), and how it
-    does on the held-out target."""
+def leave_one_target_out(options, per_target: dict, truths: dict, kind: str) -> list[dict]:
+    """For each target: the option chosen on the others (lowest mean :func:`loss`, then highest mean Kendall), and
+    how it does on the held-out target."""
     folds = []
     for held_out in per_target:
         others = [t for t in per_target if t != held_out]
-        chosen = min(options, key=lambda o: tuple(np.mean([judge(per_target[t], o, kind) for t in others], axis=0)))
-        folds.append({"held_out": held_out, "chosen_on": others, "chosen": chosen.name,
-                      "regret": per_target[held_out][(chosen.name, kind)]["regret"],
-                      "kendall": per_target[held_out][(chosen.name, kind)]["point"]["all"][0]})
+        chosen = min(options, key=lambda o: tuple(np.mean([judge(per_target[t], truths[t], o, kind) for t in others],
+                                                          axis=0)))
+        entry = per_target[held_out][(chosen.name, kind)]
+        folds.append({"held_out": held_out, "chosen_on": others, "chosen": chosen.name, "regret": entry["regret"],
+                      "loss": loss(entry, truths[held_out], METRIC_FOR[kind]),
+                      "no_recommendation": entry["no_recommendation"], "kendall": entry["point"]["all"][0]})
     return folds
 
 
@@ -174,19 +183,21 @@ def write_report(protocol: Protocol, options, per_target, truths, tables_by_targ
                                      "f1": truth["f1"].tolist(), "map": truth["map"].tolist(),
                                      "usable": truth["usable"].tolist(), "rows": rows,
                                      "flags": {m: [f.__dict__ for f in guards[m].flags] for m in tables.models}}
-    folds = leave_one_target_out(options, per_target, kind)
+    folds = leave_one_target_out(options, per_target, truths, kind)
     report["leave_one_target_out"] = folds
     lines += ["## Leave one target out", "",
-              f"Each option is chosen on the other target{'s' if len(per_target) > 2 else ''} (lowest regret of its pick, "
-              "then highest Kendall over all models) and scored on the held-out one."]
+              f"Each option is chosen on the other target{'s' if len(per_target) > 2 else ''} by its loss (the regret of "
+              "its pick, plus 1 if the pick is unusable; without a pick, the best score if a usable model existed, else "
+              "0), then by Kendall over all models, and scored on the held-out one."]
     if len(per_target) < 3:
         lines.append(f"With {len(per_target)} domains every choice rests on a single target: too few for a fair "
                      "choice. The kit keeps its default unless an option is chosen on both folds and beats it on both "
                      "held-out targets.")
     lines.append("")
     for fold in folds:
+        outcome = ("it recommends no model" if fold["no_recommendation"] else f"its regret is {fold['regret']:.2f}")
         lines.append(f"- leave {fold['held_out']} out: chosen on {', '.join(fold['chosen_on'])}: '{fold['chosen']}'; on "
-                     f"{fold['held_out']} its regret is {fold['regret']:.2f}, its Kendall over all models "
+                     f"{fold['held_out']} {outcome} (loss {fold['loss']:.2f}), its Kendall over all models "
                      f"{fmt(fold['kendall'])}")
     text = "\n".join(lines) + "\n"
     (out / "table.md").write_text(text)
@@ -242,7 +253,8 @@ def main(argv=None) -> int:
             warnings.simplefilter("ignore", RuntimeWarning)
             per_target[target], truths[target] = evaluate_target(options, tables, args.n_boot,
                                                                  usable_metric=protocol.usable_metric,
-                                                                 usable_from=protocol.usable_from)
+                                                                 usable_from=protocol.usable_from,
+                                                                 recommend_from=task.recommend_from)
         print(f"[{target}] evaluated {len(options)} options in {time.perf_counter() - started:.0f} s", flush=True)
     write_report(protocol, options, per_target, truths, tables_by_target, out, args)
     return 0
