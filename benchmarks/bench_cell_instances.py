@@ -32,9 +32,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bank_training import REPO, split_folder  # noqa: E402
+from banks import REPO, split_folder  # noqa: E402
 from bench_instances import output_maps  # noqa: E402
-from cells_bank import CELL_DOMAINS  # noqa: E402
+from cells_bank import DOMAINS as CELL_DOMAINS  # noqa: E402
 
 METHODS = ("components", "watershed", "dt_watershed")
 

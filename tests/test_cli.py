@@ -291,3 +291,83 @@ def test_sweep_without_labels_ranks_and_reports_no_correlation(tmp_path, target,
     assert "[unlabelled] gamma:0.7" in capsys.readouterr().out
     (setting,) = json.loads((tmp_path / "s.json").read_text())["targets"][0]["settings"]
     assert setting.get("kendall") is None and {row["name"] for row in setting["models"]} == {"near_target", "sharp_clean"}
+
+
+def test_a_resumed_rank_reports_the_guards_and_exports_of_its_own_images(tmp_path, capsys):
+    # every demo U-Net floods inverted fluorescence images; the same file names then hold the original
+    # images under the same --out; the inverted images again must be judged from their own predictions
+    data = generate(DEMO_TARGET, 4, shape=(96, 96), seed=3)
+    for folder in ("original", "inverted"):
+        (tmp_path / folder).mkdir()
+    for name, image in zip(data.names, data.images):
+        tifffile.imwrite(tmp_path / "original" / f"{name}.tif", image)
+        tifffile.imwrite(tmp_path / "inverted" / f"{name}.tif", (image.max() - image).astype(image.dtype))
+    bank = _bank(tmp_path / "bank.yaml")
+
+    def rank(folder):
+        summary = tmp_path / f"{folder}.json"
+        code = main(["rank", "--bank", str(bank), "--images", str(tmp_path / folder), "--out", str(tmp_path / "r.sqlite"),
+                     "--summary", str(summary), "--export", str(tmp_path / f"{folder}.csv"), "--no-progress"])
+        return code, json.loads(summary.read_text())
+
+    code, first = rank("inverted")
+    assert code == 0 and first["recommended"] is None and all(m["flags"] for m in first["models"])
+    code, original = rank("original")
+    assert code == 0 and original["recommended"] is not None
+    capsys.readouterr()
+    code, again = rank("inverted")
+    assert code == 0 and "Resumed: 12 rows" in capsys.readouterr().out
+    assert again["recommended"] is None and again["verdict"]
+    assert [m["flags"] for m in again["models"]] == [m["flags"] for m in first["models"]]
+    assert [m["guards"] for m in again["models"]] == [m["guards"] for m in first["models"]]
+    with open(tmp_path / "inverted.csv") as handle:
+        exported = list(csv.DictReader(handle))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.count("scores") == 2 * 3 * 4  # both runs' rows are kept ...
+    with open(tmp_path / "original.csv") as handle:
+        original_keys = {row["image_key"] for row in csv.DictReader(handle)}
+    # ... and the export holds this run's alone
+    assert len(exported) == 3 * 4 and not {row["image_key"] for row in exported} & original_keys
+
+
+# -- qc ------------------------------------------------------------------------------------------------
+def _csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_qc_runs_on_the_embedded_default(tmp_path, capsys):
+    out = tmp_path / "qc"
+    assert main(["qc", "--bank", "demo", "--model", "near_target", "--images", "demo", "--n-images", "3", "--out",
+                 str(out), "--worst", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Quality control of near_target on synthetic_target: 3 images" in printed
+    images, objects = _csv(out / "images.csv"), _csv(out / "objects.csv")
+    assert len(images) == 3 and [float(r["score"]) for r in images] == sorted(float(r["score"]) for r in images)
+    assert {"image", "object", "centroid_y", "centroid_x", "area", "score"} <= set(objects[0])
+    assert all(0 <= float(r["score"]) <= 1 for r in objects)
+    assert (out / "report.html").is_file() and (out / "objects.parquet").is_file()
+    assert len(list((out / "napari").glob("*_labels.tif"))) == 3
+    # labels only judge: with them, the same scores and a judgement
+    judged = tmp_path / "judged"
+    assert main(["qc", "--bank", "demo", "--model", "near_target", "--images", "demo", "--n-images", "3", "--out",
+                 str(judged), "--labels", "demo", "--store", str(out / "results.sqlite"), "--no-progress"]) == 0
+    assert "object score AUROC" in capsys.readouterr().out
+    assert _csv(judged / "images.csv") == images and _csv(judged / "objects.csv") == objects
+    assert json.loads((judged / "summary.json").read_text())["judgement"]["n_images"] == 3
+
+
+def test_qc_never_reads_labels_it_is_not_given(tmp_path, target, capsys):
+    images = tmp_path / "t" / "images"
+    images.mkdir(parents=True)
+    for path in sorted((target / "images").iterdir())[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "t" / "labels").mkdir()
+    for path in images.iterdir():  # labels that cannot be read
+        (tmp_path / "t" / "labels" / path.name).write_bytes(b"not a tiff")
+    bank = _bank(tmp_path / "bank.yaml")
+    arguments = ["qc", "--bank", str(bank), "--model", "sharp_clean", "--images", str(images), "--no-progress"]
+    assert main(arguments + ["--out", str(tmp_path / "a")]) == 0
+    assert main(arguments + ["--out", str(tmp_path / "b"), "--labels", str(tmp_path / "t" / "labels")]) == 2
+    assert "qc: error" in capsys.readouterr().err
+    assert main(arguments + ["--out", str(tmp_path / "c"), "--model", "nobody"]) == 2
