@@ -44,7 +44,8 @@ def score(truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[str, flo
     from cte_kit.scoring.metrics import average_precision
 
     maps = [average_precision(t, p).mean for t, p in zip(truth, predicted)]
-    ratios = [(len(np.unique(p)) - 1) / max(len(np.unique(t[t > 0])), 1) for t, p in zip(truth, predicted)]
+    # objects are the non-zero labels: dense tissue may have no background label at all
+    ratios = [len(np.unique(p[p > 0])) / max(len(np.unique(t[t > 0])), 1) for t, p in zip(truth, predicted)]
     return {"mAP": float(np.mean(maps)), "ratio": float(np.mean(ratios))}
 
 
