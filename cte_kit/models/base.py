@@ -333,9 +333,11 @@ class SegmentationModel(abc.ABC):
                         batch_perturbed = self._predict_feature_perturbed(batch, perturbation, seeds)
                 else:
                     shifted = [perturbation.apply(array, np.random.default_rng(s)) for array, s in zip(batch, seeds)]
-                    # one forward call for both halves: the network sees a batch twice as large
-                    outputs = self._predict_normalised(batch + shifted if needs_clean else shifted)
-                    batch_clean, batch_perturbed = (outputs[: len(batch)], outputs[len(batch):]) if needs_clean else (None, outputs)
+                    # Two calls of at most batch_size images, not one call of both halves: on a CPU a kit
+                    # U-Net costs 16 % more per image at batch 8 than at 4 (its activations leave the
+                    # caches), and the clean predictions are those of predict() bit for bit.
+                    batch_clean = self._predict_normalised(batch) if needs_clean else None
+                    batch_perturbed = self._predict_normalised(shifted)
                 for position, index in enumerate(indices):
                     if needs_clean:
                         known[index] = batch_clean[position]
