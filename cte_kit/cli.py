@@ -314,9 +314,9 @@ def _run_demo(args) -> int:
         result = run_sweep(entries, target.images, target.names, store, perturbations, settings,
                            labels=target.labels, seed=args.seed, progress=not args.no_progress, target=target.name)
         failures.extend(result.failures)
-        rows = read_results(store, result)
+        rows = read_results(result)
         names = _ranked(result, rows, allow_incomplete=False)
-        summaries = summarize_results(rows, models=names, guards=sweep_guards(store, names, target.names))
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(result, names))
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -329,11 +329,16 @@ def _run_demo(args) -> int:
     return 1 if failures else 0
 
 
-def _export(store_path, export) -> None:
+def _export(store_path, export, report) -> None:
+    """The scores of this run (its model and image keys and settings), as CSV or Parquet."""
     from .runs.store import ResultStore
 
+    selection = {"model_keys": report.models.values(),
+                 "image_keys": [key for images in report.images.values() for key in images.values()],
+                 "estimators": [(key, s.seed) for s in report.settings for key in s.keys().values()]}
     with ResultStore(store_path) as store:
-        path = store.to_parquet(export) if Path(export).suffix.lower() in (".parquet", ".pq") else store.to_csv(export)
+        write = store.to_parquet if Path(export).suffix.lower() in (".parquet", ".pq") else store.to_csv
+        path = write(export, **selection)
     print(f"Exported the scores to {path}")
 
 
@@ -368,10 +373,10 @@ def _run_rank(args) -> int:
             backend.close()
     if result.n_skipped_rows:
         print(f"Resumed: {result.n_skipped_rows} rows were already in {args.out}")
-    rows = read_results(args.out, result)
+    rows = read_results(result)
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
-    guards = None if args.no_guards or not ranked else sweep_guards(args.out, ranked, target.names)
+    guards = None if args.no_guards or not ranked else sweep_guards(result, ranked)
     summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards) if rows else []
     _warn_flagged(summaries)
     for summary in summaries:
@@ -389,7 +394,7 @@ def _run_rank(args) -> int:
     if args.plot and summaries:
         _plot_summaries(summaries, Path(args.plot), Path(args.images).name)
     if args.export:
-        _export(args.out, args.export)
+        _export(args.out, args.export, result.report)
     _print_failures(result.failures)
     return 1 if result.failures else 0
 
@@ -413,16 +418,17 @@ def _run_sweep(args) -> int:
             report = run(config.bank, [run_target for run_target, _ in loaded], config.settings, store, backend=backend,
                          progress=not args.no_progress)
             for (run_target, labels), target in zip(loaded, config.targets):
+                labels_keys = {}
                 if labels is not None:
-                    fill_performance(store, report.models, report.images[run_target.name],
-                                     dict(zip(run_target.names, labels)))
+                    labels_keys = fill_performance(store, report.models, report.images[run_target.name],
+                                                   dict(zip(run_target.names, labels)))
                 missing = {name: n for name, n in report.missing(store, run_target.name).items() if n}
                 names = [name for name in report.models if name not in missing]
                 if missing:
                     print(f"[{run_target.name}] not ranked, rows missing: "
                           + ", ".join(f"{name} ({n})" for name, n in missing.items()), file=sys.stderr)
                 found = scored_rows(store, {n: report.models[n] for n in names}, report.images[run_target.name],
-                                    report.settings)
+                                    report.settings, labels_keys)
                 if not found:
                     continue
                 guards = store_guards(store, report, run_target.name, names)
@@ -441,7 +447,7 @@ def _run_sweep(args) -> int:
         Path(args.summary).write_text(json.dumps(_json_ready({"targets": documents, "failures": [
             {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}), indent=2))
     if args.export:
-        _export(out, args.export)
+        _export(out, args.export, report)
     print(f"\n{report.n_written} rows computed, {report.n_skipped} already in {out}")
     _print_failures(report.failures)
     return 1 if report.failures else 0

@@ -218,3 +218,67 @@ def test_a_bank_that_fails_the_same_way_gets_no_recommendation():
     membranes = {f"m{i}": (mesh, mesh.astype(np.int32)) for i in range(3)}
     guards = compute_guards(list(membranes), ["a"], lambda model, image: membranes[model])
     assert all(g.flags == () for g in guards.values()) and guards["m0"].largest_object_fraction > 0.25
+
+
+def _sparse_objects(seed, fraction, shape=(256, 256), radius=2):
+    """Hundreds of small discs (mitochondria in EM) covering about ``fraction`` of the image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    disc = np.pi * radius ** 2
+    for index in range(1, int(fraction * labels.size / disc) + 1):
+        cy, cx = rng.integers(radius, shape[0] - radius), rng.integers(radius, shape[1] - radius)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = index
+    return labels > 0, labels
+
+
+@pytest.mark.parametrize("bank_size", [1, 2, 3])
+def test_a_model_empty_on_most_images_is_flagged_in_a_bank_of_any_size(bank_size):
+    truth = _discs()
+    nothing = (np.zeros_like(truth, bool), np.zeros_like(truth))
+    # empty on 3 of 4 images (a threshold of 0.99999 keeps one object on one image)
+    almost_empty = {"a": nothing, "b": nothing, "c": nothing, "d": (truth == 1, (truth == 1).astype(np.int32))}
+    predictions = {f"empty{i}": almost_empty for i in range(bank_size)}
+    if bank_size == 2:
+        predictions = {"empty0": almost_empty, "good": {image: (truth > 0, truth) for image in "abcd"}}
+    guards = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image])
+    for name, found in guards.items():
+        if name.startswith("empty"):
+            assert [f.code for f in found.flags] == ["empty"], name
+            assert found.flags[0].reason == "predicts no foreground on 75% of the images"
+            assert found.empty_images == 0.75
+        else:
+            assert found.flags == () and found.empty_images == 0.0
+    flagged = {name: g for name, g in guards.items() if g.flags}
+    assert "none of them can be recommended" in bank_verdict(flagged)
+    # the threshold is data: a share the user sets
+    relaxed = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image],
+                             GuardConfig(absolute_empty_share=0.8))
+    assert all(not g.flags for g in relaxed.values())
+
+
+def test_sparse_mitochondria_are_never_called_empty():
+    # 3-10 % foreground in hundreds of small objects, and one section without any: a correct EM model
+    sections = {f"s{i}": _sparse_objects(i, fraction) for i, fraction in enumerate((0.03, 0.05, 0.1, 0.04))}
+    sections["blank"] = (np.zeros((256, 256), bool), np.zeros((256, 256), np.int32))
+    assert all(50 <= labels.max() for mask, labels in list(sections.values())[:4])
+    for bank in (["alone"], ["m0", "m1", "m2"]):
+        guards = compute_guards(bank, list(sections), lambda model, image: sections[image])
+        assert all(g.flags == () for g in guards.values()), {n: g.flags for n, g in guards.items()}
+        assert guards[bank[0]].empty_images == pytest.approx(0.2)
+
+
+def test_the_empty_model_of_a_bank_of_two_is_not_recommended():
+    # CTE 1.0 for the model that predicts nothing (its one object is stable), 0.9 for the good one
+    truth = _discs()
+    nothing = (np.zeros_like(truth, bool), np.zeros_like(truth))
+    predictions = {"empty": {"a": nothing, "b": nothing, "c": nothing, "d": (truth == 1, truth * (truth == 1))},
+                   "good": {image: (truth > 0, truth) for image in "abcd"}}
+    guards = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image])
+    rows = [{"model": model, "image": image, "perturbation": "gamma:0.7", "consistency": consistency, "seed": 0,
+             "n_pert": 1, "cte": (np.nan if image != "d" else 1.0) if model == "empty" else 0.9,
+             "f1": np.nan, "iou": np.nan, "map": np.nan, "ap50": np.nan}
+            for model in predictions for image in "abcd" for consistency in ("hard", "instance")]
+    for summary in summarize_results(rows, n_boot=0, guards=guards):
+        assert summary["recommended"] == "good", summary["consistency"]
+        assert summarize_results(rows, n_boot=0)[0]["recommended"] == "empty"  # CTE alone picks it

@@ -13,16 +13,17 @@ predictions the estimator already makes, never at a label:
   (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
   compared with itself.
 
-A model whose output is degenerate whatever the bank says (almost all foreground, or most of
-the image as one region) is flagged first and left out of the consensus, so that a bank that
-fails the same way cannot outvote the one model that works; the others are then compared with
+A model whose output is degenerate whatever the bank says (almost all foreground, nothing on
+most images, or most of the image as one region) is flagged first and left out of the consensus,
+so that a bank that fails the same way cannot outvote the one model that works; the others are then compared with
 the consensus of these plausible models. A model whose output is degenerate or an outlier gets
 a :class:`Flag` with a reason in plain words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
 ``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
 :class:`GuardConfig`.
 
 What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` plausible models there
-is no consensus and only the absolute checks run; where most of the bank fails the same way
+is no consensus and only the absolute checks run (they hold for a bank of any size, one model
+included); where most of the bank fails the same way
 *without* flooding the image, the consensus is that failure and a lone good model looks like
 the outlier. :func:`bank_verdict`
 says when the bank as a whole looks unusable.
@@ -75,6 +76,10 @@ class GuardConfig:
     empty_share : float
         A model empty on more than this share of the images where the consensus is not empty
         predicts nothing.
+    absolute_empty_share : float
+        A model empty on more than this share of all the images predicts nothing, whatever the
+        bank says (a bank of any size, one model included). The readers keep only images with
+        objects; on a target where most images truly hold none, raise it.
     region_foreground, region_fraction : float
         A model that marks more than ``region_foreground`` of the image as foreground, mostly as
         one region whose area exceeds ``region_fraction`` of the image (median over images),
@@ -95,6 +100,7 @@ class GuardConfig:
     flood_fraction: float = 0.8
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
+    absolute_empty_share: float = 0.5
     region_foreground: float = 0.5
     region_fraction: float = 0.25
     agreement_ratio: float = 0.5
@@ -106,8 +112,8 @@ class GuardConfig:
         for name in ("fraction_odds_ratio", "count_ratio"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
-        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio",
-                     "region_foreground", "region_fraction"):
+        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "absolute_empty_share",
+                     "agreement_ratio", "region_foreground", "region_fraction"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
 
@@ -156,6 +162,9 @@ class ModelGuards:
         Images the model has a prediction for.
     foreground_fraction, consensus_fraction : float
         Mean over images of the model's foreground fraction and of the bank's median.
+    empty_images : float
+        Share of the images on which the model's foreground fraction is below
+        :attr:`GuardConfig.empty_fraction` (it predicts nothing there).
     objects_per_image, consensus_objects : float
         Median over images of the model's object count and of the bank's median count.
     object_size, consensus_object_size : float
@@ -174,6 +183,7 @@ class ModelGuards:
     n_images: int
     foreground_fraction: float
     consensus_fraction: float
+    empty_images: float
     objects_per_image: float
     consensus_objects: float
     object_size: float
@@ -308,11 +318,10 @@ def compute_guards(
             loaded = load(name, image)
             if loaded is not None:
                 statistics[name][image] = image_statistics(*loaded)
-    own = {name: _own_values(list(statistics[name].values())) for name in models}
-    # First the checks that need no bank: a model that floods the image is left out of the
-    # consensus, so that a bank failing the same way cannot outvote the one model that works.
-    absolute = {name: _absolute_flags(own[name]["foreground_fraction"], own[name]["largest_object_fraction"], config)
-                for name in models}
+    own = {name: _own_values(list(statistics[name].values()), config) for name in models}
+    # First the checks that need no bank: a model that floods the image or predicts nothing is left
+    # out of the consensus, so that a bank failing the same way cannot outvote the one model that works.
+    absolute = {name: _absolute_flags(own[name], config) for name in models}
     plausible = [name for name in models if not absolute[name]]
     per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
                         "empty_where_bank_not": []} for name in models}
@@ -371,11 +380,12 @@ def compute_guards(
     return guards
 
 
-def _own_values(statistics: Sequence[ImageStatistics]) -> dict:
+def _own_values(statistics: Sequence[ImageStatistics], config: GuardConfig) -> dict:
     """A model's own guard values over images (no bank needed)."""
     return dict(
         n_images=len(statistics),
         foreground_fraction=_mean([v.foreground_fraction for v in statistics]),
+        empty_images=_mean([v.foreground_fraction < config.empty_fraction for v in statistics]),
         objects_per_image=_median([v.n_objects for v in statistics]),
         object_size=_median([v.median_object_size for v in statistics]),
         largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
@@ -408,10 +418,13 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
 
-def _absolute_flags(fraction: float, region: float, config: GuardConfig) -> tuple[Flag, ...]:
-    """Flags that need no bank: almost all foreground, or most of the image as one region."""
+def _absolute_flags(own: Mapping[str, float], config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags that need no bank: almost all foreground, nothing on most images, or most of the image as one region."""
+    fraction, region, empty = own["foreground_fraction"], own["largest_object_fraction"], own["empty_images"]
     if not np.isfinite(fraction):
         return ()
+    if empty > config.absolute_empty_share:
+        return (Flag("empty", "all", f"predicts no foreground on {empty:.0%} of the images"),)
     if fraction > config.flood_fraction:
         return (Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground"),)
     if fraction > config.region_foreground and region > config.region_fraction:

@@ -202,8 +202,8 @@ def compare(
                               list(chosen.values()), store, labels=target.labels, sources=sources, backend=backend,
                               progress=progress)
             comparison.failures.extend(report.failures)
-            fill_performance(store, report.models, report.images, dict(zip(target.names, target.labels)))
-            truth_images = _true_f1(store, report.models, report.images)
+            labels_keys = fill_performance(store, report.models, report.images, dict(zip(target.names, target.labels)))
+            truth_images = _true_f1(store, report.models, report.images, labels_keys)
             names = list(report.models)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a model that failed has no F1 at all
@@ -226,9 +226,11 @@ def compare(
     return comparison
 
 
-def _true_f1(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str]) -> np.ndarray:
-    """(models, images) true foreground F1 of the stored clean predictions (NaN where a model failed)."""
-    truth = store.performance()
+def _true_f1(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
+             labels: Mapping[str, str]) -> np.ndarray:
+    """(models, images) true foreground F1 of the stored clean predictions against the target's labels
+    (image key -> labels key; NaN where a model failed)."""
+    truth = store.performance(labels)
     return np.array([[truth.get((model, image), {}).get("f1", np.nan) for image in images.values()]
                      for model in models.values()], dtype=float)
 
