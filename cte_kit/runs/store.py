@@ -183,15 +183,20 @@ def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) ->
 
 
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    labels = np.asarray(labels)
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    # The smallest type that holds the ids (read back as int32): a quarter or half of the bytes to
+    # compress and to decompress. zlib level 3 takes half the time of level 6 for 10-20 % more bytes.
+    kind = np.uint8 if 0 <= low and high < 2**8 else np.uint16 if 0 <= low and high < 2**16 else np.int32
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(labels, dtype=np.int32), allow_pickle=False)
-    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 6), zlib.compress(buffer.getvalue(), 6)
+    np.save(buffer, labels.astype(kind, copy=False), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 3), zlib.compress(buffer.getvalue(), 3)
 
 
 def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
     bits = np.frombuffer(zlib.decompress(foreground), dtype=np.uint8)
     mask = np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
-    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False)
+    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False).astype(np.int32, copy=False)
 
 
 def _nan_to_null(value: float) -> float | None:
