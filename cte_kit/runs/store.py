@@ -1,7 +1,8 @@
 """The result store: every score a run computes, keyed by everything that changes it.
 
 One SQLite file (write-ahead log, one transaction per unit of work, so a crash loses at most the
-unit in flight and never leaves half of one behind) holds:
+units in flight - the one being written and the one the runner computes meanwhile - and never leaves
+half of one behind) holds:
 
 * ``scores`` - one row per (model key, image key, estimator key, seed): the per-image value
   ``CTE_i`` (NaN where the clean and perturbed foregrounds are both empty: *empty*, which is not
@@ -242,7 +243,8 @@ class ResultStore:
         else:
             existing = False
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # the runner writes from one writer thread while it computes the next unit; never two threads at once
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if existing:
                 self._check()
             if not memory:
