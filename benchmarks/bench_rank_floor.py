@@ -18,19 +18,23 @@ the time beyond the two passes goes.
 
 Banks (``--banks``):
 
-* ``unet`` - the kit U-Net bank: ``--unet-models`` kit U-Nets (default 6) with a boundary channel
-  and the seeded watershed (what ``cte-kit train --task instance`` saves), trained here on the
-  synthetic source domains of the demo (cached under ``--cache``), or the bank YAML ``--unet-bank``
-  (e.g. ``results/dsb_bank/bank.yaml`` of ``benchmarks/dsb_bank.py``);
-* ``mixed`` - the first two U-Nets of that bank, a StarDist and a Cellpose model: tiny ones trained
-  offline on synthetic nuclei as ``tests/tiny_models.py`` trains them (cached), or ``--stardist
-  FOLDER`` / ``--cellpose FILE``.
+* ``unet`` - the kit U-Net bank: the first ``--unet-models`` (default 6) kit U-Nets of the embedded
+  demo bank, with the instance method they store (connected components) or the one ``--instances``
+  names (``watershed``: the seeded watershed, on the distance transform for these foreground-only
+  networks), or the bank YAML ``--unet-bank`` (e.g. ``results/dsb_bank/bank.yaml`` of
+  ``benchmarks/dsb_bank.py``: boundary U-Nets with the boundary watershed);
+* ``mixed`` - the first two models of that bank, a StarDist and a Cellpose model: tiny ones trained
+  offline on synthetic nuclei as ``tests/tiny_models.py`` trains them (kept under ``--cache``), or
+  ``--stardist FOLDER`` / ``--cellpose FILE``.
 
 The images are ``--images`` images of ``--size`` px of the demo's synthetic target, or the first
 ``--images`` files of ``--image-dir`` (e.g. a DSB2018 folder of the shared data).
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_rank_floor.py [--banks unet,mixed] [--images 100] [--size 256]
-        [--repeats 3] [--unet-bank YAML] [--image-dir DIR] [--cache results/bench_rank_floor]
+    python benchmarks/bench_rank_floor.py [--banks unet,mixed] [--images 100] [--size 256] [--repeats 3]
+        [--unet-models 6] [--instances watershed] [--unet-bank YAML] [--image-dir DIR] [--cache results/bench_rank_floor]
+
+On a shared machine compare variants by CPU time with ``OMP_NUM_THREADS=1`` (one torch thread: every
+step's CPU time is then its own thread's).
 
 ``--short`` runs tiny sizes in seconds (CI runs it; no figure of a short run means anything).
 """
@@ -39,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import importlib
 import io
@@ -58,10 +63,10 @@ import torch
 
 from cte_kit.cli import main as cli_main
 from cte_kit.data.folder import load_folder
-from cte_kit.data.synthetic import DEMO_SOURCES, DEMO_TARGET, generate
+from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.models.bank import BankEntry, load_model, read_bank, write_bank
-from cte_kit.models.training import TrainingConfig, train_unet
-from cte_kit.models.unet import UNetConfig
+from cte_kit.models.instances import INSTANCE_METHODS
+from cte_kit.teaching.demo import demo_bank_entries
 
 REPO = Path(__file__).resolve().parents[1]
 # the tiny StarDist and Cellpose models live with the tests, not in the package
@@ -127,11 +132,11 @@ class StepTimers:
         def timed(*args, **kwargs):
             stack = timers._local.__dict__.setdefault("stack", [])
             stack.append(np.zeros(2))
-            start = np.array([time.perf_counter(), time.process_time()])
+            start = np.array([time.perf_counter(), time.thread_time()])
             try:
                 return function(*args, **kwargs)
             finally:
-                elapsed = np.array([time.perf_counter(), time.process_time()]) - start
+                elapsed = np.array([time.perf_counter(), time.thread_time()]) - start
                 inner = stack.pop()
                 timers.seconds[label] += elapsed - inner
                 if stack:
@@ -155,17 +160,11 @@ class StepTimers:
 
 
 # -- banks and images --------------------------------------------------------------------------------------------
-def unet_bank(cache: Path, n_models: int, steps: int, width: int, patch: int) -> list[BankEntry]:
-    """Kit U-Nets with a boundary channel (seeded watershed), one per synthetic source domain, trained once."""
-    entries = []
-    for index, domain in enumerate(DEMO_SOURCES[:n_models]):
-        path = cache / f"unet_{domain.name}_w{width}_s{steps}_p{patch}.pt"
-        if not path.is_file():
-            data = generate(domain, 24, shape=(2 * patch, 2 * patch), seed=100 + index)
-            train_unet(data.images, data.labels, UNetConfig(levels=3, width=width, output="foreground+boundary"),
-                       TrainingConfig(steps=steps, batch_size=8, patch_size=patch, seed=index), out=path,
-                       name=domain.name, progress=False)
-        entries.append(BankEntry(domain.name, "unet", str(path)))
+def unet_bank(n_models: int, instances: str | None) -> list[BankEntry]:
+    """The first ``n_models`` kit U-Nets of the embedded demo bank, with another instance method if asked."""
+    entries = demo_bank_entries()[:n_models]
+    if instances is not None:
+        entries = [dataclasses.replace(entry, settings={**entry.settings, "instances": instances}) for entry in entries]
     return entries
 
 
@@ -275,7 +274,7 @@ def measure(label: str, entries: list[BankEntry], image_dir: Path, folder: Path,
     zero = np.zeros(2)
     rows = [(step, predict_steps.get(step, zero), rank_steps.get(step, zero))
             for step in dict.fromkeys(step for step, _, _ in STEPS) if step in predict_steps or step in rank_steps]
-    rows.append(("rest (CLI, loops: untimed)", predict_total - sum(predict_steps.values(), zero),
+    rows.append(("rest (untimed; other torch threads)", predict_total - sum(predict_steps.values(), zero),
                  rank_total - sum(rank_steps.values(), zero)))
     rows.append(("total", predict_total, rank_total))
     for step, in_predict, in_rank in rows:
@@ -296,24 +295,23 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=256, help="side of the synthetic target images (default: 256)")
     parser.add_argument("--image-dir", help="take the first --images files of this folder instead of synthetic ones")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds of predict and rank (default: 3)")
-    parser.add_argument("--unet-bank", help="bank YAML of kit U-Nets instead of the ones trained here")
-    parser.add_argument("--unet-models", type=int, default=6, help="kit U-Nets trained here (default: 6)")
-    parser.add_argument("--unet-steps", type=int, default=300, help="their training steps (default: 300)")
+    parser.add_argument("--unet-bank", help="bank YAML of kit U-Nets instead of the demo bank's")
+    parser.add_argument("--unet-models", type=int, default=6, help="kit U-Nets of the demo bank (default: 6)")
+    parser.add_argument("--instances", choices=INSTANCE_METHODS,
+                        help="instance method of the demo bank's U-Nets (default: the one they store, components)")
     parser.add_argument("--stardist", help="StarDist model folder for the mixed bank (default: a tiny one trained here)")
     parser.add_argument("--cellpose", help="Cellpose model file for the mixed bank (default: a tiny one trained here)")
     parser.add_argument("--cache", default=str(REPO / "results" / "bench_rank_floor"),
                         help="where models trained here are kept between runs (default: results/bench_rank_floor)")
     parser.add_argument("--short", action="store_true",
-                        help="tiny sizes that run in seconds (CI): 4 images of 64 px, 2 U-Nets of 5 steps, 1 round")
+                        help="tiny sizes that run in seconds (CI): 4 images of 64 px, 2 U-Nets, 1 round")
     args = parser.parse_args(argv)
     banks = args.banks.split(",")
     unknown = set(banks) - {"unet", "mixed"}
     if unknown:
         parser.error(f"unknown banks {sorted(unknown)}")
-    width, patch = 16, 96
     if args.short:
-        args.images, args.size, args.repeats, args.unet_models, args.unet_steps = 4, 64, 1, 2, 5
-        width, patch = 8, 32
+        args.images, args.size, args.repeats, args.unet_models = 4, 64, 1, 2
     cache = Path(args.cache).resolve()  # bank files resolve relative paths against their own folder
     cache.mkdir(parents=True, exist_ok=True)
 
@@ -321,9 +319,9 @@ def main(argv=None) -> int:
         unets = read_bank(args.unet_bank)
         source = f"the bank {args.unet_bank}"
     else:
-        unets = unet_bank(cache, args.unet_models, args.unet_steps, width, patch)
-        source = (f"{len(unets)} kit U-Nets (width {width}, foreground + boundary, seeded watershed) trained "
-                  f"{args.unet_steps} steps on synthetic source domains")
+        unets = unet_bank(args.unet_models, args.instances)
+        source = (f"the first {len(unets)} kit U-Nets of the demo bank (instances: "
+                  f"{args.instances or 'as stored, connected components'})")
     print(f"{os.cpu_count()} CPUs; U-Nets: {source}; images: "
           + (f"the first {args.images} of {args.image_dir}" if args.image_dir else
              f"{args.images} synthetic nuclei images of {args.size} px (the demo's target domain)"))

@@ -163,9 +163,11 @@ def _score_batch(model: SegmentationModel, unit: Unit, indices: Sequence[int]) -
     ids = [image_id(name) for name in names]
     scores: list[Score] = []
     clean = None
+    # normalised once for every setting
+    prepared = [model.prepare(image, name) for image, name in zip(images, names)] if unit.settings else None
     for setting in unit.settings:
         pairs = model.predict_pairs(images, setting.perturbation, seed=setting.seed, n_pert=setting.n_pert,
-                                    image_ids=ids, names=names, clean=clean)
+                                    image_ids=ids, names=names, clean=clean, prepared=prepared)
         clean = [pair.clean for pair in pairs]  # every later setting reuses these clean predictions
         values = pair_scores(pairs, setting.consistencies, threshold=model.threshold, boundary=setting.boundary)
         for consistency, key in setting.keys().items():
