@@ -48,7 +48,6 @@ import functools
 import importlib
 import io
 import os
-import statistics
 import sys
 import tempfile
 import threading
@@ -69,8 +68,9 @@ from cte_kit.models.instances import INSTANCE_METHODS
 from cte_kit.teaching.demo import demo_bank_entries
 
 REPO = Path(__file__).resolve().parents[1]
-# the tiny StarDist and Cellpose models live with the tests, not in the package
-sys.path.insert(0, str(REPO / "tests"))
+# the shared timing helpers beside this file; the tiny StarDist and Cellpose models live with the tests
+sys.path[:0] = [str(REPO / "benchmarks"), str(REPO / "tests")]
+from _timing import wall_and_cpu  # noqa: E402
 
 #: Timed steps: (label, module or class path, attribute). A step's seconds exclude the timed steps it calls.
 STEPS = (
@@ -199,18 +199,12 @@ def target_folder(folder: Path, n_images: int, size: int, source: str | None) ->
 
 
 # -- measuring ---------------------------------------------------------------------------------------------------
-def _clock(function) -> tuple[float, float]:
-    wall, cpu = time.perf_counter(), time.process_time()
-    function()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def predict_all(entries: list[BankEntry], images: list, names: list) -> tuple[float, float]:
     """Wall and CPU seconds of one plain predict by every model (each loaded before its clock starts)."""
     wall = cpu = 0.0
     for entry in entries:
         model = load_model(entry)
-        seconds = _clock(lambda: model.predict(images, names))
+        seconds = wall_and_cpu(lambda: model.predict(images, names))
         wall, cpu = wall + seconds[0], cpu + seconds[1]
     return wall, cpu
 
@@ -222,7 +216,7 @@ def rank(bank_file: Path, image_dir: Path, out: Path) -> tuple[float, float]:
     codes, said = [], io.StringIO()
     # the CLI's table and its warnings (the guards flag the under-trained models of a short run) are not measured
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(said):
-        seconds = _clock(lambda: codes.append(cli_main(arguments)))
+        seconds = wall_and_cpu(lambda: codes.append(cli_main(arguments)))
     if codes[0] != 0:
         raise RuntimeError(f"cte-kit {' '.join(arguments)} exited {codes[0]}:\n{said.getvalue()}")
     return seconds
