@@ -95,14 +95,18 @@ def remove_small_objects(labels: np.ndarray, min_size: int) -> np.ndarray:
     (H, W) int32 ndarray
         Objects renumbered 1..N in the order of their old ids.
     """
-    labels = _check_map(labels, "labels")
+    return _sequential(_without_small(_check_map(labels, "labels"), min_size))
+
+
+def _without_small(labels: np.ndarray, min_size: int) -> np.ndarray:
+    """``labels`` with the objects of fewer than ``min_size`` pixels set to 0, the other ids unchanged."""
     if min_size > 1:
         sizes = np.bincount(labels.ravel())
         small = sizes < min_size
         small[0] = False
         if small.any():
-            labels = np.where(small[labels], 0, labels)
-    return _sequential(labels)
+            return np.where(small[labels], 0, labels)
+    return labels
 
 
 def merge_small_fragments(labels: np.ndarray, min_size: int) -> np.ndarray:
@@ -279,8 +283,8 @@ def _interior_seeds(mask: np.ndarray, boundary: np.ndarray, min_seed_size: int) 
     # An opening removes the one- or two-pixel rims that lie outside a blurred boundary ring:
     # left in, each rim became a seed of its own and cut a nucleus into a dozen slivers.
     interior = ndi.binary_opening(interior, structure=ndi.generate_binary_structure(2, 1))
-    seeds = measure.label(interior, connectivity=1)
-    return remove_small_objects(seeds, min_seed_size)
+    # not renumbered: the border merge that follows the flooding numbers the objects in the same order
+    return _without_small(measure.label(interior, connectivity=1), min_seed_size)
 
 
 def seeded_watershed(
@@ -335,7 +339,7 @@ def seeded_watershed(
     unseeded = measure.label(mask & (labels == 0), connectivity=2)
     labels = np.where(unseeded > 0, unseeded + labels.max(), labels).astype(np.int32)
     labels = merge_small_fragments(labels, fragment_size)
-    return remove_small_objects(labels, min_size)
+    return remove_small_objects(labels, min_size) if min_size > 1 else labels
 
 
 def instances_from_probability(
