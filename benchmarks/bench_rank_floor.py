@@ -88,10 +88,12 @@ STEPS = (
     ("instance post-processing", "stardist.models.StarDist2D", "_instances_from_prediction"),
     ("instance post-processing", "cellpose.models.CellposeModel", "_compute_masks"),
     ("consistency", "cte_kit.runs.units", "pair_scores"),
+    ("per-object values (best IoU)", "cte_kit.runs.units", "mean_best_iou"),
     ("clean predictions kept", "cte_kit.runs.units", "_kept"),
     ("store writes", "cte_kit.runs.store.ResultStore", "write"),
     ("read results", "cte_kit.evaluation.sweep", "read_results"),
     ("guards", "cte_kit.evaluation.sweep", "sweep_guards"),
+    ("guards: solidity (convex hulls)", "cte_kit.estimators.guards", "_solidity"),
     ("summary", "cte_kit.evaluation.summary", "summarize_results"),
 )
 #: The steps that make up a plain pass (the reference is made of them alone).
