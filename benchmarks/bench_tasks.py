@@ -18,7 +18,10 @@ each choice rests on one target: the report says so, and the kit keeps a default
 held-out targets show another option better on both.
 
     python benchmarks/bench_tasks.py mitochondria [--bank results/mito_bank] [--out results/tasks/mitochondria]
-        [--max-images 24] [--side 256] [--n-boot 200] [--fast]
+        [--max-images 24] [--side 256] [--n-boot 200] [--fast] [--keep-own]
+
+``--keep-own`` keeps each target's own models (trained on its training split) in the bank, so that a
+usable model of the target's modality competes with the rest (out: ``results/tasks/<task>_own``).
 
 Writes ``OUT/table.md`` and ``OUT/summary.json``; rows are kept in ``OUT/<target>_n<N>_s<S>.sqlite``
 (a rerun computes only what is missing).
