@@ -144,6 +144,47 @@ def test_the_notebooks_FAST_governs_it(path):
     assert parameters and re.search(r"^FAST = ", parameters[0].source, re.M), f"{path.name}: no FAST in the parameters cell"
 
 
+#: The docs that list the course, and the column of each that holds the fast-mode run time.
+COURSE_DOCS = {"README.md": "fast", "notebooks/README.md": "fast", "notebooks/INSTRUCTORS.md": "fast (nbclient)"}
+RUN_TIME = re.compile(r"^\d+(\.\d+)? (s|min)$")
+
+
+def _course_table(text: str) -> tuple[list[str], dict[int, list[str]]]:
+    """Header and rows (by notebook number) of the first Markdown table whose first column is '#'."""
+    lines = text.splitlines()
+    for start, line in enumerate(lines):
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == "#":
+            rows = {}
+            for row in lines[start + 2:]:
+                if not row.startswith("|"):
+                    break
+                values = [cell.strip() for cell in row.strip().strip("|").split("|")]
+                rows[int(values[0])] = values
+            return cells, rows
+    return [], {}
+
+
+def test_the_docs_list_every_notebook_with_its_measured_fast_time():
+    times = {}
+    for doc, column in COURSE_DOCS.items():
+        header, rows = _course_table((ROOT / doc).read_text())
+        assert column in header, f"{doc}: no '{column}' column in its notebook table"
+        for path in NOTEBOOKS:
+            number = int(path.name[:2])
+            assert number in rows, f"{doc} does not list notebook {path.name}"
+            row = rows[number]
+            if doc != "notebooks/INSTRUCTORS.md":
+                assert path.name in " ".join(row), f"{doc}: the row of notebook {number} does not link {path.name}"
+            time = row[header.index(column)]
+            assert RUN_TIME.match(time), f"{doc}: notebook {number} has no measured fast-mode time ({time!r})"
+            times.setdefault(path.name, {})[doc] = time
+        extra = sorted(set(rows) - {int(path.name[:2]) for path in NOTEBOOKS})
+        assert not extra, f"{doc} lists notebooks that do not exist: {extra}"
+    differ = {name: found for name, found in times.items() if len(set(found.values())) > 1}
+    assert not differ, f"the docs give different fast-mode times: {differ}"
+
+
 # -- claims: what the narration says a result shows ---------------------------------------------------
 CLAIM_CALL = re.compile(r"\bclaim\(")
 

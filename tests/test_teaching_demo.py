@@ -1,5 +1,6 @@
 """The embedded demo's tables, its reading guide for biologists, and the StarDist / Cellpose models it ships."""
 
+import dataclasses
 import re
 
 import numpy as np
@@ -55,7 +56,7 @@ def test_a_note_when_hard_and_instance_recommend_different_models():
 def test_the_shipped_stardist_and_cellpose_models_are_small_and_segment_nuclei():
     pytest.importorskip("stardist")
     pytest.importorskip("cellpose")
-    from cte_kit.data.synthetic import DEMO_TARGET, generate
+    from cte_kit.data.synthetic import DEMO_SOURCES, generate
     from cte_kit.scoring.metrics import match_instances
     from cte_kit.teaching.demo import DEMO_INSTANCE_SOURCES, demo_instance_models, instance_models_dir
 
@@ -64,9 +65,14 @@ def test_the_shipped_stardist_and_cellpose_models_are_small_and_segment_nuclei()
     models = demo_instance_models()
     assert [m.name for m in models] == [f"{kind}_{name}" for kind in ("stardist", "cellpose")
                                         for name in DEMO_INSTANCE_SOURCES]
-    target = generate(DEMO_TARGET, 2, shape=(128, 128), seed=7)
+    domains = {domain.name: domain for domain in DEMO_SOURCES}
     for model in models:
         assert model.describe()["box"] == "grey"
-        predictions = model.predict(target.images)
-        f1 = np.mean([match_instances(truth, p.labels).f1 for truth, p in zip(target.labels, predictions)])
-        assert f1 > 0.5, f"{model.name} finds too few nuclei (F1 {f1:.2f})"
+        # trained well on its own source domain (new images, not the training ones); transfer is CTE's question
+        domain = domains[model.name.split("_", 1)[1]]
+        source = generate(domain, 2, shape=(128, 128), seed=900)
+        if model.name.startswith("cellpose"):  # Cellpose is told the objects' size (the target's, in a bank)
+            model = dataclasses.replace(model, diameter=float(sum(domain.radius)))
+        predictions = model.predict(source.images)
+        f1 = np.mean([match_instances(truth, p.labels).f1 for truth, p in zip(source.labels, predictions)])
+        assert f1 > 0.6, f"{model.name} finds too few nuclei of its own domain (object F1 {f1:.2f})"

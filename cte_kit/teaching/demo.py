@@ -12,6 +12,7 @@ loads them (StarDist needs TensorFlow, Cellpose 3 for the grey-box CPnet).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -158,16 +159,24 @@ def _train_cellpose(path: Path, images, labels, epochs: int, seed: int) -> None:
 
     import torch
     from cellpose import train as cellpose_train
-    from cellpose.resnet_torch import CPnet
 
     torch.manual_seed(seed)
-    net = CPnet(list(DEMO_CELLPOSE_NBASE), 3, sz=3, mkldnn=False, max_pool=True, diam_mean=DEMO_CELLPOSE_DIAMETER)
+    net = _demo_cpnet()(list(DEMO_CELLPOSE_NBASE), 3, sz=3, mkldnn=False, max_pool=True,
+                        diam_mean=DEMO_CELLPOSE_DIAMETER)
     with tempfile.TemporaryDirectory(prefix="cte_kit_") as folder, contextlib.redirect_stderr(io.StringIO()):
         trained, _, _ = cellpose_train.train_seg(
             net, train_data=[image.astype(np.float32) for image in images], train_labels=labels, channels=[0, 0],
             n_epochs=epochs, batch_size=8, bsize=96, learning_rate=0.005, min_train_masks=1, save_path=str(folder),
             model_name=path.stem)
-        path.write_bytes(Path(trained).read_bytes())
+        _save_half(torch.load(trained, map_location="cpu", weights_only=True), path)
+
+
+def _save_half(state: dict, path: Path) -> None:
+    """Save a state dict with its float tensors in half precision: half the file, and loading into the
+    float32 network restores float32 weights (rounded to 3 significant digits, far below what matters here)."""
+    import torch
+
+    torch.save({key: value.half() if value.is_floating_point() else value for key, value in state.items()}, path)
 
 
 def _keep_only(folder: Path, names: Sequence[str]) -> None:
@@ -203,6 +212,25 @@ def demo_instance_models(folder: str | Path | None = None) -> list:
     return stardist + cellpose
 
 
+@functools.lru_cache(maxsize=None)
+def _demo_cpnet():
+    """Cellpose's CPnet class with a style vector zero-padded to Cellpose's 256 values.
+
+    Cellpose's ``run_net`` stores each tile's style (the deepest level's channels, returned beside the
+    output and used by nothing else) in arrays of 256, Cellpose's own width; a narrower CPnet would
+    not fit them. The padding changes neither the flows nor the masks.
+    """
+    import torch
+    from cellpose.resnet_torch import CPnet
+
+    class DemoCPnet(CPnet):
+        def forward(self, data):
+            output, style, features = super().forward(data)
+            return output, torch.nn.functional.pad(style, (0, 256 - style.shape[-1])), features
+
+    return DemoCPnet
+
+
 def _small_cellpose(path: Path, name: str):
     """A Cellpose 3 model around a CPnet of :data:`DEMO_CELLPOSE_NBASE` channels (Cellpose builds only its own size)."""
     from ..models.cellpose import CellposeModel, cellpose_major_version
@@ -211,11 +239,10 @@ def _small_cellpose(path: Path, name: str):
         raise ImportError("the demo's Cellpose models are Cellpose 3 CPnets: pip install 'cellpose>=3.1.1,<4'")
     import torch
     from cellpose import models as cellpose_models
-    from cellpose.resnet_torch import CPnet
 
     network = cellpose_models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=DEMO_CELLPOSE_DIAMETER)
-    network.net = CPnet(list(DEMO_CELLPOSE_NBASE), 3, sz=3, mkldnn=network.mkldnn, max_pool=True,
-                        diam_mean=DEMO_CELLPOSE_DIAMETER)
+    network.net = _demo_cpnet()(list(DEMO_CELLPOSE_NBASE), 3, sz=3, mkldnn=network.mkldnn, max_pool=True,
+                                diam_mean=DEMO_CELLPOSE_DIAMETER)
     network.net.load_model(str(path), device=torch.device("cpu"))
     network.net.eval()
     network.diam_labels = float(network.net.diam_labels.data.cpu().numpy()[0])
