@@ -510,8 +510,8 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
         ax.set_xlabel("x (pixels)", fontsize=7)
         ax.set_ylabel("y (pixels)", fontsize=7)
         ax.tick_params(labelsize=6)
-    if suptitle:
-        figure.suptitle(suptitle)
+    if suptitle:  # wrapped to the grid's width: a narrow grid would cut a long title at both edges
+        figure.suptitle("\n".join(textwrap.wrap(suptitle, max(24, int(9 * size * ncols)))))
     return figure
 
 
