@@ -24,16 +24,16 @@ def _fmt(value, digits: int = 2) -> str:
 
 def format_comparison(rows: Sequence[Mapping]) -> str:
     """A plain-text table of at most 100 columns: per estimator and target, Kendall (all models, its interval,
-    usable models), Spearman and the cost. Pearson and the rest are in the CSV / JSON files."""
+    usable models), the regret of its pick and the cost. Spearman, Pearson and the rest are in the CSV / JSON."""
     header = (f"{'estimator':<18} {'target':<16} {'needs':<14} {'Kendall':>7} {'+-1.96 SE':>15} {'usable':>7} "
-              f"{'Spearman':>8} {'cost':>6}")
+              f"{'regret':>6} {'cost':>6}")
     lines = [header, "-" * len(header)]
     for row in rows:
         interval = f"[{_fmt(row['kendall_low'])}, {_fmt(row['kendall_high'])}]"
         cost = "n/a" if math.isnan(row["cost"]) else f"{row['cost']:.1f}x"
         needs = row["needs"].removeprefix("images").lstrip("+") or "-"
         lines.append(f"{row['estimator'][:18]:<18} {row['target'][:16]:<16} {needs[:14]:<14} {_fmt(row['kendall']):>7} "
-                     f"{interval:>15} {_fmt(row['kendall_usable']):>7} {_fmt(row['spearman']):>8} {cost:>6}")
+                     f"{interval:>15} {_fmt(row['kendall_usable']):>7} {_regret(row['regret']):>6} {cost:>6}")
     skipped = [row for row in rows if row["not_applicable"] and row["n_models"] == 0]
     if skipped:
         lines.append("not applicable:")
@@ -43,10 +43,14 @@ def format_comparison(rows: Sequence[Mapping]) -> str:
     lines += textwrap.wrap("needs: what the estimator reads besides the images ('-': nothing). Kendall: its ranking "
                            "against the true ranking over all models, with an interval of +-1.96 bootstrap standard "
                            "errors over images (how much it moves with the images); usable: the same over the models "
-                           "whose true performance reaches compare()'s usable threshold. cost: seconds per model "
-                           "relative to one clean forward pass over the target.",
-                           100)
+                           "whose true performance reaches compare()'s usable threshold. regret: the best model's true "
+                           "F1 minus that of the estimator's top pick. cost: seconds per model relative to one clean "
+                           "forward pass over the target.", 100)
     return "\n".join(lines)
+
+
+def _regret(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
 def write_comparison(comparison: Comparison, out: str | Path, figure: bool = True) -> dict[str, Path]:

@@ -29,6 +29,7 @@ from ..reports.plots import METRIC_NAMES
 __all__ = [
     "DEMO_INSTANCE_SOURCES",
     "DEMO_PERTURBATIONS",
+    "DEMO_TASK",
     "DemoTarget",
     "build_demo_bank",
     "build_instance_models",
@@ -46,6 +47,9 @@ __all__ = [
 DEMO_ARCHITECTURE = UNetConfig(levels=3, width=8)
 DEMO_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=96)
 DEMO_TRAIN_IMAGES = 24
+
+#: The demo bank segments nuclei: it is ranked with that task's defaults (its ``bank.yaml`` declares it).
+DEMO_TASK = "nuclei"
 
 #: The paper's two families: bottleneck dropout (its nuclei default) and one input perturbation.
 #: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimators.cte.default_settings`.)
@@ -78,7 +82,7 @@ def build_demo_bank(out: str | Path, sources=DEMO_SOURCES, training: TrainingCon
                    TrainingConfig(**{**training.__dict__, "seed": index}), out=path, name=domain.name,
                    source=f"synthetic domain {domain}", progress=progress)
         entries.append(BankEntry(domain.name, "unet", path.name))
-    write_bank(entries, out / "bank.yaml")
+    write_bank(entries, out / "bank.yaml", task=DEMO_TASK)
     return entries
 
 
@@ -328,7 +332,12 @@ def format_table(summary: dict) -> str:
             line += (f" Sampling stability: it stays first among the unflagged models in "
                      f"{summary['p_best_is_top']:.0%} of bootstrap resamples of the images (how much the "
                      "scores move with the images, not whether they can be trusted: that is what the flags say).")
+        if np.isfinite(summary.get("regret", np.nan)):
+            line += (f" Regret: the best model's true {METRIC_NAMES.get(metric, metric)} is {summary['regret']:.3f} "
+                     "above the recommended one's.")
         lines += _wrap(line)
+    if summary.get("bank_note"):
+        lines += _wrap(f"Note: {summary['bank_note']}.")
     return "\n".join(lines)
 
 
