@@ -36,6 +36,10 @@ def figure_problems(figure) -> list[str]:
     -------
     list of str
     """
+    if not hasattr(figure.canvas, "get_renderer"):  # a figure made without pyplot: give it an Agg canvas
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        FigureCanvasAgg(figure)
     figure.canvas.draw()  # runs the layout engine: every extent below is final
     renderer = figure.canvas.get_renderer()
     canvas = figure.bbox

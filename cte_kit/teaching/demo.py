@@ -371,6 +371,8 @@ How to read the tables
   p         How often a random ranking would agree at least as well; a small p (say below 0.05)
             means the agreement is unlikely to be luck. With few models even a good ranking has a
             large p.
+  Regret    The true F1 (or mAP) you give up by following the recommendation: the best model's
+            minus the recommended one's. 0 when the kit picked the best model.
 Hard consistency compares the foreground masks (is each pixel still foreground?); instance
 consistency compares the objects (are they still split the same way?). If you need objects - to
 count cells or measure each one - follow the instance ranking; if you need the foreground area,
