@@ -155,3 +155,20 @@ def test_the_comparison_heatmap_and_a_long_sweep_can_be_read():
     figure, axes = plt.subplots(1, 2, figsize=(13, 4.6), constrained_layout=True)
     separation_sweep(choice, NAMES, axes=axes, kendall_by_setting={s: 0.5 for s in settings}, title="t")
     assert figure_problems(figure) == []
+
+
+def test_image_grids_and_prediction_pairs_can_be_read():
+    from cte_kit.reports.plots import image_grid, show_prediction_pair
+
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 64)) for _ in range(6)]
+    labels = np.zeros((64, 64), np.int32)
+    labels[10:20, 10:20], labels[30:40, 35:50] = 1, 2
+    figure = image_grid(images + [labels, labels], [f"source: domain number {i}" for i in range(8)], ncols=2,
+                        labels=[False] * 6 + [True] * 2,
+                        suptitle="Instance labels, clean vs bottleneck dropout (one colour per object), on a narrow grid")
+    assert figure_problems(figure) == []
+    figure, axes = plt.subplots(1, 4, figsize=(13, 3.6), constrained_layout=True)
+    show_prediction_pair(images[0], images[1], images[2], axes=axes,
+                         titles=("model near_target", "clean prediction", "gamma:0.7 prediction", "flips: consistency 0.862"))
+    assert figure_problems(figure) == []
