@@ -47,6 +47,7 @@ NEEDS_ADAPTERS = {"01_why_transferability.ipynb": ("stardist",),
                   "05_instance_cte_stardist_cellpose.ipynb": ("stardist", "cellpose"),
                   "06_perturbation_strength.ipynb": ("stardist",)}
 CELL_TIMEOUT = 600  # seconds per cell: catches a hung kernel, far above any fast-mode cell
+FULL_CELL_TIMEOUT = 2400  # full mode trains models for minutes; on a loaded 2-core machine, for many
 SOLUTION = re.compile(r"<details>.*?<summary>.*?solution.*?</summary>(.*?)</details>", re.S | re.I)
 CODE_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
@@ -415,7 +416,7 @@ def execute(path: Path, folder: Path, fast: bool) -> dict:
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         environment[variable] = os.environ.get(variable, "1")
     notebook = instrumented(_read(path))
-    client = _client(notebook, timeout=CELL_TIMEOUT, kernel_name="python3",
+    client = _client(notebook, timeout=CELL_TIMEOUT if fast else FULL_CELL_TIMEOUT, kernel_name="python3",
                      resources={"metadata": {"path": str(folder)}})
     sampler = _Sampler(client)
     with pytest.MonkeyPatch.context() as patch:
@@ -557,6 +558,8 @@ def test_notebook_claims_hold_in_full_mode(path, tmp_path):
     run = execute(path, tmp_path, fast=False)
     if run["error"] is not None:
         pytest.fail(f"{path.name} in full mode: {str(run['error'])[-3000:]}", pytrace=False)
+    print(f"{path.name} in full mode: {run['wall_s']:.0f} s wall, {run['wall_s'] - (run.get('waited_s') or 0):.0f} s "
+          f"of its own, peak {max(run['tree_peak_bytes'], run.get('kernel_peak_bytes') or 0) / 1e6:.0f} MB")
 
 
 # -- helpers the notebooks use ----------------------------------------------------------------------
