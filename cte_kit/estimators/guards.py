@@ -57,6 +57,7 @@ __all__ = [
     "compute_guards",
     "foreground_agreement",
     "guarded_order",
+    "image_flags",
     "image_statistics",
     "leave_one_out_consensus",
     "object_agreement",
@@ -307,6 +308,42 @@ def _solidity(foreground: np.ndarray) -> float:
     if not regions:
         return float("nan")
     return float(sum(region.area for region in regions) / sum(region.area_convex for region in regions))
+
+
+def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), consensus_objects: float = float("nan"),
+                n_voters: int = 0, config: GuardConfig = GuardConfig()) -> tuple[Flag, ...]:
+    """The guards' checks on one image's prediction (quality control of one model, image by image).
+
+    Parameters
+    ----------
+    own : ImageStatistics
+        The model's prediction of the image (:func:`image_statistics`).
+    consensus_fraction, consensus_objects : float
+        The median foreground fraction and object count of the other models on the same image.
+    n_voters : int
+        How many models that median is over: the checks against the bank need
+        :attr:`GuardConfig.min_models` of them; with fewer only the absolute checks run.
+    config : GuardConfig
+
+    Returns
+    -------
+    tuple of Flag
+        ``floods`` / ``one-region`` whatever the bank says; against the bank ``floods``, ``empty``
+        (no foreground where the bank finds some), ``over-splits`` and ``merges``.
+    """
+    # one empty image is not degenerate in itself (the image may hold nothing): only against the bank
+    flags = list(_absolute_flags({**_own_values([own], config), "empty_images": 0.0}, config))
+    if n_voters < config.min_models or not np.isfinite(consensus_fraction):
+        return tuple(flags)
+    if own.foreground_fraction < config.empty_fraction <= consensus_fraction:
+        flags.append(Flag("empty", "all", f"predicts no foreground where the bank predicts {_percent(consensus_fraction)}"))
+    values = dict(foreground_fraction=own.foreground_fraction, consensus_fraction=consensus_fraction,
+                  agreement_iou=float("nan"), bank_agreement_iou=float("nan"), objects_per_image=float(own.n_objects),
+                  consensus_objects=consensus_objects)
+    known = {flag.code for flag in flags}
+    if "empty" in known:  # no objects at all is not a merge
+        known.add("merges")
+    return tuple(flags) + tuple(f for f in _relative_flags(values, float("nan"), n_voters, config) if f.code not in known)
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
