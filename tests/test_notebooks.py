@@ -214,6 +214,7 @@ QUOTED = {
     "04_semantic_cte": {"0.83": "the paper's Table 1", "0.92": "the paper's Table 1", "0.80": "the paper's Table 1"},
     "05_instance_cte_stardist_cellpose": {"0.76": "the paper's Table 2", "0.80": "the paper's Table 2",
                                           "0.85": "the paper's Table 2"},
+    "09_adapt_without_labels": {"15 %": "the SelfAdapt paper's ablation"},
 }
 
 
