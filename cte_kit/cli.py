@@ -440,9 +440,8 @@ def _run_demo(args) -> int:
         failures.extend(result.failures)
         rows = read_results(result)
         names = _ranked(result, rows, allow_incomplete=False)
-        summaries = summarize_results(rows, statistic=choice.task.statistic, models=names,
-                                      guards=sweep_guards(result, names, config=choice.task.guards),
-                                      guard_config=choice.task.guards)
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(result, names, config=choice.task.guards),
+                                      task=choice.task)
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -509,8 +508,8 @@ def _run_rank(args) -> int:
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
     guards = None if args.no_guards or not ranked else sweep_guards(result, ranked, config=task.guards)
-    summaries = summarize_results(rows, statistic=args.statistic or task.statistic, seed=args.seed, models=ranked,
-                                  guards=guards, guard_config=task.guards) if rows else []
+    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards,
+                                  task=task) if rows else []
     _warn_task_hint(choice, guards)
     _warn_flagged(summaries)
     for summary in summaries:
@@ -569,8 +568,7 @@ def _run_sweep(args) -> int:
                 if not found:
                     continue
                 guards = store_guards(store, report, run_target.name, names, config=task.guards)
-                summaries = summarize_results(found, statistic=task.statistic, models=names, guards=guards,
-                                              guard_config=task.guards)
+                summaries = summarize_results(found, models=names, guards=guards, task=task)
                 _warn_task_hint(config.task, guards)
                 _warn_flagged(summaries)
                 for summary in summaries:

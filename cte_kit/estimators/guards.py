@@ -113,6 +113,13 @@ class GuardConfig:
         compared with, so that a bank whose majority segments the wrong structure cannot flag the
         few models that segment the right one; a model outside it is flagged ``implausible``.
         None: every model without an absolute flag votes.
+    min_object_area : float or None
+        The smallest median object area (pixels; median over images) the task's objects have at the
+        resolution they are imaged at; a model whose objects are smaller segments specks (vesicles,
+        noise, texture), not the task's objects, and is flagged ``implausible`` (None: no such
+        check). Mitochondria at the 4-10 nm per pixel of EM sections are 0.1-1 um across, 100 px
+        and more (the tiles of vnc_mito and epfl_mito: median object area 174 px or more on 95 % of
+        256 px tiles); images at another resolution need resampling, or a config of their own.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -131,6 +138,7 @@ class GuardConfig:
     region_fraction: float = 0.25
     network_solidity: float | None = None
     foreground: tuple[float, float] | None = None
+    min_object_area: float | None = None
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -147,6 +155,8 @@ class GuardConfig:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
         if not 0 <= self.region_foreground < 1:
             raise ValueError(f"region_foreground must lie in [0, 1), got {self.region_foreground}")
+        if self.min_object_area is not None and self.min_object_area <= 0:
+            raise ValueError(f"min_object_area must be > 0, got {self.min_object_area}")
         if self.foreground is not None:
             low, high = self.foreground
             if not 0 <= low < high <= 1:
@@ -162,6 +172,8 @@ class GuardConfig:
                      else "no flooding check (dense tissue may be all foreground)")
         parts.append("objects the size of the image" if self.region_foreground == 0 else
                      f"one region over {_percent(self.region_fraction)} of the image")
+        if self.min_object_area is not None:
+            parts.append(f"objects smaller than {self.min_object_area:g} px")
         if self.network_solidity is not None:
             parts.append("networks (membranes) instead of objects")
         return ", ".join(parts)
@@ -555,6 +567,11 @@ def _absolute_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[F
         low, high = config.foreground
         return (Flag("implausible", "all", f"predicts {_percent(fraction)} of the image as foreground where this "
                                            f"task's objects cover {_percent(low)} to {_percent(high)}"),)
+    size = values["object_size"]
+    if config.min_object_area is not None and np.isfinite(size) and size < config.min_object_area:
+        return (Flag("implausible", "all", f"finds objects of median area {size:.0f} px where this task's objects "
+                                           f"measure {config.min_object_area:g} px or more: it segments specks, not "
+                                           "the task's objects (images at another resolution need resampling)"),)
     return ()
 
 
