@@ -1,7 +1,8 @@
 """The result store: every score a run computes, keyed by everything that changes it.
 
 One SQLite file (write-ahead log, one transaction per unit of work, so a crash loses at most the
-unit in flight and never leaves half of one behind) holds:
+units in flight - the one being written and the one the runner computes meanwhile - and never leaves
+half of one behind) holds:
 
 * ``scores`` - one row per (model key, image key, estimator key, seed): the per-image value
   ``CTE_i`` (NaN where the clean and perturbed foregrounds are both empty: *empty*, which is not
@@ -213,15 +214,20 @@ def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) ->
 
 
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    labels = np.asarray(labels)
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    # The smallest type that holds the ids (read back as int32): a quarter or half of the bytes to
+    # compress and to decompress. zlib level 3 takes half the time of level 6 for 10-20 % more bytes.
+    kind = np.uint8 if 0 <= low and high < 2**8 else np.uint16 if 0 <= low and high < 2**16 else np.int32
     buffer = io.BytesIO()
-    np.save(buffer, np.asarray(labels, dtype=np.int32), allow_pickle=False)
-    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 6), zlib.compress(buffer.getvalue(), 6)
+    np.save(buffer, labels.astype(kind, copy=False), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 3), zlib.compress(buffer.getvalue(), 3)
 
 
 def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
     bits = np.frombuffer(zlib.decompress(foreground), dtype=np.uint8)
     mask = np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
-    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False)
+    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False).astype(np.int32, copy=False)
 
 
 def _pack_objects(ids: np.ndarray, value: np.ndarray) -> tuple[bytes, bytes]:
@@ -281,7 +287,8 @@ class ResultStore:
         else:
             existing = False
         try:
-            self._db = sqlite3.connect(self.path, isolation_level=None)
+            # the runner writes from one writer thread while it computes the next unit; never two threads at once
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             if existing:
                 self._check()
             if not memory:
