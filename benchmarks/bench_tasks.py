@@ -3,10 +3,10 @@
 The DSB2018 protocol (``bench_dsb_ranking.py``) for the tasks that are not nuclei, with its
 machinery: each domain of the task's bank in turn is the target; its held-out test split is ranked
 (EM sections tiled into ``--side`` x ``--side`` tiles, a seeded subset of ``--max-images``); the bank
-minus the target's own models (the cell protocol keeps them: see ``PROTOCOLS``) is ranked by every
-option - a perturbation with a statistic (mean, median), with or without the task's guards - and
-judged against the models' true performance (foreground F1 for mitochondria, mAP for cells): Kendall
-over all models and over the usable ones (true score >= the task's usable level) with bootstrap intervals over the target's images, the
+minus the target's own models is ranked by every option - a perturbation with a statistic (mean,
+median), with or without the task's guards - and judged against the models' true performance
+(foreground F1 for mitochondria, mAP for cells): Kendall over all models and over the usable ones
+(true score >= the task's usable level) with bootstrap intervals over the target's images, the
 model each option picks and its **regret** (the best model's true score minus the pick's), and
 the models the guards flag.
 
@@ -18,7 +18,10 @@ each choice rests on one target: the report says so, and the kit keeps a default
 held-out targets show another option better on both.
 
     python benchmarks/bench_tasks.py mitochondria|cells [--bank results/<task's bank>] [--out results/tasks/<task>]
-        [--max-images 24] [--side 256] [--n-boot 200] [--fast]
+        [--max-images 24] [--side 256] [--n-boot 200] [--fast] [--keep-own]
+
+``--keep-own`` keeps each target's own models (trained on its training split) in the bank, so that a
+usable model of the target's modality competes with the rest (out: ``results/tasks/<task>_own``).
 
 Writes ``OUT/table.md`` and ``OUT/summary.json``; rows are kept in ``OUT/<target>_n<N>_s<S>.sqlite``
 (a rerun computes only what is missing).
@@ -59,12 +62,9 @@ class Protocol:
     tile: bool
     side: int
     max_images: int
-    leave_out_own: bool = True
 
     def own(self, domain: str) -> set[str]:
-        """The models left out when ``domain`` is the target: those trained on it, unless the protocol keeps them."""
-        if not self.leave_out_own:
-            return set()
+        """The models trained on ``domain`` (left out when it is the target)."""
         return {spec.name for spec in __import__(self.bank_module).BANK if spec.source == domain}
 
 
@@ -74,15 +74,13 @@ PROTOCOLS = {
                               "contrast:0.7"),
                              usable_metric="f1", usable_from=0.5, tile=True, side=256, max_images=24),
     # Cells: phase-contrast cells on a background and dense plant tissue share no model that could
-    # segment both, so leaving the target's own models out leaves no usable model on either target
-    # and only tests "no model can be recommended". The cell protocol keeps them (trained on the
-    # target domain's training split, never on its test images) beside their under-trained and
-    # old-recipe versions, the other domain's models, nuclei models and Cellpose: the pick must
-    # find the one that works among plausible ones. Usable: mAP (IoU 0.5-0.95) >= 0.2, chosen before
-    # any target was scored.
+    # segment both, so without --keep-own neither target has a usable model and the protocol only
+    # tests "no model can be recommended"; run it with --keep-own, where the pick must find the
+    # target's own model among its under-trained and old-recipe versions, the other domain's models
+    # and nuclei models. Usable: mAP (IoU 0.5-0.95) >= 0.2, set before any target was scored.
     "cells": Protocol("cells", "cells_bank", "cells_bank", ("usiigaci", "ovules"), "instance",
                       ("dropout:0.2", "dropout:0.05", "gamma:0.7", "gamma:1.3", "noise:0.05", "contrast:0.7"),
-                      usable_metric="map", usable_from=0.2, tile=True, side=256, max_images=24, leave_out_own=False),
+                      usable_metric="map", usable_from=0.2, tile=True, side=256, max_images=24),
 }
 
 
@@ -160,12 +158,14 @@ def option_row(option: Option, entry: dict, tables, truth: dict, kind: str) -> d
 def write_report(protocol: Protocol, options, per_target, truths, tables_by_target, out: Path, args) -> dict:
     kind, metric = protocol.kind, METRIC_FOR[protocol.kind]
     name = {"f1": "F1", "map": "mAP"}[metric]
-    lines = [f"# {protocol.task}: leave-one-domain-out ranking", "",
+    lines = [f"# {protocol.task}: " + ("each domain's held-out split ranked by the whole bank" if args.keep_own
+                                         else "leave-one-domain-out ranking"), "",
              f"Targets: the held-out test split of each domain ({', '.join(per_target)}), "
              + (f"tiled into {args.side} x {args.side} tiles" if protocol.tile else f"centre-cropped to {args.side} px")
              + f", a seeded subset of at most {args.max_images}; "
-             + ("the target's own models are left out" if protocol.leave_out_own
-                else "the target's own models (trained on its training split) are kept") + f". Ranked by {kind} "
+             + ("the target's own models (trained on its training split) stay in the bank" if args.keep_own
+                else "the target's own models are left out")
+             + f". Ranked by {kind} "
              f"consistency, judged against the true {name} (median over the target's images). Usable: true "
              f"{protocol.usable_metric.upper() if protocol.usable_metric == 'f1' else 'mAP'} >= {protocol.usable_from}. "
              f"Intervals: 95 % bootstrap over the target's images ({args.n_boot} resamples). Regret: the best model's true "
@@ -231,6 +231,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fast", action="store_true", help="smoke run: 4 images per target, 2 settings")
+    parser.add_argument("--keep-own", action="store_true",
+                        help="keep the target's own models (trained on its training split): a bank that holds a "
+                             "model of the target's modality, so that usable models compete (default out: "
+                             "results/tasks/<task>_own)")
     args = parser.parse_args(argv)
 
     import torch
@@ -242,7 +246,7 @@ def main(argv=None) -> int:
     protocol = PROTOCOLS[args.task]
     task = task_defaults(protocol.task)
     bank_dir = Path(args.bank) if args.bank else REPO / "results" / protocol.default_bank
-    out = Path(args.out) if args.out else REPO / "results" / "tasks" / protocol.task
+    out = Path(args.out) if args.out else REPO / "results" / "tasks" / (protocol.task + ("_own" if args.keep_own else ""))
     if not (bank_dir / "bank.yaml").exists():
         print(f"no bank in {bank_dir}: train it first (benchmarks/{protocol.bank_module}.py)", file=sys.stderr)
         return 2
@@ -254,7 +258,7 @@ def main(argv=None) -> int:
     per_target, truths, tables_by_target = {}, {}, {}
     options = [o for o in build_options(protocol) if all(c.perturbation in settings for c in o.components)]
     for target in protocol.targets:
-        entries = target_bank(bank_dir, target, protocol.own(target))
+        entries = target_bank(bank_dir, target, set() if args.keep_own else protocol.own(target))
         images, labels, names = load_target(bank_dir, target, args.max_images, args.side, tile=protocol.tile)
         store = out / f"{target}_n{args.max_images}_s{args.side}.sqlite"
         for line in sweep_target(entries, images, labels, names, store, target, False, (), args.threads,
