@@ -30,8 +30,8 @@ def check_image(image, name: str = "image", channels: int | None = None) -> np.n
     Raises
     ------
     ValueError
-        Wrong number of dimensions, empty or too small image, NaN or infinite values, colour
-        image where grey is required.
+        Wrong number of dimensions, empty or too small image, NaN or infinite values or values
+        beyond float32, colour image where grey is required.
     TypeError
         Non-numeric dtype.
     """
@@ -49,8 +49,14 @@ def check_image(image, name: str = "image", channels: int | None = None) -> np.n
         )
     if min(array.shape[:2]) < 8:
         raise ValueError(f"{name}: image of shape {array.shape} is too small (need at least 8x8)")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(f"{name}: image contains NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name}: image contains NaN or infinite values")
+        # models compute in float32: larger values would become infinite there
+        largest = float(np.abs(array).max())
+        if largest > float(np.finfo(np.float32).max):
+            raise ValueError(f"{name}: image values reach {largest:.3g}, beyond what float32 holds "
+                             f"({np.finfo(np.float32).max:.3g}); rescale the image")
     if channels == 1 and array.ndim == 3:
         raise ValueError(
             f"{name}: this model needs a grey image but got colour shape {array.shape}; convert it "

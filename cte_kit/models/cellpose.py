@@ -43,12 +43,12 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import expit
 
-from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, check_settings
+from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, bank_settings, check_settings
 from .base import NotGreyBoxError, SegmentationModel
 from ..types import Prediction
 from .layers import LayerMap
 
-__all__ = ["CellposeModel", "cellpose_major_version", "from_bank_entry"]
+__all__ = ["BANK_SETTINGS", "CellposeModel", "cellpose_major_version", "from_bank_entry"]
 
 
 def cellpose_major_version() -> int:
@@ -266,6 +266,10 @@ def _torch_device(device):
     import torch
 
     return torch.device(device)
+
+
+#: Settings a bank entry may give this adapter.
+BANK_SETTINGS = bank_settings(CellposeModel, ("cellpose",))
 
 
 def from_bank_entry(entry) -> CellposeModel:

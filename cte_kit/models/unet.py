@@ -25,12 +25,13 @@ from torch.nn import functional as F
 
 from ..perturb import FeatureDropout, feature_dropout
 from ..types import Prediction
+from ._common import bank_settings
 from .base import SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
 from .unet_arch import UNet
 
-__all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
+__all__ = ["BANK_SETTINGS", "UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
            "demo_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "cte_kit.unet/1"
@@ -166,10 +167,9 @@ class UNetModel(SegmentationModel):
         merged = {**stored, **settings}
         if merged.get("percentiles") is not None:
             merged["percentiles"] = tuple(merged["percentiles"])
-        known = {f for f in cls.__dataclass_fields__ if f not in ("network", "config", "name", "layer_map")}
-        unknown = sorted(set(merged) - known)
+        unknown = sorted(set(merged) - set(BANK_SETTINGS))
         if unknown:
-            raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {list(BANK_SETTINGS)}")
         return cls(name=name or Path(path).stem, network=network, config=config, **merged)
 
     @property
@@ -218,6 +218,10 @@ class UNetModel(SegmentationModel):
         predictions = self._to_predictions(logits, size)
         half = len(batch)
         return predictions[:half], predictions[half:]
+
+
+#: Settings a bank entry (or a checkpoint) may give a kit U-Net.
+BANK_SETTINGS = bank_settings(UNetModel, ("network", "config"))
 
 
 def demo_bank_dir() -> Path:
