@@ -6,7 +6,7 @@ import numpy as np
 
 from ..types import InputTypeError
 
-__all__ = ["check_image", "check_labels", "to_grey", "normalize_percentile"]
+__all__ = ["check_image", "check_labels", "to_grey", "normalize_percentile", "percentile_range", "rescale"]
 
 
 def check_image(image, name: str = "image", channels: int | None = None) -> np.ndarray:
@@ -126,8 +126,25 @@ def normalize_percentile(image, low: float = 1.0, high: float = 99.8, eps: float
     -------
     ndarray of float32, same shape
     """
+    return rescale(image, *percentile_range(image, low, high), eps)
+
+
+def percentile_range(image, low: float = 1.0, high: float = 99.8) -> tuple:
+    """The ``low`` and ``high`` percentiles of an image's values, all channels together, as
+    :func:`normalize_percentile` computes them (of the float32 image).
+
+    Returns
+    -------
+    (p_low, p_high) : numpy scalars
+    """
     if not (0.0 <= low < high <= 100.0):
         raise ValueError(f"need 0 <= low < high <= 100, got percentiles ({low}, {high})")
+    p_low, p_high = np.percentile(np.asarray(image, dtype=np.float32), [low, high])
+    return p_low, p_high
+
+
+def rescale(image, p_low, p_high, eps: float = 1e-10) -> np.ndarray:
+    """``(x - p_low) / (p_high - p_low + eps)`` as float32: :func:`normalize_percentile` with given bounds, so
+    that a part of an image is normalised exactly as the whole image is."""
     x = np.asarray(image, dtype=np.float32)
-    p_low, p_high = np.percentile(x, [low, high])
     return ((x - p_low) / (p_high - p_low + eps)).astype(np.float32)

@@ -14,6 +14,7 @@ batched call, so a grey-box CTE pair costs well under two forward passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -29,9 +30,10 @@ from ._common import bank_settings
 from .base import SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
+from .tiling import Tiling
 from .unet_arch import UNet
 
-__all__ = ["BANK_SETTINGS", "UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
+__all__ = ["BANK_SETTINGS", "UNetConfig", "UNetModel", "receptive_radius", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
            "demo_checkpoint", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "cte_kit.unet/1"
@@ -71,6 +73,17 @@ class UNetConfig:
 
     def build(self) -> UNet:
         return UNet(self.in_channels, self.out_channels, self.levels, self.width, self.dropout)
+
+
+def receptive_radius(levels: int) -> int:
+    """Pixels of context a kit U-Net of ``levels`` levels reads on each side of an output pixel.
+
+    Two 3x3 convolutions per block add ``2 * 2**l`` at level ``l`` (encoder levels 0..L-1, decoder
+    levels 0..L-2); each 2x2 max-pooling and nearest-neighbour upsampling between levels ``l`` and
+    ``l + 1`` adds at most ``1.5 * 2**l``.
+    """
+    levels = int(levels)
+    return int(math.ceil(2 * (2**levels - 1) + 2 * (2 ** (levels - 1) - 1) + 1.5 * (2 ** (levels - 1) - 1) + 1))
 
 
 def save_checkpoint(network: UNet, config: UNetConfig, path: str | Path, settings: dict | None = None, history: dict | None = None) -> Path:
@@ -142,6 +155,15 @@ class UNetModel(SegmentationModel):
         Smallest object kept in instance labels (pixels).
     device : str
         Torch device.
+    tile_size : int or None
+        An image larger than this on either side is predicted in overlapping tiles of at most this
+        side and stitched (:mod:`cte_kit.models.tiling`), so memory does not grow with the image;
+        None predicts every image whole. 512 (with the default margin, 26 to 116 pixels for 3 to 5
+        levels) keeps a tile's feature maps in cache: per pixel it ran faster than 1024 px tiles
+        or a whole 2048 px image on one CPU thread (``benchmarks/bench_large_images.py``).
+    tile_overlap : int, optional
+        Context around each tile's core (pixels); default: the network's receptive-field radius,
+        with which the stitched probability equals the whole image's.
     """
 
     network: UNet | None = None
@@ -149,6 +171,8 @@ class UNetModel(SegmentationModel):
     instances: str = "components"
     min_size: int = 0
     device: str = "cpu"
+    tile_size: int | None = 512
+    tile_overlap: int | None = None
 
     def __post_init__(self):
         if self.network is None:
@@ -178,6 +202,12 @@ class UNetModel(SegmentationModel):
 
     def _layer_modules(self, name: str) -> list:
         return [self.network.layer(name)]
+
+    def _tiling(self) -> Tiling | None:
+        if self.tile_size is None:
+            return None
+        margin = self.tile_overlap if self.tile_overlap is not None else receptive_radius(self.network.levels)
+        return Tiling(int(self.tile_size), int(margin), self.network.divisor)
 
     def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
         stack = np.stack(batch)

@@ -186,10 +186,25 @@ def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) ->
     return foreground.shape
 
 
+class _Compressed:
+    """A file-like sink that compresses what is written as it comes, so that a large image's labels are never
+    held twice (once as an .npy buffer, once compressed)."""
+
+    def __init__(self):
+        self._compressor, self._parts = zlib.compressobj(6), []
+
+    def write(self, data) -> int:
+        self._parts.append(self._compressor.compress(data))
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts) + self._compressor.flush()
+
+
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(labels, dtype=np.int32), allow_pickle=False)
-    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 6), zlib.compress(buffer.getvalue(), 6)
+    sink = _Compressed()
+    np.save(sink, np.asarray(labels, dtype=np.int32), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool, copy=False)), 6), sink.getvalue()
 
 
 def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
