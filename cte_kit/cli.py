@@ -1,4 +1,4 @@
-"""Command line: ``cte-kit demo | rank | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
+"""Command line: ``cte-kit demo | rank | qc | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
 
 Exit codes: 0 success, 1 some models failed (the others are ranked; tracebacks are in the result
 store), 2 bad input (one line says what), 3 an internal error (a bug: the traceback is printed),
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .scoring.consistency import DEFAULT_STATISTIC, STATISTICS
+from .scoring.consistency import STATISTICS
 
 __all__ = ["main", "build_parser"]
 
@@ -33,6 +33,18 @@ def _add_demo(subparsers):
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+#: The tasks ``--task`` takes (cte_kit.estimators.tasks.TASKS; kept here so that --help needs no import of it).
+TASK_NAMES = ("nuclei", "mitochondria", "cells")
+
+
+def _add_task_option(parser) -> None:
+    parser.add_argument("--task", choices=TASK_NAMES,
+                        help="the segmentation problem, which sets the default consistency, perturbation, statistic "
+                             "and guards (cte_kit.estimators.tasks): nuclei (light microscopy), mitochondria (electron "
+                             "microscopy), cells (dense tissue included). Default: the bank's `task:`, else nuclei; "
+                             "the run prints which it used and why")
+
+
 def _add_backend_options(parser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, help="compute on N local Dask worker processes (default: this process)")
@@ -47,6 +59,7 @@ def _add_sweep(subparsers):
     parser.add_argument("--out", help="result store (default: the config's `out`, else sweep.sqlite beside it)")
     parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
     parser.add_argument("--summary", help="summary JSON of every target and setting")
+    _add_task_option(parser)
     _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -61,10 +74,11 @@ def _add_rank(subparsers):
     parser.add_argument("--perturbation", action="append",
                         help="KIND:STRENGTH, repeatable: dropout:0.2, noise:0.05, noise:0.03-0.07, brightness:0.1, "
                              "contrast:0.8, gamma:0.7, dropout:0.1@encoder1+bottleneck, dropout:0.05@all. Each is "
-                             "scored with every --consistency. Default: each consistency with its own default "
-                             "perturbation (gamma:0.7 for every consistency, chosen on the DSB2018 benchmark)")
+                             "scored with every --consistency. Default: each consistency with the task's default "
+                             "perturbation (see --task)")
     parser.add_argument("--consistency", action="append", choices=("hard", "soft", "instance"),
-                        help="consistency measure, repeatable (default: hard)")
+                        help="consistency measure, repeatable (default: the task's: instance for cells, hard otherwise)")
+    _add_task_option(parser)
     parser.add_argument("--out", required=True, help="result store (SQLite; created, or resumed: only missing rows are computed)")
     parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
     parser.add_argument("--allow-incomplete", action="store_true",
@@ -72,9 +86,9 @@ def _add_rank(subparsers):
     _add_backend_options(parser)
     parser.add_argument("--summary", help="summary JSON (per-model CTE, ranks, and with labels the correlations)")
     parser.add_argument("--plot", help="PNG of CTE vs true performance (needs --labels)")
-    parser.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=STATISTICS,
-                        help="aggregation of per-image CTE (default: mean; the paper: median; tie-aware: the median "
-                             "with exact ties broken by the mean)")
+    parser.add_argument("--statistic", choices=STATISTICS,
+                        help="aggregation of per-image CTE (default: the task's, the mean; the paper: median; "
+                             "tie-aware: the median with exact ties broken by the mean)")
     parser.add_argument("--choose-strength", action="store_true",
                         help="with several --perturbation settings (strengths and/or layers): pick, per "
                              "consistency, the weakest setting that separates the bank while its best model "
@@ -157,6 +171,7 @@ def _add_compare(subparsers):
     parser.add_argument("--crop", type=int, help="centre-crop images to at most CROP x CROP pixels")
     parser.add_argument("--usable", type=float, default=0.5, help="true F1 from which a model is usable (default: 0.5)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over images (default: 200)")
+    _add_task_option(parser)
     _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -173,6 +188,7 @@ def _run_compare(args) -> int:
         bank = demo_bank_entries()
     else:
         bank = read_bank(args.bank)
+    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
     targets, folders = [], {}
     for target in args.targets:
         if target == "demo":
@@ -187,7 +203,8 @@ def _run_compare(args) -> int:
     backend = _backend(args)
     try:
         comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
-                             usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress, backend=backend)
+                             usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress, backend=backend,
+                             task=choice.task)
     finally:
         if backend is not None:
             backend.close()
@@ -198,12 +215,113 @@ def _run_compare(args) -> int:
     return 1 if comparison.failures else 0
 
 
+def _add_qc(subparsers):
+    parser = subparsers.add_parser("qc", help="label-free quality control of a chosen model, per image and per object",
+                                   description="After choosing a model: which images and which objects of its "
+                                               "segmentation can be trusted, without labels (stability under the "
+                                               "kit's default perturbation, agreement with the rest of the bank, the "
+                                               "guards). Writes images.csv, objects.csv (and Parquet), napari/ label "
+                                               "images with feature tables, and a self-contained report.html. A "
+                                               "ranking run into the same --store is reused, not recomputed.")
+    parser.add_argument("--bank", required=True, help="bank YAML, or `demo` for the embedded demo bank")
+    parser.add_argument("--model", required=True, help="name of the chosen model in the bank")
+    parser.add_argument("--images", required=True, help="folder of 2D images, or `demo` for the embedded synthetic target")
+    parser.add_argument("--out", required=True, help="folder for the tables, napari/ files and report.html")
+    parser.add_argument("--labels", help="optional folder of label images (same stems), only to judge the scores: "
+                                         "adds the true F1 / AP per image, whether each object matches a true object, "
+                                         "and how well the scores told them apart (`demo` with --images demo)")
+    parser.add_argument("--store", help="result store to read and extend (default: OUT/results.sqlite); give the "
+                                        "--out of `cte-kit rank` to reuse its predictions")
+    parser.add_argument("--worst", type=int, default=8, help="least reliable images shown in the report (default: 8)")
+    parser.add_argument("--n-images", type=int, default=16, help="--images demo: synthetic target images (default: 16)")
+    _add_task_option(parser)
+    _add_backend_options(parser)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _run_qc(args) -> int:
+    from .data.folder import load_folder
+    from .data.outputs import check_outputs
+    from .evaluation.quality import judge_quality
+    from .models.bank import read_bank
+    from .reports.quality import write_napari, write_report, write_tables
+    from .runs.quality import perturbed_foregrounds, quality
+    from .runs.runner import RunTarget
+    from .runs.store import ResultStore
+    from .teaching.demo import demo_bank_entries, demo_targets
+
+    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
+    bank = demo_bank_entries() if args.bank == "demo" else read_bank(args.bank)
+    check_outputs({"the bank file": None if args.bank == "demo" else args.bank,
+                   "the images folder": None if args.images == "demo" else args.images,
+                   "the labels folder": None if args.labels in (None, "demo") else args.labels, **_bank_inputs(bank)},
+                  files={"--store (the result store)": args.store}, folders={"qc --out": args.out})
+    if args.images == "demo":
+        demo = demo_targets(args.n_images, include_real=False)[0]
+        name, images, names = demo.name, demo.images, demo.names
+        labels = demo.labels if args.labels == "demo" else None
+    else:
+        if args.labels == "demo":
+            raise ValueError("--labels demo goes with --images demo")
+        data = load_folder(args.images, args.labels, progress=not args.no_progress)
+        name, images, names, labels = Path(args.images).name, data.images, data.names, data.labels
+    target = RunTarget(name, tuple(images), tuple(names))
+    out = Path(args.out)
+    backend = _backend(args)
+    try:
+        with ResultStore(args.store or out / "results.sqlite") as store:
+            qc = quality(bank, target, args.model, store, backend=backend, progress=not args.no_progress,
+                         task=choice.task)
+            judgement = judge_quality(qc, store, dict(zip(names, labels))) if labels is not None else None
+            shown = [image.image for image in qc.ranked()[:args.worst]]
+            chosen = next(item for item in bank if item.name == args.model)
+            perturbed = perturbed_foregrounds(chosen, target, shown, store, qc.model_key, qc.settings[0])
+            paths = list(write_tables(qc, out).values()) + write_napari(qc, store, out)
+            report = write_report(qc, store, dict(zip(names, images)), out, perturbed, worst=args.worst,
+                                  judgement=judgement)
+    finally:
+        if backend is not None:
+            backend.close()
+    _print_quality(qc, judgement, args.worst)
+    document = {"model": qc.model, "target": qc.target, "compared_with": list(qc.compared_with),
+                "left_out": qc.left_out, "images": qc.image_table(),
+                "judgement": judgement.summary() if judgement is not None else None}
+    _write_json(document, out / "summary.json")
+    print(f"Written: {report}, {out / 'images.csv'}, {out / 'objects.csv'}, {out / 'summary.json'} and "
+          f"{len([p for p in paths if p.parent.name == 'napari'])} files in {out / 'napari'}/")
+    _print_failures(qc.failures)
+    return 1 if qc.failures else 0
+
+
+def _print_quality(qc, judgement, worst: int) -> None:
+    from .runs.quality import DOUBTFUL
+
+    if qc.guards is not None and qc.guards.flags:
+        print(f"The guards flag {qc.model} on this target: " + "; ".join(f.reason for f in qc.guards.flags))
+    compared = ", ".join(qc.compared_with) or "no other model (the scores are its stability alone)"
+    print(f"Quality control of {qc.model} on {qc.target}: {len(qc.images)} images, compared with {compared}.")
+    if qc.left_out:
+        print("Not compared with: " + "; ".join(f"{k} ({v})" for k, v in qc.left_out.items()))
+    print(f"\n{'image':<28} {'score':>6} {'consist.':>8} {'agree.':>7} {'objects':>7} {'doubtful':>8}  flags")
+    for image in qc.ranked()[:worst]:
+        print(f"{image.image:<28} {image.score:6.3f} {image.consistency:8.3f} {image.agreement:7.3f} "
+              f"{image.n_objects:7d} {image.n_doubtful:8d}  {'; '.join(image.flags)}")
+    n_objects = sum(o.ids.size for o in qc.objects)
+    print(f"(the {min(worst, len(qc.images))} least reliable of {len(qc.images)} images; {sum(i.n_doubtful for i in qc.images)} "
+          f"of {n_objects} objects score below {DOUBTFUL}. Scores measure stability and agreement, not correctness.)")
+    if judgement is not None:
+        print(f"Judged with the labels: image score vs true F1 Spearman {judgement.spearman_f1:+.2f}, vs true AP "
+              f"{judgement.spearman_map:+.2f}; object score AUROC {judgement.auroc:.2f} for the {judgement.n_matched} of "
+              f"{judgement.n_objects} objects that match a true object at IoU >= 0.5")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cte-kit", description="Consistency-based transferability estimation "
                                      "for microscopy segmentation models.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     _add_rank(subparsers)
+    _add_qc(subparsers)
     _add_sweep(subparsers)
     _add_train(subparsers)
     _add_adapt(subparsers)
@@ -275,6 +393,30 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
 _METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
+def _task_choice(task: str | None, bank=None):
+    """The task of a run (--task, else the bank's `task:`, else assumed); prints the sentence that says which."""
+    from .estimators.tasks import resolve_task
+    from .models.bank import bank_task
+
+    declarations = [("--task", task)]
+    if bank is not None:
+        declarations.append((str(bank), bank_task(bank)))
+    choice = resolve_task(*declarations)
+    print(choice.message)
+    return choice
+
+
+def _warn_task_hint(choice, guards) -> None:
+    import warnings
+
+    from .estimators.tasks import task_hint
+    from .types import CTEKitWarning
+
+    hint = task_hint(choice, guards) if guards else None
+    if hint:
+        warnings.warn(hint[0].upper() + hint[1:] + ".", CTEKitWarning, stacklevel=2)
+
+
 def _backend(args):
     """The backend the options ask for (None: this process), and a line saying where the dashboard is."""
     if getattr(args, "workers", None) is None and getattr(args, "scheduler", None) is None:
@@ -310,8 +452,9 @@ def _run_demo(args) -> int:
     from .evaluation.summary import summarize_results
     from .evaluation.sweep import read_results, run_sweep, sweep_guards
     from .estimators.cte import default_settings
+    from .estimators.tasks import resolve_task
     from .perturb import parse_perturbation
-    from .teaching.demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .teaching.demo import DEMO_TASK, build_demo_bank, demo_bank_entries, demo_targets, format_table
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -322,7 +465,9 @@ def _run_demo(args) -> int:
     else:
         entries = demo_bank_entries()
     print(f"Bank: {len(entries)} U-Nets trained on synthetic source domains: {', '.join(e.name for e in entries)}")
-    settings = default_settings(("hard", "instance"))
+    choice = resolve_task(("the demo bank", DEMO_TASK))
+    print(choice.message)
+    settings = default_settings(("hard", "instance"), choice.task)
     perturbations = [parse_perturbation(label) for label in settings]
     targets = demo_targets(args.n_images, include_real=not args.no_real)
     failures = []
@@ -336,7 +481,8 @@ def _run_demo(args) -> int:
         failures.extend(result.failures)
         rows = read_results(result)
         names = _ranked(result, rows, allow_incomplete=False)
-        summaries = summarize_results(rows, models=names, guards=sweep_guards(result, names))
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(result, names, config=choice.task.guards),
+                                      task=choice.task)
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -373,15 +519,17 @@ def _run_rank(args) -> int:
     from .teaching.demo import format_table
 
     entries = read_bank(args.bank)
+    choice = _task_choice(args.task, args.bank)
+    task = choice.task
     check_outputs({"the bank file": args.bank, "the images folder": args.images, "the labels folder": args.labels,
                    **_bank_inputs(entries)},
                   files={"--out (the result store)": args.out, "--summary": args.summary, "--export": args.export,
                          "--plot": args.plot})
-    consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
+    consistencies = list(dict.fromkeys(args.consistency or task.consistencies))
     if args.perturbation:
         kinds = {label: consistencies for label in dict.fromkeys(parse_perturbation(t).label for t in args.perturbation)}
     else:
-        kinds = default_settings(consistencies)
+        kinds = default_settings(consistencies, task)
     perturbations = [parse_perturbation(label) for label in kinds]
     if args.plot and args.labels is None:
         raise ValueError("--plot needs --labels (it shows CTE against true performance)")
@@ -403,15 +551,18 @@ def _run_rank(args) -> int:
     rows = read_results(result)
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
-    guards = None if args.no_guards or not ranked else sweep_guards(result, ranked)
-    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards) if rows else []
+    guards = None if args.no_guards or not ranked else sweep_guards(result, ranked, config=task.guards)
+    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards,
+                                  task=task) if rows else []
+    _warn_task_hint(choice, guards)
     _warn_flagged(summaries)
     for summary in summaries:
         print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency, "
               f"{summary['statistic']} over images")
         print(format_table(summary))
     extra = {"failures": [{k: v for k, v in f.__dict__.items() if k != "traceback"} for f in result.failures],
-             "incomplete": dict(result.incomplete)}
+             "incomplete": dict(result.incomplete), "task": {"name": task.name, "source": choice.source,
+                                                             "message": choice.message}}
     if args.choose_strength and summaries:
         extra["choices"] = _choose_strengths(summaries, args.floor)
     if args.combine and summaries:
@@ -446,7 +597,9 @@ def _run_sweep(args) -> int:
     from .runs.store import ResultStore
     from .teaching.demo import format_table
 
-    config = read_sweep_config(args.config)
+    config = read_sweep_config(args.config, task=args.task)
+    print(config.task.message)
+    task = config.task.task
     out = Path(args.out) if args.out else config.out
     folders = {f"the {role} folder of target {t.name!r}": path for t in config.targets
                for role, path in (("images", t.images), ("labels", t.labels))}
@@ -475,8 +628,9 @@ def _run_sweep(args) -> int:
                                     report.settings, labels_keys)
                 if not found:
                     continue
-                guards = store_guards(store, report, run_target.name, names)
-                summaries = summarize_results(found, models=names, guards=guards)
+                guards = store_guards(store, report, run_target.name, names, config=task.guards)
+                summaries = summarize_results(found, models=names, guards=guards, task=task)
+                _warn_task_hint(config.task, guards)
                 _warn_flagged(summaries)
                 for summary in summaries:
                     print(f"\n[{run_target.name}] {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -487,7 +641,7 @@ def _run_sweep(args) -> int:
         if backend is not None:
             backend.close()
     if args.summary:
-        _write_json({"targets": documents, "failures": [
+        _write_json({"task": task.name, "targets": documents, "failures": [
             {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}, Path(args.summary))
     if args.export:
         _export(out, args.export, report)
@@ -514,9 +668,10 @@ def _warn_flagged(summaries: list[dict]) -> None:
                       f"others: {listing}. A model can be very consistent and still segment the wrong thing; "
                       "--no-guards ranks by CTE alone.", CTEKitWarning, stacklevel=2)
     for summary in summaries:
-        if summary.get("verdict"):
-            warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
-                          f"{summary['verdict']}.", CTEKitWarning, stacklevel=2)
+        for sentence in (summary.get("verdict"), summary.get("bank_note")):
+            if sentence:
+                warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
+                              f"{sentence}.", CTEKitWarning, stacklevel=2)
 
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:
@@ -639,7 +794,7 @@ def _run_fetch(args) -> int:
 
 
 _COMMANDS = {"demo": _run_demo, "rank": _run_rank, "sweep": _run_sweep, "train": _run_train, "adapt": _run_adapt, "datasets": _run_datasets,
-             "fetch": _run_fetch, "compare": _run_compare}
+             "fetch": _run_fetch, "compare": _run_compare, "qc": _run_qc}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
+from skimage import measure
 
 from cte_kit import CTEKitWarning
 from cte_kit.cli import main
@@ -282,3 +284,111 @@ def test_the_empty_model_of_a_bank_of_two_is_not_recommended():
     for summary in summarize_results(rows, n_boot=0, guards=guards):
         assert summary["recommended"] == "good", summary["consistency"]
         assert summarize_results(rows, n_boot=0)[0]["recommended"] == "empty"  # CTE alone picks it
+
+
+# -- the three tasks: each builds its failure modes and its correct model; only the failures are flagged --------
+def _codes(guards):
+    return {name: sorted({f.code for f in g.flags}) for name, g in guards.items()}
+
+
+def _loader(predictions, images):
+    return lambda model, image: predictions[model][images.index(image)]
+
+
+def test_dense_tissue_fills_the_image_and_only_its_failures_are_flagged():
+    from cte_kit.data.synthetic import DENSE_TISSUE, generate_tissue
+    from cte_kit.estimators.tasks import TASKS
+
+    tissue = generate_tissue(DENSE_TISSUE, 3, shape=(96, 96), seed=2)
+    cells = [c.astype(np.int32) for c in tissue.cells]
+    full = [np.ones(c.shape, bool) for c in cells]
+    # a cell model, and one that splits a little differently (each cell less its wall pixels, relabelled)
+    thinner = [measure.label((c > 0) & (m == 0), connectivity=1) for c, m in zip(cells, tissue.membranes)]
+    predictions = {
+        "cells_a": [(f, c) for f, c in zip(full, cells)], "cells_b": [(f, c) for f, c in zip(full, cells)],
+        "cells_thin": [(t > 0, t) for t in thinner],
+        "one_object": [(f, f.astype(np.int32)) for f in full],  # no boundaries: one object the size of the image
+        "walls": [(m > 0, measure.label(m > 0)) for m in tissue.membranes],  # the membranes, not the cells
+    }
+    images = list(tissue.names)
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["cells"].guards)
+    codes = _codes(guards)
+    assert codes["cells_a"] == codes["cells_b"] == codes["cells_thin"] == []
+    assert guards["one_object"].flags[0].code == "one-region" and "found no boundaries" in guards["one_object"].flags[0].reason
+    assert codes["one_object"] == ["merges", "one-region"]  # against the cell models, it merges them all too
+    assert guards["walls"].flags[0].code == "network" and "traces boundaries (membranes)" in guards["walls"].flags[0].reason
+    # the nuclei task's guards call every correct cell model degenerate: what a dense tissue needs its own task for
+    nuclei = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["nuclei"].guards)
+    assert "floods" in _codes(nuclei)["cells_a"] and "floods" in _codes(nuclei)["cells_b"]
+
+
+def test_mitochondria_few_right_models_are_not_outvoted_by_a_wrong_majority():
+    from cte_kit.data.synthetic import EM_SSTEM, generate_tissue
+    from cte_kit.estimators.guards import bank_disagreement
+    from cte_kit.estimators.tasks import TASKS
+
+    em = generate_tissue(EM_SSTEM, 3, shape=(128, 128), seed=5)
+    mito = [m.astype(np.int32) for m in em.mitochondria]
+    assert all(0.02 < (m > 0).mean() < 0.12 for m in mito)  # sparse small objects, as the task expects
+    # a mitochondria model that misses a rim of every object: still right, a little different
+    eroded = [measure.label(ndi.binary_erosion(m > 0)) for m in mito]
+    yy, xx = np.mgrid[:128, :128]
+    blobs = ((yy % 64 - 32) ** 2 + (xx % 64 - 32) ** 2) < 26 ** 2  # nuclei-sized blobs over half the section
+    predictions = {"mito_a": [(m > 0, m) for m in mito], "mito_b": [(e > 0, e) for e in eroded]}
+    for index in range(3):  # the wrong majority: three membrane models (the ISBI membranes of the same sections)
+        predictions[f"membrane_{index}"] = [(w > 0, measure.label(w > 0)) for w in em.membranes]
+    predictions["nuclei"] = [(blobs, measure.label(blobs))] * 3
+    images = list(em.names)
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["mitochondria"].guards)
+    codes = _codes(guards)
+    assert codes["mito_a"] == codes["mito_b"] == []
+    assert all(codes[f"membrane_{i}"] == ["network"] for i in range(3))
+    assert codes["nuclei"] and set(codes["nuclei"]) <= {"floods", "implausible"}
+    note = bank_disagreement(guards, "hard", TASKS["mitochondria"].guards)
+    assert "the bank disagrees with itself: 4 of 6 models are flagged (network 3," in note
+    assert "the ranking rests on the other 2 (mito_a, mito_b)" in note and "fewer than the 3 a consensus needs" in note
+    assert bank_verdict(guards, "hard") is None
+    # the nuclei task's guards (the kit before tasks) take the membranes' majority for the truth
+    nuclei = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["nuclei"].guards)
+    assert "disagrees" in _codes(nuclei)["mito_a"] and _codes(nuclei)["membrane_0"] == []
+
+
+def test_nuclei_guards_are_unchanged_by_the_tasks():
+    from cte_kit.estimators.tasks import TASKS
+
+    assert TASKS["nuclei"].guards == GuardConfig()
+    truth = _discs()
+    predictions = {"a": (truth > 0, truth), "b": (truth > 0, truth), "c": (truth > 0, truth),
+                   "floods": (np.ones_like(truth, bool), np.ones_like(truth))}
+    guards = compute_guards(list(predictions), ["x"], lambda model, image: predictions[model], TASKS["nuclei"].guards)
+    assert _codes(guards) == {"a": [], "b": [], "c": [], "floods": ["disagrees", "floods"]}
+
+
+def test_specks_are_not_mitochondria():
+    from cte_kit.estimators.tasks import TASKS
+
+    mito = {image: _sparse_objects(seed, 0.05, radius=7) for seed, image in enumerate("abc")}  # areas ~150 px
+    specks = {image: _sparse_objects(10 + seed, 0.05, radius=2) for seed, image in enumerate("abc")}  # ~13 px
+    predictions = {"mito": mito, "specks": specks}
+    guards = compute_guards(list(predictions), list("abc"), lambda model, image: predictions[model][image],
+                            TASKS["mitochondria"].guards)
+    assert guards["mito"].flags == ()
+    assert [f.code for f in guards["specks"].flags] == ["implausible"]
+    assert "finds objects of median area 13 px where this task's objects measure 100 px or more" in \
+        guards["specks"].flags[0].reason
+
+
+def test_a_model_too_unstable_to_follow_is_not_recommended():
+    truth = _discs()
+    predictions = {name: (truth > 0, truth) for name in ("steady", "shaky")}
+    guards = compute_guards(list(predictions), ["a"], lambda model, image: predictions[model])
+    rows = [{"model": model, "image": "a", "perturbation": "gamma:0.7", "consistency": "hard", "seed": 0, "n_pert": 1,
+             "cte": cte, "f1": np.nan, "iou": np.nan, "map": np.nan, "ap50": np.nan}
+            for model, cte in (("steady", 0.45), ("shaky", 0.3))]
+    guarded = summarize_results(rows, n_boot=0, guards=guards)[0]
+    assert guarded["recommended"] is None
+    assert "steady, keeps only 0.45 of its prediction under gamma:0.7 (hard consistency), less than the 0.5" \
+        in guarded["verdict"]
+    assert summarize_results(rows, n_boot=0)[0]["recommended"] == "steady"  # CTE alone still names one
+    rows[0]["cte"] = 0.55
+    assert summarize_results(rows, n_boot=0, guards=guards)[0]["recommended"] == "steady"

@@ -14,23 +14,52 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..estimators.guards import ModelGuards, bank_verdict, guarded_order
+from ..estimators.guards import ModelGuards, bank_disagreement, bank_verdict, guarded_order
+from ..estimators.tasks import Task, task_defaults
 from ..estimators.selection import DEFAULT_TOL, separation
-from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic, summarize
+from ..scoring.consistency import nan_statistic, summarize
 from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from ..types import CTEKitWarning
 from .performance import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, performance_metric_for
 
-__all__ = ["summarize_results"]
+__all__ = ["regret", "summarize_results"]
+
+
+def regret(performance, pick: int | None) -> float:
+    """What following a pick costs: the best true performance minus the pick's.
+
+    Parameters
+    ----------
+    performance : (n_models,) float array_like
+        True performance of each model (NaN: unknown, never the best).
+    pick : int or None
+        Index of the picked model; None when nothing was recommended.
+
+    Returns
+    -------
+    float
+        In [0, 1] for scores in [0, 1]; 0 when the pick is the best; NaN without a pick or a known
+        performance of it.
+
+    Examples
+    --------
+    >>> regret([0.9, 0.6, float("nan")], 1)
+    0.30000000000000004
+    """
+    performance = np.asarray(performance, dtype=float)
+    if pick is None or not np.isfinite(performance[pick]):
+        return math.nan
+    return float(np.nanmax(performance) - performance[pick])
 
 
 def summarize_results(
     rows: Sequence[dict],
-    statistic: str = DEFAULT_STATISTIC,
+    statistic: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     models: Sequence[str] | None = None,
     guards: Mapping[str, ModelGuards] | None = None,
+    task: str | Task | None = None,
 ) -> list[dict]:
     """Per-setting rankings from result rows.
 
@@ -38,8 +67,8 @@ def summarize_results(
     ----------
     rows : sequence of dict
         From :func:`read_results`.
-    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
-        Aggregation of CTE_i over images (the kit's default: the mean; the paper: the median).
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}, optional
+        Aggregation of CTE_i over images (default: the task's, the mean; the paper: the median).
     n_boot : int
         Bootstrap replicates over images for the score intervals (0 disables them).
     models : sequence of str, optional
@@ -47,6 +76,10 @@ def summarize_results(
     guards : mapping of str to ModelGuards, optional
         Label-free guards (:func:`sweep_guards`). A model with a flag that concerns the setting's
         consistency is ranked after every unflagged model; None ranks by CTE alone.
+    task : str or Task, optional
+        The task ranked (:func:`cte_kit.estimators.tasks.task_defaults`; default: nuclei): its
+        statistic, its guards' configuration (what a consensus needs) and the consistency a model
+        needs to be recommended (``Task.recommend_from``, with the guards only).
 
     Returns
     -------
@@ -59,7 +92,8 @@ def summarize_results(
         ``code``, ``scope``, ``reason``; empty when clean), ``guards`` (the guard values), and
         with labels ``performance``, ``f1``, ``map``, ``rank_performance``),
         ``recommended`` (the top unflagged model, None when every model is flagged),
-        ``verdict`` (a sentence when no model can be recommended), ``p_best_is_top`` (sampling
+        ``verdict`` (a sentence when no model can be recommended), ``bank_note`` (a sentence when
+        the ranking rests on a part of the bank only: the bank disagrees with itself), ``p_best_is_top`` (sampling
         stability: how often the recommended model stays first among the unflagged models when
         images are resampled - it says nothing about validity, which is what the flags are
         for; NaN, with the reason in ``stability``, when there is one image to resample or one
@@ -69,8 +103,10 @@ def summarize_results(
         further apart than that), ``separated`` (a unique best model; otherwise a warning is
         issued), and with labels ``kendall``, ``spearman``, ``weighted_kendall`` (of the kit's
         ranking against true performance), ``kendall_unguarded`` (of CTE alone), ``pearson``
-        (of the CTE values) and their p-values.
+        (of the CTE values) and their p-values, and ``regret`` (:func:`regret` of the recommended model).
     """
+    task = task_defaults(task)
+    statistic = task.statistic if statistic is None else statistic
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
     for perturbation, consistency, run_seed, n_pert in settings:
@@ -113,8 +149,15 @@ def summarize_results(
                 item["p_top"] = float(boot.p_top[i])
             model_rows.append(item)
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
-        entry["recommended"] = names[recommended] if recommended is not None else None
         entry["verdict"] = bank_verdict(guards, consistency) if guards else None
+        if guards is not None and recommended is not None and cte[recommended] < task.recommend_from:
+            entry["verdict"] = (f"the most consistent unflagged model, {names[recommended]}, keeps only "
+                                f"{cte[recommended]:.2f} of its prediction under {perturbation} ({consistency} "
+                                f"consistency), less than the {task.recommend_from:g} a recommendation needs: none "
+                                "can be recommended")
+            recommended = None
+        entry["recommended"] = names[recommended] if recommended is not None else None
+        entry["bank_note"] = bank_disagreement(guards, consistency, task.guards) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
         if n_boot and eligible.sum() > 1 and len(image_names) > 1:
@@ -150,7 +193,8 @@ def summarize_results(
             raw = correlations(cte, perf, seed=seed)
             entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,
                          spearman_p=ordered.spearman_p, pearson=raw.pearson, pearson_p=raw.pearson_p,
-                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall)
+                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall,
+                         regret=regret(perf, recommended))
         entry["models"] = model_rows
         summaries.append(entry)
     return summaries

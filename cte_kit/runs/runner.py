@@ -161,8 +161,6 @@ def _identities(bank: Sequence[BankEntry | SegmentationModel]) -> tuple[dict[str
 def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTarget], settings: Sequence[Setting],
          store: ResultStore, chunk: int = CHUNK) -> tuple[RunReport, list[Unit], dict]:
     """The units a run still has to compute, the report it starts from and the models' descriptions."""
-    if not settings:
-        raise ValueError("give at least one setting (perturbation)")
     models, descriptions = _identities(bank)
     report = RunReport(models=models, settings=tuple(settings))
     units = []
@@ -173,6 +171,8 @@ def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTar
             model_key = report.models[item.name]
             done = {seed: store.done(model_key, [k for s in settings if s.seed == seed for k in s.keys().values()], seed)
                     for seed in {s.seed for s in settings}}
+            objects = {seed: store.done(model_key, [s.objects_key() for s in settings if s.seed == seed], seed, "objects")
+                       for seed in {s.seed for s in settings}}
             predicted = store.predicted(model_key)
             for indices in _chunks(keys, chunk):
                 chunk_keys = [keys[i] for i in indices]
@@ -181,7 +181,7 @@ def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTar
                     have = done[setting.seed]
                     missing = [c for c, k in setting.keys().items() if any(ik not in have[k] for ik in chunk_keys)]
                     report.n_skipped += sum(ik in have[k] for k in setting.keys().values() for ik in chunk_keys)
-                    if missing:
+                    if missing or any(ik not in objects[setting.seed][setting.objects_key()] for ik in chunk_keys):
                         # the whole chunk again, every consistency of the setting: the same batches as the first time
                         todo.append(setting)
                 needs_predictions = any(ik not in predicted for ik in chunk_keys)
@@ -203,6 +203,8 @@ def run(bank: Sequence[BankEntry | SegmentationModel], targets: RunTarget | Sequ
         Entries are loaded by the backend (once per process), models used as given.
     targets : RunTarget or sequence of RunTarget
     settings : Setting or sequence of Setting
+        None (an empty sequence): only the clean predictions are computed and stored (what the guards,
+        the bank's agreement and the performance table read).
     store : ResultStore
         Rows already there (same model key, image key, estimator key and seed) are not recomputed.
     backend : SerialBackend or DaskBackend, optional
@@ -234,7 +236,8 @@ def _execute(units: Sequence[Unit | EstimateUnit], store: ResultStore, backend, 
                                         images={k: images[k] for k in unit.image_keys}, scores=result.scores,
                                         predictions={(unit.model_key, k): v for k, v in result.predictions.items()},
                                         failures=result.failures, estimates=result.estimates,
-                                        traits={unit.model_key: result.traits} if result.traits else {})
+                                        traits={unit.model_key: result.traits} if result.traits else {},
+                                        objects=result.objects)
         report.failures.extend(result.failures)
         bar.update(1)
     bar.close()
