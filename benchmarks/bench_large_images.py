@@ -85,10 +85,20 @@ def run_case(path: Path, tile_size: int | None, settings: list[str], crops: int)
             "peak_mb": _rss_mb(), "baseline_mb": baseline, "cte": cte, "failures": len(result.failures)}
 
 
-def spawn(path: Path, tile_size: int | None, settings: list[str], crops: int = 0) -> dict:
+def spawn(path: Path, tile_size: int | None, settings: list[str], crops: int = 0, memory_gb: float | None = None) -> dict | None:
+    """One case in a fresh process; None when it ran out of the ``memory_gb`` address space it was given."""
     command = [sys.executable, __file__, "--case", str(path), str(tile_size), "--crops", str(crops), "--settings", *settings]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+
+    def limit():  # a whole image that does not fit fails here, instead of calling the machine's OOM killer
+        if memory_gb is not None:
+            size = int(memory_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (size, size))
+
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                          preexec_fn=limit)
     if done.returncode != 0:
+        if memory_gb is not None and ("MemoryError" in done.stderr or "alloc" in done.stderr.lower()):
+            return None
         raise RuntimeError(f"case {path.name} tile {tile_size} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -100,6 +110,8 @@ def main() -> int:
                         help="sections also run whole, to compare CTE (default: 2048 4096)")
     parser.add_argument("--settings", nargs="+", default=["gamma:0.7", "dropout:0.2"])
     parser.add_argument("--tile-size", type=int, nargs="+", default=[512], help="tile sizes to run (default: 512)")
+    parser.add_argument("--whole-memory", type=float, default=12.0,
+                        help="address space (GB) a whole-image case may use; beyond it, it is reported as not fitting")
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--crops", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -126,7 +138,10 @@ def main() -> int:
     results = {}
     for size in sorted(set(args.sizes) | set(args.whole)):
         for tile in list(args.tile_size) + ([None] if size in args.whole else []):
-            case = spawn(saved(size), tile, args.settings)
+            case = spawn(saved(size), tile, args.settings, memory_gb=args.whole_memory if tile is None else None)
+            if case is None:
+                print(f"{size:>9} {'whole':>6}  does not fit in {args.whole_memory:.0f} GB of address space", flush=True)
+                continue
             results[size, tile] = case
             ratio = case["seconds"] / case["megapixels"] / per_mp
             print(f"{size:>9} {tile or 'whole':>6} {case['seconds']:8.1f} {ratio:11.2f} "

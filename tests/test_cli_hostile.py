@@ -181,11 +181,14 @@ CATALOGUE = {
     "threshold misspelt": (_bank_case(BANK + "    threshhold: 0.5\n"), r"unknown setting `threshhold` for a unet model; did you mean `threshold`"),
     "percentiles reversed": (_bank_case(BANK + "    percentiles: [99, 1]\n"), r"`percentiles: \[99, 1\]` must be \[low, high\]"),
     "batch size 0": (_bank_case(BANK + "    batch_size: 0\n"), r"`batch_size: 0` must be a whole number"),
+    "tile_size 0": (_bank_case(BANK + "    tile_size: 0\n"), r"`tile_size: 0` must be a whole number of pixels >= 16"),
     "unknown kind": (_bank_case(BANK.replace("kind: unet", "kind: keras")), r"models\[0\] \('near_target'\) has unknown kind 'keras'"),
     "entry without name": (_bank_case("models:\n  - kind: unet\n    pretrained: demo/near_target\n"), r"models\[0\] lacks name"),
     "path and pretrained": (_bank_case(BANK + "    path: x.pt\n"), r"needs exactly one of `path` or `pretrained`"),
     "duplicate names": (_bank_case(BANK + BANK.replace("models:\n", "")), r"duplicate model names \['near_target'\]"),
     "trust_code not a bool": (_bank_case(BANK + "    trust_code: yes please\n"), r"`trust_code` must be true or false"),
+    "bank task unknown": (_bank_case("task: neurons\n" + BANK), r"bank\.yaml: unknown task 'neurons'; choose from"),
+    "bank task not a name": (_bank_case("task: [nuclei]\n" + BANK), r"bank\.yaml: `task:` must be a name"),
     "no models": (_bank_case("models: []\n"), r"bank\.yaml: expected a non-empty list under the key `models:`"),
     "missing bank": (lambda root, case: _rank(root, bank=case / "none.yaml"), r"bank file .*none\.yaml does not exist"),
     # options
@@ -206,6 +209,7 @@ CATALOGUE = {
     "boundary in a sweep": (_sweep_case(SWEEP + "perturbations: [gamma:0.7]\nboundary: -2\n"), r"sweep\.yaml: boundary must be a whole number >= 0"),
     "strengths not numbers": (_sweep_case(SWEEP + "perturbations:\n  - {{kind: gamma, strengths: [x]}}\n"), r"perturbations\[0\]\.strengths must be numbers"),
     "sweep key misspelt": (_sweep_case(SWEEP + "perturbation: [gamma:0.7]\n"), r"sweep\.yaml: unknown key\(s\) \['perturbation'\]"),
+    "sweep task not a name": (_sweep_case(SWEEP + "task: 5\n"), r"sweep\.yaml: `task` must be a name"),
     "no perturbations": (_sweep_case(SWEEP + "perturbations: []\n"), r"`perturbations` must be a non-empty list"),
     "max_images 0": (_sweep_case(SWEEP + "    max_images: 0\nperturbations: [gamma:0.7]\n"), r"targets\[0\]\.max_images must be a whole number >= 1"),
     "sweep target folder missing": (_sweep_case(SWEEP.replace("{root}/images", "{root}/nowhere") + "perturbations: [gamma:0.7]\n"),
@@ -218,6 +222,13 @@ CATALOGUE = {
     # other commands
     "compare out is a file": (lambda root, case: ["compare", "--bank", str(root / "bank.yaml"), "--targets", str(root), "--out",
                                                   str(root / "bank.yaml"), "--no-progress"], r"compare --out .*bank\.yaml is a file"),
+    "qc out is the images folder": (lambda root, case: ["qc", "--bank", str(root / "bank.yaml"), "--model", "near_target",
+                                                        "--images", str(root / "images"), "--out", str(root / "images"),
+                                                        "--no-progress"], r"qc --out .*images is the images folder"),
+    "qc store is the bank": (lambda root, case: ["qc", "--bank", str(root / "bank.yaml"), "--model", "near_target",
+                                                 "--images", str(root / "images"), "--out", str(case / "qc"), "--store",
+                                                 str(root / "bank.yaml"), "--no-progress"],
+                             r"--store \(the result store\) .*bank\.yaml is the bank file"),
     "train out is a folder": (lambda root, case: ["train", "--images", str(root / "images"), "--labels", str(root / "labels"),
                                                   "--task", "semantic", "--out", str(case), "--no-progress"],
                               r"--out \(the checkpoint\) .*train_out_is_a_folder is a folder"),
@@ -294,16 +305,23 @@ def test_ctrl_c_is_a_short_message_and_keeps_what_was_written(kit, tmp_path, mon
 
 
 def test_a_store_in_a_read_only_folder_is_named_read_only(kit, tmp_path, capsys):
+    import os
+
     root, _ = kit
     folder = tmp_path / "archive"
     folder.mkdir()
     shutil.copy(root / "results.sqlite", folder / "results.sqlite")
-    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
-        pytest.skip("chattr +i is not available here (a read-only folder cannot be made for root)")
+    folder.chmod(0o555)  # read-only for a user; root writes anyway, and needs the immutable attribute
+    immutable = os.access(folder, os.W_OK)
+    if immutable and subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o755)
+        pytest.skip("running as root without chattr +i: no read-only folder can be made here")
     try:
         before = _checksums(folder / "results.sqlite")
         assert main(_rank(root, out=folder / "results.sqlite")) == 2
         assert "cannot be written (a read-only file or folder)" in capsys.readouterr().err
         assert _checksums(folder / "results.sqlite") == before
     finally:
-        subprocess.run(["chattr", "-i", str(folder)], check=True)
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        folder.chmod(0o755)

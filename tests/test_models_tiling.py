@@ -122,3 +122,11 @@ def test_tiles_and_batches_do_not_change_a_result(image):
                                                                 tile_size=None).prepare(image))
     with pytest.raises(ValueError, match="in tiles of 96 pixels"):
         model.layer_features([image], "bottleneck")
+
+
+def test_a_tile_size_that_leaves_no_core_is_refused_when_the_model_loads():
+    network, config = _network(4)  # margin 56 px on a stride of 8: a tile needs 2 * 56 + 8 px
+    assert network.divisor == 8 and receptive_radius(4) == 56
+    with pytest.raises(ValueError, match="tile_size 112 leaves no core inside margins of 56 pixels: use a tile_size of at least 120"):
+        UNetModel(name="m", network=network, config=config, tile_size=112)
+    assert UNetModel(name="m", network=network, config=config, tile_size=120)._tiling().core == 8

@@ -181,7 +181,7 @@ def read_sweep_config(path: str | Path, task: str | None = None) -> SweepConfig:
     bank = read_bank(bank_file)
     if raw.get("task") is not None and not isinstance(raw["task"], str):
         raise ValueError(f"{where}: `task` must be a name such as nuclei, mitochondria or cells")
-    choice = resolve_task(("--task", task), (where, raw.get("task")), (bank_file, bank_task(bank_file)))
+    choice = resolve_task(("--task", task), (where, raw.get("task")), (str(bank_file), bank_task(bank_file)))
     if not isinstance(raw["targets"], list) or not raw["targets"]:
         raise ValueError(f"{where}: `targets` must be a non-empty list")
     targets = [_target(item, i, base, where) for i, item in enumerate(raw["targets"])]

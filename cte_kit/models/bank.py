@@ -55,7 +55,7 @@ COMMON_SETTINGS = ("percentiles", "threshold", "channels", "rgb", "batch_size")
 #: Keys of a bank entry besides its adapter's settings.
 ENTRY_KEYS = ("name", "kind", "path", "pretrained", "source", "trust_code")
 #: Keys of a bank file.
-BANK_KEYS = ("models",)
+BANK_KEYS = ("task", "models")
 
 
 def _number(value) -> bool:
@@ -71,6 +71,10 @@ SETTING_CHECKS = {
                     "[low, high] with 0 <= low < high <= 100, or null"),
     "batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
     "rgb": (lambda v: v in ("error", "grey"), "error or grey"),
+    "tile_size": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 16),
+                  "a whole number of pixels >= 16, or null (whole images)"),
+    "tile_overlap": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                     "a whole number of pixels >= 0, or null (the adapter's default)"),
 }
 
 

@@ -139,6 +139,7 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         self.version = cellpose_major_version()
         if self.version < 4:
             self.layer_map = LayerMap.unet(len(self.cellpose.net.downsample.down), decoder_at_bottleneck=True)
+        self._tiling()  # a tile_size that leaves no core inside its margins is refused when the model loads
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod

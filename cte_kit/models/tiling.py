@@ -66,7 +66,7 @@ class Tiling:
             raise ValueError(f"tiling needs align >= 1 and margin >= 0, got align {self.align}, margin {self.margin}")
         if self.core < self.align:
             raise ValueError(f"tile_size {self.size} leaves no core inside margins of {self.margin} pixels: use a "
-                             f"tile_size above {2 * self._aligned(self.margin) + self.align}")
+                             f"tile_size of at least {2 * self._aligned(self.margin) + self.align}")
 
     def _aligned(self, value: int) -> int:
         return int(math.ceil(value / self.align) * self.align)

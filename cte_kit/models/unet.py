@@ -183,6 +183,7 @@ class UNetModel(SegmentationModel):
         # channels-last memory halves the CPU time of these small convolutions (oneDNN's blocked kernels)
         self.network = self.network.to(self.device, memory_format=torch.channels_last).eval()
         self.layer_map = LayerMap.unet(self.network.levels)
+        self._tiling()  # a tile_size that leaves no core inside its margins is refused when the model loads
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str | None = None, **settings: Any) -> "UNetModel":
