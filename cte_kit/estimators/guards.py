@@ -45,6 +45,7 @@ import numpy as np
 from skimage import measure
 
 from ..scoring.metrics import mask_overlap, match_instances
+from ..scoring.objects import convex_hull_areas
 from ..types import InputTypeError
 
 __all__ = [
@@ -315,11 +316,13 @@ SOLIDITY_MIN_REGION = 1e-3
 def _solidity(foreground: np.ndarray) -> float:
     """Area over convex-hull area, summed over the 8-connected foreground regions of at least
     :data:`SOLIDITY_MIN_REGION` of the image; NaN without such a region."""
-    regions = [region for region in measure.regionprops(measure.label(foreground, connectivity=2))
-               if region.area >= SOLIDITY_MIN_REGION * foreground.size]
-    if not regions:
+    regions = measure.label(foreground, connectivity=2)
+    areas = np.bincount(regions.ravel())
+    large = np.flatnonzero(areas >= SOLIDITY_MIN_REGION * foreground.size)
+    large = large[large > 0]
+    if not large.size:
         return float("nan")
-    return float(sum(region.area for region in regions) / sum(region.area_convex for region in regions))
+    return float(areas[large].sum() / convex_hull_areas(regions, large).sum())
 
 
 def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), consensus_objects: float = float("nan"),

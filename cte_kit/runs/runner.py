@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -226,20 +227,32 @@ def run(bank: Sequence[BankEntry | SegmentationModel], targets: RunTarget | Sequ
 
 def _execute(units: Sequence[Unit | EstimateUnit], store: ResultStore, backend, descriptions: Mapping,
              targets: Sequence[RunTarget], report: RunReport | EstimateReport, progress: bool, description: str) -> None:
-    """The loop: compute units on the backend and write each one's results in one transaction as it completes."""
+    """The loop: compute units on the backend and write each one's results in one transaction as it completes.
+
+    A unit is compressed and written by one writer thread while the next unit computes (zlib and
+    SQLite release the GIL), one unit at a time in the order they complete; the loop waits for a
+    write before it hands over the next, so a crash loses at most the unit being written and the
+    one being computed, never half of one.
+    """
     backend = backend if backend is not None else SerialBackend()
     images = {key: (name, *np.shape(image)[:2]) for target in targets
               for name, image, key in zip(target.names, target.images, target.keys())}
     bar = tqdm(total=len(units), desc=description, disable=not progress or not units)
-    for unit, result in backend.map(units):
-        report.n_written += store.write(models={unit.model_key: descriptions[unit.model_key]},
-                                        images={k: images[k] for k in unit.image_keys}, scores=result.scores,
-                                        predictions={(unit.model_key, k): v for k, v in result.predictions.items()},
-                                        failures=result.failures, estimates=result.estimates,
-                                        traits={unit.model_key: result.traits} if result.traits else {},
-                                        objects=result.objects)
-        report.failures.extend(result.failures)
-        bar.update(1)
+    writing = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cte_kit-store") as writer:
+        for unit, result in backend.map(units):
+            if writing is not None:
+                report.n_written += writing.result()
+            writing = writer.submit(
+                store.write, models={unit.model_key: descriptions[unit.model_key]},
+                images={k: images[k] for k in unit.image_keys}, scores=result.scores,
+                predictions={(unit.model_key, k): v for k, v in result.predictions.items()}, failures=result.failures,
+                estimates=result.estimates, traits={unit.model_key: result.traits} if result.traits else {},
+                objects=result.objects)
+            report.failures.extend(result.failures)
+            bar.update(1)
+        if writing is not None:
+            report.n_written += writing.result()
     bar.close()
 
 

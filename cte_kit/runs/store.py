@@ -1,7 +1,8 @@
 """The result store: every score a run computes, keyed by everything that changes it.
 
 One SQLite file (write-ahead log, one transaction per unit of work, so a crash loses at most the
-unit in flight and never leaves half of one behind) holds:
+units in flight - the one being written and the one the runner computes meanwhile - and never leaves
+half of one behind) holds:
 
 * ``scores`` - one row per (model key, image key, estimator key, seed): the per-image value
   ``CTE_i`` (NaN where the clean and perturbed foregrounds are both empty: *empty*, which is not
@@ -221,7 +222,7 @@ class _Compressed:
     held twice (once as an .npy buffer, once compressed)."""
 
     def __init__(self):
-        self._compressor, self._parts = zlib.compressobj(6), []
+        self._compressor, self._parts = zlib.compressobj(3), []
 
     def write(self, data) -> int:
         self._parts.append(self._compressor.compress(data))
@@ -232,15 +233,20 @@ class _Compressed:
 
 
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
+    labels = np.asarray(labels)
+    low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
+    # The smallest type that holds the ids (read back as int32): a quarter or half of the bytes to
+    # compress and to decompress. zlib level 3 takes half the time of level 6 for 10-20 % more bytes.
+    kind = np.uint8 if 0 <= low and high < 2**8 else np.uint16 if 0 <= low and high < 2**16 else np.int32
     sink = _Compressed()
-    np.save(sink, np.asarray(labels, dtype=np.int32), allow_pickle=False)
-    return zlib.compress(np.packbits(foreground.astype(bool, copy=False)), 6), sink.getvalue()
+    np.save(sink, labels.astype(kind, copy=False), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool, copy=False)), 3), sink.getvalue()
 
 
 def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
     bits = np.frombuffer(zlib.decompress(foreground), dtype=np.uint8)
     mask = np.unpackbits(bits, count=height * width).reshape(height, width).astype(bool)
-    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False)
+    return mask, np.load(io.BytesIO(zlib.decompress(labels)), allow_pickle=False).astype(np.int32, copy=False)
 
 
 def _pack_objects(ids: np.ndarray, value: np.ndarray) -> tuple[bytes, bytes]:
@@ -366,7 +372,8 @@ class ResultStore:
         memory = self.path == ":memory:"
         if not memory:
             _check_file(Path(path))
-        connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT)
+        # the runner writes from one writer thread while it computes the next unit; never two threads at once
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=False)
         self._db = _Connection(self.path, connection)
         try:
             self._initialise(memory)

@@ -178,9 +178,11 @@ def _score_batch(model: SegmentationModel, unit: Unit,
     scores: list[Score] = []
     objects: list[ObjectValues] = []
     clean = kept = None
+    # normalised once for every setting
+    prepared = [model.prepare(image, name) for image, name in zip(images, names)] if unit.settings else None
     for setting in unit.settings:
         pairs = model.predict_pairs(images, setting.perturbation, seed=setting.seed, n_pert=setting.n_pert,
-                                    image_ids=ids, names=names, clean=clean)
+                                    image_ids=ids, names=names, clean=clean, prepared=prepared)
         if clean is None:  # every later setting reuses these clean predictions
             clean = [pair.clean for pair in pairs]
             kept = [_kept(model, p) for p in clean]
