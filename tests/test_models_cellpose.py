@@ -214,6 +214,7 @@ def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path
         load_model(BankEntry("nuclei_zoo", "cellpose", pretrained="nuclei"))
 
 
+@pytest.mark.slow  # nine Cellpose evaluations per prediction: about 5 minutes on 2 loaded cores
 def test_a_large_image_in_tiles_is_stitched_from_cellposes_own_tiles(model, tiny_cellpose_file):
     """The kit's tiles (each a whole Cellpose eval: network, flows, masks) stitch to the whole image's prediction."""
     from dataclasses import replace
