@@ -1,7 +1,8 @@
 """Command line: ``cte-kit demo | rank | qc | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
 
 Exit codes: 0 success, 1 some models failed (the others are ranked; tracebacks are in the result
-store), 2 bad input (one line says what), 3 an internal error (a bug: the traceback is printed).
+store), 2 bad input (one line says what), 3 an internal error (a bug: the traceback is printed),
+130 interrupted (Ctrl-C: what was written is kept, and a rerun resumes).
 """
 
 from __future__ import annotations
@@ -187,7 +188,9 @@ def _add_compare(subparsers):
 
 
 def _run_compare(args) -> int:
+    from .data.outputs import check_outputs
     from .evaluation.comparison import compare
+    from .models.bank import read_bank
     from .reports.comparison import format_comparison, write_comparison
 
     if args.bank == "demo":
@@ -195,9 +198,9 @@ def _run_compare(args) -> int:
 
         bank = demo_bank_entries()
     else:
-        bank = args.bank
+        bank = read_bank(args.bank)
     choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
-    targets = []
+    targets, folders = [], {}
     for target in args.targets:
         if target == "demo":
             from .teaching.demo import demo_targets
@@ -205,6 +208,9 @@ def _run_compare(args) -> int:
             targets += list(demo_targets(args.max_images or 16, include_real=False))
         else:
             targets.append(target)
+            folders.update({f"the {part} folder of target {target}": Path(target) / part for part in ("images", "labels")})
+    check_outputs({"the bank file": None if args.bank == "demo" else args.bank, **folders, **_bank_inputs(bank)},
+                  folders={"compare --out": args.out})
     backend = _backend(args)
     try:
         comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
@@ -246,6 +252,7 @@ def _add_qc(subparsers):
 
 def _run_qc(args) -> int:
     from .data.folder import load_folder
+    from .data.outputs import check_outputs
     from .evaluation.quality import judge_quality
     from .models.bank import read_bank
     from .reports.quality import write_napari, write_report, write_tables
@@ -256,6 +263,10 @@ def _run_qc(args) -> int:
 
     choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
     bank = demo_bank_entries() if args.bank == "demo" else read_bank(args.bank)
+    check_outputs({"the bank file": None if args.bank == "demo" else args.bank,
+                   "the images folder": None if args.images == "demo" else args.images,
+                   "the labels folder": None if args.labels in (None, "demo") else args.labels, **_bank_inputs(bank)},
+                  files={"--store (the result store)": args.store}, folders={"qc --out": args.out})
     if args.images == "demo":
         demo = demo_targets(args.n_images, include_real=False)[0]
         name, images, names = demo.name, demo.images, demo.names
@@ -286,7 +297,7 @@ def _run_qc(args) -> int:
     document = {"model": qc.model, "target": qc.target, "compared_with": list(qc.compared_with),
                 "left_out": qc.left_out, "images": qc.image_table(),
                 "judgement": judgement.summary() if judgement is not None else None}
-    (out / "summary.json").write_text(json.dumps(_json_ready(document), indent=2))
+    _write_json(document, out / "summary.json")
     print(f"Written: {report}, {out / 'images.csv'}, {out / 'objects.csv'}, {out / 'summary.json'} and "
           f"{len([p for p in paths if p.parent.name == 'napari'])} files in {out / 'napari'}/")
     _print_failures(qc.failures)
@@ -340,11 +351,25 @@ def _json_ready(value):
     return value
 
 
+def _write_json(document: dict, path: Path) -> None:
+    from .data.outputs import atomic_path
+
+    with atomic_path(path) as partial:
+        partial.write_text(json.dumps(_json_ready(document), indent=2))
+
+
 def _write_summary(summaries: list[dict], path: Path, extra: dict) -> None:
     """The first setting's fields at top level (`models`, `kendall`, ...), all settings under `settings`."""
-    document = {**summaries[0], **extra, "settings": summaries}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_ready(document), indent=2))
+    _write_json({**summaries[0], **extra, "settings": summaries}, path)
+
+
+def _bank_inputs(entries) -> dict:
+    """What a bank makes a command read: each model's weights and source data."""
+    inputs = {}
+    for entry in entries:
+        inputs[f"the weights of model {entry.name!r}"] = entry.path
+        inputs[f"the source data of model {entry.name!r}"] = entry.source
+    return inputs
 
 
 def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
@@ -484,6 +509,7 @@ def _export(store_path, export, report) -> None:
 
 def _run_rank(args) -> int:
     from .data.folder import load_folder
+    from .data.outputs import check_outputs
     from .evaluation.summary import summarize_results
     from .evaluation.sweep import read_results, run_sweep, sweep_guards
     from .estimators.cte import default_settings
@@ -494,15 +520,19 @@ def _run_rank(args) -> int:
     entries = read_bank(args.bank)
     choice = _task_choice(args.task, args.bank)
     task = choice.task
+    check_outputs({"the bank file": args.bank, "the images folder": args.images, "the labels folder": args.labels,
+                   **_bank_inputs(entries)},
+                  files={"--out (the result store)": args.out, "--summary": args.summary, "--export": args.export,
+                         "--plot": args.plot})
     consistencies = list(dict.fromkeys(args.consistency or task.consistencies))
     if args.perturbation:
         kinds = {label: consistencies for label in dict.fromkeys(parse_perturbation(t).label for t in args.perturbation)}
     else:
         kinds = default_settings(consistencies, task)
     perturbations = [parse_perturbation(label) for label in kinds]
-    target = load_folder(args.images, args.labels)
-    if args.plot and target.labels is None:
+    if args.plot and args.labels is None:
         raise ValueError("--plot needs --labels (it shows CTE against true performance)")
+    target = load_folder(args.images, args.labels, progress=not args.no_progress)
     print(f"{len(entries)} models x {len(target.images)} images: "
           + ", ".join(f"{label} ({' + '.join(kinds[label])} consistency)" for label in kinds))
     backend = _backend(args)
@@ -515,6 +545,8 @@ def _run_rank(args) -> int:
             backend.close()
     if result.n_skipped_rows:
         print(f"Resumed: {result.n_skipped_rows} rows were already in {args.out}")
+    if target.labels is None:
+        _note_earlier_labels(args.out, result)
     rows = read_results(result)
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
@@ -544,7 +576,19 @@ def _run_rank(args) -> int:
     return 1 if result.failures else 0
 
 
+def _note_earlier_labels(store_path, result) -> None:
+    """Say that true performance from another run's labels exists, and is not reported without --labels."""
+    from .runs.store import ResultStore
+
+    with ResultStore(store_path) as store:
+        earlier = store.labels_keys(list(result.images.values()))
+    if earlier:
+        print(f"({len(earlier)} of these images have true performance in {store_path} from labels given to an earlier "
+              "run; it is reported only with --labels, from the labels given then.)")
+
+
 def _run_sweep(args) -> int:
+    from .data.outputs import check_outputs
     from .evaluation.performance import fill_performance, scored_rows
     from .evaluation.config import read_sweep_config
     from .evaluation.summary import summarize_results
@@ -556,6 +600,11 @@ def _run_sweep(args) -> int:
     print(config.task.message)
     task = config.task.task
     out = Path(args.out) if args.out else config.out
+    folders = {f"the {role} folder of target {t.name!r}": path for t in config.targets
+               for role, path in (("images", t.images), ("labels", t.labels))}
+    check_outputs({"the sweep config": args.config, "the bank file": config.bank_file, **folders,
+                   **_bank_inputs(config.bank)},
+                  files={"--out (the result store)": out, "--summary": args.summary, "--export": args.export})
     print(f"{len(config.bank)} models x {len(config.targets)} target(s) x {len(config.settings)} setting(s) -> {out}")
     backend = _backend(args)
     documents = []
@@ -591,9 +640,8 @@ def _run_sweep(args) -> int:
         if backend is not None:
             backend.close()
     if args.summary:
-        Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary).write_text(json.dumps(_json_ready({"task": task.name, "targets": documents, "failures": [
-            {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}), indent=2))
+        _write_json({"task": task.name, "targets": documents, "failures": [
+            {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}, Path(args.summary))
     if args.export:
         _export(out, args.export, report)
     print(f"\n{report.n_written} rows computed, {report.n_skipped} already in {out}")
@@ -674,10 +722,13 @@ def _combine(summaries: list[dict]) -> dict:
 
 def _run_train(args) -> int:
     from .data.folder import load_folder
+    from .data.outputs import check_outputs
     from .models.training import TrainingConfig, train_unet
     from .models.unet import UNetConfig
 
-    data = load_folder(args.images, args.labels)
+    check_outputs({"the images folder": args.images, "the labels folder": args.labels},
+                  files={"--out (the checkpoint)": args.out})
+    data = load_folder(args.images, args.labels, progress=not args.no_progress)
     if data.labels is None:
         raise ValueError(f"no labels found in {args.labels}")
     steps = args.steps or args.epochs * max(1, math.ceil(len(data.images) / args.batch_size))
@@ -698,6 +749,7 @@ def _run_train(args) -> int:
 def _run_adapt(args) -> int:
     from .adapt import AdaptConfig, adapt, adapt_target, save_adapted
     from .data.folder import load_folder
+    from .data.outputs import check_outputs
     from .models.bank import read_bank
     from .models.training import _training_device
 
@@ -705,6 +757,8 @@ def _run_adapt(args) -> int:
     entries = {entry.name: entry for entry in read_bank(args.bank)}
     if args.model not in entries:
         raise ValueError(f"no model {args.model!r} in {args.bank}; models: {sorted(entries)}")
+    check_outputs({"the bank file": args.bank, "the images folder": args.images, **_bank_inputs(entries.values())},
+                  files={"--out (the adapted weights)": args.out})
     target = adapt_target(entries[args.model], device=args.device)
     data = load_folder(args.images, progress=not args.no_progress)
     config = AdaptConfig(steps=args.steps, seed=args.seed, eval_every=max(1, min(AdaptConfig.eval_every, args.steps)))
@@ -744,7 +798,7 @@ _COMMANDS = {"demo": _run_demo, "rank": _run_rank, "sweep": _run_sweep, "train":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input, 3 internal error)."""
+    """Entry point; returns the exit code (0 ok, 1 some models failed, 2 bad input, 3 internal error, 130 interrupted)."""
     import traceback
     import warnings
 
@@ -760,6 +814,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, InputTypeError, DownloadError) as error:
         print(f"cte-kit {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ncte-kit {args.command}: interrupted; what was written so far is kept (a result store resumes when "
+              "the same command runs again)", file=sys.stderr)
+        return 130
     except Exception:  # a bug, not bad input: say so, with the whole trace
         traceback.print_exc()
         print(f"cte-kit {args.command}: internal error (a bug in cte_kit; please report it with the trace above)",

@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.evaluation.sweep import read_results
 from cte_kit.runs.store import ResultStore
+from cte_kit.teaching.demo import demo_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -328,6 +330,56 @@ def test_a_resumed_rank_reports_the_guards_and_exports_of_its_own_images(tmp_pat
         original_keys = {row["image_key"] for row in csv.DictReader(handle)}
     # ... and the export holds this run's alone
     assert len(exported) == 3 * 4 and not {row["image_key"] for row in exported} & original_keys
+
+
+def _checksums(*paths):
+    import hashlib
+
+    return {path: hashlib.sha256(path.read_bytes()).hexdigest() for path in paths}
+
+
+def test_an_output_that_is_an_input_is_refused_and_changes_nothing(tmp_path, target, capsys):
+    import shutil
+
+    shutil.copytree(target, tmp_path / "target")
+    images, labels = tmp_path / "target" / "images", tmp_path / "target" / "labels"
+    bank, out = _bank(tmp_path / "bank.yaml", names=("near_target",)), tmp_path / "s.sqlite"
+    argv = ["rank", "--bank", str(bank), "--images", str(images), "--labels", str(labels), "--out", str(out),
+            "--no-progress"]
+    assert main(argv) == 0
+    assert "reading" not in capsys.readouterr().err  # --no-progress holds while the images are read
+    before, listing = _checksums(out, bank), sorted(images.iterdir())
+    for option, path, message in [("--summary", out, r"--summary and --out \(the result store\) are the same path"),
+                                  ("--export", bank, "--export .*bank.yaml is the bank file"),
+                                  ("--plot", images / "scatter.png", "--plot .* lies inside the images folder"),
+                                  ("--summary", tmp_path, "--summary .* is a folder")]:
+        assert main(argv + [option, str(path)]) == 2, option
+        assert re.search(message, capsys.readouterr().err), option
+    assert _checksums(out, bank) == before and sorted(images.iterdir()) == listing
+    # adapt must not write its result over the weights it starts from
+    weights = tmp_path / "mine.pt"
+    shutil.copy(demo_checkpoint("near_target"), weights)
+    (tmp_path / "own.yaml").write_text(f"models:\n  - name: mine\n    kind: unet\n    path: {weights.name}\n")
+    before = _checksums(weights)
+    assert main(["adapt", "--bank", str(tmp_path / "own.yaml"), "--model", "mine", "--images", str(images), "--out",
+                 str(weights), "--steps", "1", "--no-progress"]) == 2
+    assert "--out (the adapted weights)" in capsys.readouterr().err and _checksums(weights) == before
+    assert main(["train", "--images", str(images), "--labels", str(labels), "--task", "semantic", "--out",
+                 str(labels / "model.pt"), "--steps", "1"]) == 2
+    assert "lies inside the labels folder" in capsys.readouterr().err
+
+
+def test_rank_without_labels_reports_no_performance_from_an_earlier_runs_labels(tmp_path, target, capsys):
+    bank, out = _bank(tmp_path / "bank.yaml", names=("near_target",)), tmp_path / "r.sqlite"
+    argv = ["rank", "--bank", str(bank), "--images", str(target / "images"), "--out", str(out), "--no-progress",
+            "--summary", str(tmp_path / "s.json")]
+    assert main(argv + ["--labels", str(target / "labels")]) == 0
+    assert json.loads((tmp_path / "s.json").read_text())["models"][0]["f1"] > 0.5
+    capsys.readouterr()
+    assert main(argv) == 0  # the user dropped the labels on purpose
+    document = json.loads((tmp_path / "s.json").read_text())
+    assert "kendall" not in document and all("f1" not in m and "performance" not in m for m in document["models"])
+    assert "5 of these images have true performance" in capsys.readouterr().out
 
 
 # -- qc ------------------------------------------------------------------------------------------------

@@ -220,3 +220,67 @@ def test_a_model_trained_at_a_scale_is_not_exported(tiny_unet_checkpoint, tmp_pa
     with pytest.raises(ValueError, match="scale 0.5"):
         export_unet(model, tmp_path / "scaled.zip")
     assert not (tmp_path / "scaled.zip").exists()
+
+@pytest.fixture
+def code_package(tmp_path, tiny_bioimageio_zip):
+    """The tiny package as a folder whose architecture file also writes a marker file when imported."""
+    import hashlib
+
+    import yaml
+
+    folder, marker = tmp_path / "package", tmp_path / "ran_package_code"
+    with zipfile.ZipFile(tiny_bioimageio_zip) as package:
+        package.extractall(folder)
+    architecture = folder / "unet_arch.py"
+    architecture.write_text(architecture.read_text() + f"\nfrom pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n")
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    rdf["weights"]["pytorch_state_dict"]["architecture"]["sha256"] = hashlib.sha256(architecture.read_bytes()).hexdigest()
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    del rdf["weights"]["torchscript"]
+    (folder / "state_dict_only.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False))
+    return folder, marker
+
+
+def test_package_code_runs_only_with_consent(code_package, model, adapter_images):
+    from cte_kit.models.bioimageio import UntrustedCodeError
+    from cte_kit.types import CTEKitWarning
+
+    folder, marker = code_package
+    # a kit U-Net's own architecture file needs no consent: it is built from the kit's class
+    assert model.grey_box and type(model._module).__module__ == "cte_kit.models.unet_arch"
+    with pytest.warns(CTEKitWarning, match="runs its torchscript weights.*trust_code: true"):
+        fallback = BioImageIOModel.from_source(folder / "rdf.yaml")
+    assert not fallback.grey_box and not marker.exists()
+    np.testing.assert_allclose(fallback.predict(adapter_images[:1])[0].probability,
+                               model.predict(adapter_images[:1])[0].probability, atol=1e-6)
+    for source, settings in ((folder / "state_dict_only.yaml", {}),
+                             (folder / "rdf.yaml", {"weights_format": "pytorch_state_dict"})):
+        with pytest.raises(UntrustedCodeError, match="pytorch_state_dict weights run Python code.*`trust_code: true`"):
+            BioImageIOModel.from_source(source, **settings)
+        assert not marker.exists()
+    trusted = load_model(BankEntry("trusted", "bioimageio", path=str(folder / "state_dict_only.yaml"), trust_code=True))
+    assert marker.exists() and trusted.grey_box
+
+
+def test_cli_asks_for_consent_before_running_package_code(tmp_path, code_package, capsys):
+    import tifffile
+
+    from cte_kit.cli import main
+    from tiny_models import training_data
+
+    folder, marker = code_package
+    (tmp_path / "images").mkdir()
+    for index, image in enumerate(training_data(n_images=2, size=64, seed=3)[0]):
+        tifffile.imwrite(tmp_path / "images" / f"img{index}.tif", image)
+    entry = f"models:\n  - name: zoo\n    kind: bioimageio\n    path: {folder / 'state_dict_only.yaml'}\n"
+    (tmp_path / "bank.yaml").write_text(entry)
+    argv = ["rank", "--bank", str(tmp_path / "bank.yaml"), "--images", str(tmp_path / "images"), "--no-progress",
+            "--out"]
+    with pytest.warns(UserWarning, match="zoo"):
+        assert main(argv + [str(tmp_path / "a.sqlite")]) == 1
+    assert "trust_code: true" in capsys.readouterr().err and not marker.exists()
+    (tmp_path / "bank.yaml").write_text(entry + "    trust_code: true\n")
+    assert main(argv + [str(tmp_path / "b.sqlite")]) == 0 and marker.exists()
+    (tmp_path / "bank.yaml").write_text(entry + "    trust_code: yes please\n")
+    assert main(argv + [str(tmp_path / "c.sqlite")]) == 2
+    assert "`trust_code` must be true or false" in capsys.readouterr().err

@@ -166,3 +166,78 @@ def test_parquet_export(tmp_path):
     table = pq.read_table(tmp_path / "s.parquet").to_pydict()
     assert table["image"] == ["a", "b"] and table["value"][0] == 0.25 and math.isnan(table["value"][1])
     assert table["seed"] == [0, 0] and table["model_key"] == ["m@1", "m@1"]
+
+
+def _open_at_the_barrier(barrier, paths, errors, stagger):
+    import time
+
+    for index, path in enumerate(paths):
+        barrier.wait()
+        time.sleep(stagger * (index % 20) * 0.0005)  # the second process arrives 0-10 ms after the first
+        try:
+            ResultStore(path).close()
+        except Exception as error:  # noqa: BLE001 - the test counts every kind of failure
+            errors.put(f"{path.name}: {error}")
+
+
+def test_two_processes_creating_one_store_both_get_it(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    barrier, errors = context.Barrier(2), context.Queue()
+    paths = [tmp_path / f"s{i}.sqlite" for i in range(40)]
+    workers = [context.Process(target=_open_at_the_barrier, args=(barrier, paths, errors, stagger)) for stagger in (0, 1)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(120)
+    failures = []
+    while not errors.empty():
+        failures.append(errors.get())
+    assert failures == [] and all(worker.exitcode == 0 for worker in workers)
+    for path in paths:
+        with ResultStore(path) as store:
+            assert store.meta["kind"] == KIND
+
+
+def test_an_interrupted_creation_leaves_a_file_that_is_created_again(tmp_path, monkeypatch):
+    import cte_kit.runs.store as module
+
+    path = tmp_path / "s.sqlite"
+
+    def full_disk():
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(module, "kit_version", full_disk)  # the last thing a creation writes
+    with pytest.raises(Exception):
+        ResultStore(path)
+    monkeypatch.undo()
+    with ResultStore(path) as store:
+        assert store.meta["kind"] == KIND and store.count("scores") == 0
+
+
+def test_a_folder_a_corrupt_page_and_a_locked_store_are_clear_errors(tmp_path):
+    with pytest.raises(StoreError, match="is a folder, not a result store"):
+        ResultStore(tmp_path)
+    path = tmp_path / "s.sqlite"
+    with ResultStore(path) as store:
+        store.write(scores=[Score(f"m@{i}", "a#1", "gamma:0.7|hard|n_pert=1", 0, 0.5) for i in range(2000)])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 4 : 3 * len(data) // 4] = b"\xa5" * (3 * len(data) // 4 - len(data) // 4)  # pages of the scores
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreError, match="s.sqlite: .*malformed.*corrupt"):
+        with ResultStore(path) as store:
+            store.scores()
+    # another process in the middle of a write: the store waits for it, then says who holds it
+    import cte_kit.runs.store as module
+
+    other = sqlite3.connect(tmp_path / "t.sqlite", isolation_level=None)
+    ResultStore(tmp_path / "t.sqlite").close()
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, "BUSY_TIMEOUT", 0.2)
+            with pytest.raises(StoreError, match="t.sqlite: database is locked: another process holds it"):
+                ResultStore(tmp_path / "t.sqlite")
+    finally:
+        other.close()

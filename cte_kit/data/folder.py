@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from skimage import measure
 from tqdm.auto import tqdm
 
 from ..types import CTEKitWarning
@@ -26,7 +27,9 @@ class FolderData:
         The files' dtype; an alpha channel is dropped.
     labels : list of ndarray, shape (H, W), or None
         Integer files keep their dtype; boolean and integer-valued float files become int64.
-        ``None`` when no label folder was given.
+        ``None`` when no label folder was given. A warning names label images that are masks
+        exported as images (a 0/255 PNG: mAP counts each one's foreground as one object) and label
+        images without any object.
     names : list of str
         File stems, naturally sorted (``img2`` before ``img10``); all lists follow this order.
     image_paths : list of Path
@@ -66,6 +69,27 @@ def _read_labels(path: Path, image_shape: tuple[int, ...]) -> np.ndarray:
     raw = read_array(path)
     checked = check_labels(raw, image_shape, name=path.name)
     return raw if np.issubdtype(raw.dtype, np.integer) else checked
+
+
+def _warn_about_labels(labels: list[np.ndarray], paths: list[Path]) -> None:
+    """Name the label images that are masks exported as images (one value such as 255 in several regions) and
+    those without any object: both give instance metrics that mean little, without an error."""
+    masks, empty = [], []
+    for array, path in zip(labels, paths):
+        values = np.unique(array)
+        if values.size == 1 and values[0] == 0:
+            empty.append(path.name)
+        elif values.size == 2 and values[0] == 0 and values[1] != 1 and measure.label(array > 0).max() > 1:
+            masks.append(f"{path.name} (value {int(values[1])})")
+    if masks:
+        warnings.warn(f"{len(masks)} label image(s) are masks, not instance labels: {', '.join(masks[:5])}"
+                      f"{', ...' if len(masks) > 5 else ''}. F1 and IoU read their foreground, but mAP counts the "
+                      "whole foreground of each as one object; give one id per object for mAP.", CTEKitWarning,
+                      stacklevel=3)
+    if empty:
+        warnings.warn(f"{len(empty)} label image(s) hold no object: {', '.join(empty[:5])}"
+                      f"{', ...' if len(empty) > 5 else ''}. A model that finds anything there scores F1 and mAP 0 "
+                      "on them; check that these are the labels you mean.", CTEKitWarning, stacklevel=3)
 
 
 def load_folder(images, labels=None, pattern: str | None = None, progress: bool = True) -> FolderData:
@@ -124,6 +148,8 @@ def load_folder(images, labels=None, pattern: str | None = None, progress: bool 
         loaded_images.append(image)
         if label_files is not None:
             loaded_labels.append(_read_labels(label_files[i], image.shape))
+    if label_files is not None:
+        _warn_about_labels(loaded_labels, label_files)
     return FolderData(
         images=loaded_images,
         labels=loaded_labels if label_files is not None else None,

@@ -6,7 +6,7 @@ import numpy as np
 
 from ..types import InputTypeError
 
-__all__ = ["check_image", "check_labels", "to_grey", "normalize_percentile"]
+__all__ = ["check_image", "check_labels", "to_grey", "normalize_percentile", "percentile_range", "rescale"]
 
 
 def check_image(image, name: str = "image", channels: int | None = None) -> np.ndarray:
@@ -30,8 +30,8 @@ def check_image(image, name: str = "image", channels: int | None = None) -> np.n
     Raises
     ------
     ValueError
-        Wrong number of dimensions, empty or too small image, NaN or infinite values, colour
-        image where grey is required.
+        Wrong number of dimensions, empty or too small image, NaN or infinite values or values
+        beyond float32, colour image where grey is required.
     TypeError
         Non-numeric dtype.
     """
@@ -49,8 +49,14 @@ def check_image(image, name: str = "image", channels: int | None = None) -> np.n
         )
     if min(array.shape[:2]) < 8:
         raise ValueError(f"{name}: image of shape {array.shape} is too small (need at least 8x8)")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        raise ValueError(f"{name}: image contains NaN or infinite values")
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{name}: image contains NaN or infinite values")
+        # models compute in float32: larger values would become infinite there
+        largest = float(np.abs(array).max())
+        if largest > float(np.finfo(np.float32).max):
+            raise ValueError(f"{name}: image values reach {largest:.3g}, beyond what float32 holds "
+                             f"({np.finfo(np.float32).max:.3g}); rescale the image")
     if channels == 1 and array.ndim == 3:
         raise ValueError(
             f"{name}: this model needs a grey image but got colour shape {array.shape}; convert it "
@@ -120,8 +126,25 @@ def normalize_percentile(image, low: float = 1.0, high: float = 99.8, eps: float
     -------
     ndarray of float32, same shape
     """
+    return rescale(image, *percentile_range(image, low, high), eps)
+
+
+def percentile_range(image, low: float = 1.0, high: float = 99.8) -> tuple:
+    """The ``low`` and ``high`` percentiles of an image's values, all channels together, as
+    :func:`normalize_percentile` computes them (of the float32 image).
+
+    Returns
+    -------
+    (p_low, p_high) : numpy scalars
+    """
     if not (0.0 <= low < high <= 100.0):
         raise ValueError(f"need 0 <= low < high <= 100, got percentiles ({low}, {high})")
+    p_low, p_high = np.percentile(np.asarray(image, dtype=np.float32), [low, high])
+    return p_low, p_high
+
+
+def rescale(image, p_low, p_high, eps: float = 1e-10) -> np.ndarray:
+    """``(x - p_low) / (p_high - p_low + eps)`` as float32: :func:`normalize_percentile` with given bounds, so
+    that a part of an image is normalised exactly as the whole image is."""
     x = np.asarray(image, dtype=np.float32)
-    p_low, p_high = np.percentile(x, [low, high])
     return ((x - p_low) / (p_high - p_low + eps)).astype(np.float32)

@@ -79,12 +79,15 @@ def read_array(path) -> np.ndarray:
         The file is corrupt, truncated or in a format that cannot be decoded; the message names it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"cannot read {path}: it is a folder, not an image file")
     try:
         array = tifffile.imread(path) if path.suffix.lower() in (".tif", ".tiff") else iio.imread(path)
-    # tifffile raises ValueError subclasses (also for compressions that need the optional imagecodecs
-    # package), Pillow raises OSError for truncated files and SyntaxError for broken PNG chunks.
-    except (OSError, ValueError, SyntaxError) as error:
-        raise ValueError(f"cannot read {path}: {error}") from error
+    # Whatever a decoder raises means the file cannot be decoded: tifffile raises ValueError subclasses,
+    # Pillow OSError for truncated files and SyntaxError for broken PNG chunks, imagecodecs RuntimeError
+    # subclasses (a truncated deflate stream), zlib its own error.
+    except Exception as error:
+        raise ValueError(f"cannot read {path}: {type(error).__name__}: {error}") from error
     # tifffile only logs a warning for a file whose header points nowhere, and returns no pixels.
     if array.size == 0:
         raise ValueError(f"cannot read {path}: it holds no pixels (corrupt or truncated file?)")

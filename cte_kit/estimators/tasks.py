@@ -191,14 +191,20 @@ def resolve_task(*declarations: tuple[str, str | Task | None]) -> TaskChoice:
     Raises
     ------
     ValueError
-        An unknown task name, wherever it is declared.
+        An unknown task name, wherever it is declared (the message names where).
 
     Examples
     --------
     >>> resolve_task(("--task", "cells"), ("bank.yaml", "nuclei")).message.split(". ")[0]
     "Task: cells (declared by --task, overriding bank.yaml's task: nuclei)"
     """
-    declared = [(where, task_defaults(task)) for where, task in declarations if task is not None]
+    declared = []
+    for where, task in declarations:
+        if task is not None:
+            try:
+                declared.append((where, task_defaults(task)))
+            except ValueError as error:  # say where the unknown name was declared
+                raise ValueError(f"{where}: {error}") from None
     if declared:
         (where, task), others = declared[0], declared[1:]
         why = f"declared by {where}" + "".join(f", overriding {other_where}'s task: {other.name}"

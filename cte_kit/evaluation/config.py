@@ -75,14 +75,15 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A parsed sweep config: the bank, the targets, the settings, the store and the task (with the sentence
-    saying where it was declared)."""
+    """A parsed sweep config: the bank (and the file it was read from), the targets, the settings, the store
+    and the task (with the sentence saying where it was declared)."""
 
     bank: tuple[BankEntry, ...]
     targets: tuple[TargetSpec, ...]
     settings: tuple[Setting, ...]
     out: Path
     task: TaskChoice
+    bank_file: Path | None = None
 
 
 _KEYS = {"bank", "task", "out", "targets", "perturbations", "consistencies", "seed", "n_pert", "boundary"}
@@ -106,8 +107,11 @@ def _target(raw: Any, index: int, base: Path, where: str) -> TargetSpec:
         raise ValueError(f"{where}: targets[{index}] needs exactly one of `images` (a folder) or `dataset` (a registry name)")
     name = str(raw.get("name") or raw.get("dataset") or Path(str(raw["images"])).parent.name or f"target{index}")
     max_images = raw.get("max_images")
-    if max_images is not None and int(max_images) < 1:
-        raise ValueError(f"{where}: targets[{index}].max_images must be >= 1")
+    if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1):
+        raise ValueError(f"{where}: targets[{index}].max_images must be a whole number >= 1, got {max_images!r}")
+    for key in ("images", "labels", "dataset", "split", "name"):
+        if raw.get(key) is not None and not isinstance(raw[key], (str, int)):
+            raise ValueError(f"{where}: targets[{index}].{key} must be a text, got {raw[key]!r}")
     return TargetSpec(name, _resolve(base, raw.get("images")), _resolve(base, raw.get("labels")), raw.get("dataset"),
                       raw.get("split"), None if max_images is None else int(max_images))
 
@@ -121,6 +125,8 @@ def _settings(raw: Any, consistencies: Sequence[str], seed: int, n_pert: int, bo
         if isinstance(item, str):
             perturbations.append(parse_perturbation(item))
         elif isinstance(item, Mapping) and set(item) == {"kind", "strengths"} and isinstance(item["strengths"], list):
+            if not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in item["strengths"]):
+                raise ValueError(f"{where}: perturbations[{index}].strengths must be numbers, got {item['strengths']!r}")
             perturbations.extend(perturbation_for(str(item["kind"]), float(s)) for s in item["strengths"])
         else:
             raise ValueError(f"{where}: perturbations[{index}] must be a label such as gamma:0.7 or a mapping "
@@ -129,7 +135,10 @@ def _settings(raw: Any, consistencies: Sequence[str], seed: int, n_pert: int, bo
     repeated = sorted({label for label in labels if labels.count(label) > 1})
     if repeated:
         raise ValueError(f"{where}: perturbation(s) {repeated} given twice")
-    return [Setting(p, tuple(consistencies), seed, n_pert, boundary) for p in perturbations]
+    try:
+        return [Setting(p, tuple(consistencies), seed, n_pert, boundary) for p in perturbations]
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
 
 
 def read_sweep_config(path: str | Path, task: str | None = None) -> SweepConfig:
@@ -166,11 +175,13 @@ def read_sweep_config(path: str | Path, task: str | None = None) -> SweepConfig:
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing}")
     base = file.parent.resolve()
-    bank_file = _resolve(base, str(raw["bank"]))
+    if not isinstance(raw.get("out", ""), str) or not isinstance(raw["bank"], str):
+        raise ValueError(f"{where}: `bank` and `out` must be file names")
+    bank_file = Path(_resolve(base, raw["bank"]))
     bank = read_bank(bank_file)
     if raw.get("task") is not None and not isinstance(raw["task"], str):
         raise ValueError(f"{where}: `task` must be a name such as nuclei, mitochondria or cells")
-    choice = resolve_task(("--task", task), (where, raw.get("task")), (bank_file, bank_task(bank_file)))
+    choice = resolve_task(("--task", task), (where, raw.get("task")), (str(bank_file), bank_task(bank_file)))
     if not isinstance(raw["targets"], list) or not raw["targets"]:
         raise ValueError(f"{where}: `targets` must be a non-empty list")
     targets = [_target(item, i, base, where) for i, item in enumerate(raw["targets"])]
@@ -178,12 +189,17 @@ def read_sweep_config(path: str | Path, task: str | None = None) -> SweepConfig:
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: target names must be unique, got {names}")
     consistencies = raw.get("consistencies", list(choice.task.consistencies))
-    consistencies = [consistencies] if isinstance(consistencies, str) else list(consistencies)
-    seed, n_pert, boundary = int(raw.get("seed", 0)), int(raw.get("n_pert", 1)), int(raw.get("boundary", 1))
+    consistencies = [consistencies] if isinstance(consistencies, str) else consistencies
+    if not isinstance(consistencies, list) or not all(isinstance(c, str) for c in consistencies):
+        raise ValueError(f"{where}: `consistencies` must be a list of hard, soft, instance; got {consistencies!r}")
+    seed, n_pert, boundary = raw.get("seed", 0), raw.get("n_pert", 1), raw.get("boundary", 1)
     if "perturbations" in raw:
         settings = _settings(raw["perturbations"], consistencies, seed, n_pert, boundary, where)
     else:
-        settings = [Setting(parse_perturbation(label), tuple(kinds), seed, n_pert, boundary)
-                    for label, kinds in choice.task.settings(consistencies).items()]
+        try:
+            settings = [Setting(parse_perturbation(label), tuple(kinds), seed, n_pert, boundary)
+                        for label, kinds in choice.task.settings(consistencies).items()]
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
     out = Path(_resolve(base, str(raw.get("out", "sweep.sqlite"))))
-    return SweepConfig(tuple(bank), tuple(targets), tuple(settings), out, choice)
+    return SweepConfig(tuple(bank), tuple(targets), tuple(settings), out, choice, bank_file)

@@ -96,7 +96,9 @@ def summarize_results(
         the ranking rests on a part of the bank only: the bank disagrees with itself), ``p_best_is_top`` (sampling
         stability: how often the recommended model stays first among the unflagged models when
         images are resampled - it says nothing about validity, which is what the flags are
-        for), ``tied_at_top`` (exact ties), ``near_tied_at_top`` (within
+        for; NaN, with the reason in ``stability``, when there is one image to resample or one
+        model to compare; a model's ``cte_low``/``cte_high`` are absent when it has a score on
+        fewer than two images), ``tied_at_top`` (exact ties), ``near_tied_at_top`` (within
         ``cte_kit.estimators.selection.DEFAULT_TOL``), ``resolved_pairs`` (the fraction of model pairs
         further apart than that), ``separated`` (a unique best model; otherwise a warning is
         issued), and with labels ``kendall``, ``spearman``, ``weighted_kendall`` (of the kit's
@@ -129,7 +131,8 @@ def summarize_results(
                  "statistic": statistic, "performance_metric": metric,
                  "performance_statistic": PERFORMANCE_STATISTIC, "n_images": len(image_names),
                  "guards": guards is not None}
-        boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(names) > 1 else None
+        # resampling one image, or comparing one model, would print a certainty that is not there
+        boot = bootstrap_scores(table["cte"], n_boot=n_boot, statistic=statistic, seed=seed) if n_boot and len(image_names) > 1 else None
         ranks, ranks_cte = rank_scores(guarded_order(cte, flagged)), rank_scores(cte)
         model_rows = []
         for i, name in enumerate(names):
@@ -139,8 +142,11 @@ def summarize_results(
                     "flags": [flag.__dict__ for flag in flags[i]]}
             if guards and name in guards:
                 item["guards"] = {k: v for k, v in guards[name].as_dict().items() if k not in ("name", "flags")}
-            if boot is not None:
-                item.update(cte_low=float(boot.low[i]), cte_high=float(boot.high[i]), p_top=float(boot.p_top[i]))
+            defined = cte_summaries[i].n_images - cte_summaries[i].n_empty
+            if boot is not None and defined > 1:
+                item.update(cte_low=float(boot.low[i]), cte_high=float(boot.high[i]))
+            if boot is not None and len(names) > 1:
+                item["p_top"] = float(boot.p_top[i])
             model_rows.append(item)
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
         entry["verdict"] = bank_verdict(guards, consistency) if guards else None
@@ -154,11 +160,15 @@ def summarize_results(
         entry["bank_note"] = bank_disagreement(guards, consistency, task.guards) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
-        if n_boot and eligible.sum() > 1:
+        if n_boot and eligible.sum() > 1 and len(image_names) > 1:
             among = bootstrap_scores(table["cte"][eligible], n_boot=n_boot, statistic=statistic, seed=seed)
             entry["p_best_is_top"] = float(among.p_best_is_top)
         elif recommended is not None:
-            entry["p_best_is_top"] = 1.0 if n_boot else math.nan
+            entry["p_best_is_top"] = math.nan
+            if n_boot:
+                entry["stability"] = ("one image: nothing to resample" if len(image_names) < 2 else
+                                      "one model: nothing to compare it with" if len(names) == 1 else
+                                      "the only unflagged model with a score: nothing to compare it with")
         entry["tied_at_top"] = tied_at_top(cte[eligible]) if eligible.any() else 0
         spread = separation(cte[eligible]) if eligible.sum() > 1 else separation(cte)
         entry.update(near_tied_at_top=spread.tied_at_top, resolved_pairs=spread.resolved,

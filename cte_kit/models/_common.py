@@ -13,7 +13,8 @@
 * :class:`PretrainedDownloadError` - the one error raised when a library cannot fetch a
   pretrained model: which file, from where, and how to place it by hand (path and environment
   variable) or use a local copy instead.
-* :func:`check_settings` - bank-entry settings checked against an adapter's fields.
+* :func:`bank_settings`, :func:`check_settings` - the settings a bank entry may give an adapter (its
+  fields), and a bank entry's settings checked against them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from ..perturb import spatial_dropout
 
-__all__ = ["Fork", "PretrainedDownloadError", "PerImageDropout", "Relay", "channel_scale", "channel_scales",
-           "check_settings", "image_dropout"]
+__all__ = ["Fork", "PretrainedDownloadError", "PerImageDropout", "Relay", "bank_settings", "channel_scale",
+           "channel_scales", "check_settings", "image_dropout"]
+
+
+def bank_settings(cls: type, internal: Sequence[str] = ()) -> tuple[str, ...]:
+    """The settings a bank entry may give an adapter: its init fields, less ``name`` (the entry's own) and
+    the ``internal`` ones (filled by the loader or derived from the model)."""
+    return tuple(sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in ("name", *internal)))
 
 
 def check_settings(cls: type, settings: Mapping[str, Any], internal: Sequence[str] = ()) -> dict[str, Any]:
@@ -40,7 +47,7 @@ def check_settings(cls: type, settings: Mapping[str, Any], internal: Sequence[st
         Fields filled by the loader or derived from the model, not set in a bank (the loaded
         library model, the input channels).
     """
-    known = sorted(f.name for f in dataclasses.fields(cls) if f.init and f.name not in internal)
+    known = ["name", *bank_settings(cls, internal)]
     unknown = sorted(set(settings) - set(known))
     if unknown:
         raise ValueError(f"unknown {cls.__name__} setting(s) {unknown}; known: {known}")

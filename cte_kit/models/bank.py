@@ -13,12 +13,24 @@
       - name: versatile
         kind: stardist
         pretrained: 2D_versatile_fluo
+      - name: zoo_model
+        kind: bioimageio
+        path: models/zoo_model.zip
+        trust_code: true         # consent to run Python code that comes with the model (see below)
 
 Every adapter module named in :data:`ADAPTERS` exposes ``from_bank_entry(entry)``.
+
+``trust_code`` (default false) is the user's consent, per model, to run Python code that comes
+with the model's files: a bioimage.io package whose ``pytorch_state_dict`` weights import their
+architecture from the package, or Keras weights with Python layers. Without it such a model is
+run from weights that carry no code, or refused with the reason. Weights the kit reads itself
+(U-Net checkpoints, Cellpose and StarDist weights) are read as data (``torch.load`` with
+``weights_only=True``, Keras weights files) and need no consent.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +52,30 @@ ADAPTERS = {
 
 #: Settings every adapter understands (see :class:`~cte_kit.models.base.SegmentationModel`).
 COMMON_SETTINGS = ("percentiles", "threshold", "channels", "rgb", "batch_size")
+#: Keys of a bank entry besides its adapter's settings.
+ENTRY_KEYS = ("name", "kind", "path", "pretrained", "source", "trust_code")
+#: Keys of a bank file.
+BANK_KEYS = ("task", "models")
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+#: What a common setting must be when an entry gives it, and how to say so: checked when the bank is
+#: read, so that a bad value is bad input before any model runs.
+SETTING_CHECKS = {
+    "threshold": (lambda v: _number(v) and 0 <= v <= 1, "a number from 0 to 1"),
+    "percentiles": (lambda v: v is None or (isinstance(v, (list, tuple)) and len(v) == 2 and all(map(_number, v))
+                                            and 0 <= v[0] < v[1] <= 100),
+                    "[low, high] with 0 <= low < high <= 100, or null"),
+    "batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "rgb": (lambda v: v in ("error", "grey"), "error or grey"),
+    "tile_size": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 16),
+                  "a whole number of pixels >= 16, or null (whole images)"),
+    "tile_overlap": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                     "a whole number of pixels >= 0, or null (the adapter's default)"),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +96,8 @@ class BankEntry:
     source : str or None
         Folder of the model's source (training) data with ``images/`` and ``labels/`` (absolute,
         or resolved against the bank file); only estimators that need source data read it.
+    trust_code : bool
+        The user's consent to run Python code that comes with the model (see the module's documentation).
     """
 
     name: str
@@ -68,6 +106,7 @@ class BankEntry:
     pretrained: str | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
     source: str | None = None
+    trust_code: bool = False
 
     def common_settings(self) -> dict[str, Any]:
         """The entry's settings that :class:`SegmentationModel` itself takes."""
@@ -84,6 +123,8 @@ class BankEntry:
             entry["pretrained"] = self.pretrained
         if self.source is not None:
             entry["source"] = self.source
+        if self.trust_code:
+            entry["trust_code"] = True
         entry.update(self.settings)
         return entry
 
@@ -106,8 +147,26 @@ def _entry_from_mapping(raw: Any, position: int, base: Path, source: str) -> Ban
     source = raw.get("source")
     if source is not None:
         source = str(source if Path(source).is_absolute() else (base / source).resolve())
-    settings = {k: v for k, v in raw.items() if k not in ("name", "kind", "path", "pretrained", "source")}
-    return BankEntry(str(raw["name"]), kind, path, None if pretrained is None else str(pretrained), settings, source)
+    trust_code = raw.get("trust_code", False)
+    if not isinstance(trust_code, bool):
+        raise ValueError(f"{where} ({raw['name']!r}): `trust_code` must be true or false, got {trust_code!r}")
+    settings = {k: v for k, v in raw.items() if k not in ENTRY_KEYS}
+    _check_settings(kind, settings, f"{where} ({raw['name']!r})")
+    return BankEntry(str(raw["name"]), kind, path, None if pretrained is None else str(pretrained), settings, source,
+                     trust_code)
+
+
+def _check_settings(kind: str, settings: Mapping[str, Any], where: str) -> None:
+    """Refuse a setting the adapter does not know (naming the closest known key) or a common setting's bad value."""
+    known = importlib.import_module(ADAPTERS[kind]).BANK_SETTINGS
+    for key in settings:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), [*known, *ENTRY_KEYS], n=1)
+            hint = f"; did you mean `{close[0]}`?" if close else "."
+            raise ValueError(f"{where}: unknown setting `{key}` for a {kind} model{hint} Known: {', '.join(known)}")
+    for key, (valid, wanted) in SETTING_CHECKS.items():
+        if key in settings and not valid(settings[key]):
+            raise ValueError(f"{where}: `{key}: {settings[key]!r}` must be {wanted}")
 
 
 def read_bank(source: str | Path | Mapping) -> list[BankEntry]:
@@ -122,6 +181,9 @@ def read_bank(source: str | Path | Mapping) -> list[BankEntry]:
     data, base, label = _document(source)
     if not isinstance(data.get("models"), list) or not data["models"]:
         raise ValueError(f"{label}: expected a non-empty list under the key `models:`")
+    unknown = [key for key in data if key not in BANK_KEYS]
+    if unknown:
+        raise ValueError(f"{label}: unknown key(s) {unknown}; a bank file holds {', '.join(BANK_KEYS)}")
     entries = [_entry_from_mapping(raw, i, base, label) for i, raw in enumerate(data["models"])]
     names = [entry.name for entry in entries]
     duplicates = sorted({name for name in names if names.count(name) > 1})

@@ -13,8 +13,9 @@ bioimage.io model) and answers three questions the estimator asks:
 Subclasses implement :meth:`SegmentationModel._predict_normalised` (a batch of normalised
 images in, predictions out) and, for grey boxes, set :attr:`SegmentationModel.layer_map` and
 implement :meth:`SegmentationModel._layer_modules` (the torch modules of one plain layer name).
-Everything else - validation, normalisation, seeding, batching of equal shapes, layer aliases -
-is shared here.
+Everything else - validation, normalisation, seeding, batching of equal shapes, layer aliases,
+and large images in tiles for adapters that declare a :meth:`SegmentationModel._tiling`
+(:mod:`cte_kit.models.tiling`) - is shared here.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.images import check_image, normalize_percentile, to_grey
+from ..data.images import check_image, normalize_percentile, percentile_range, to_grey
 from ..perturb import FeatureDropout, InputPerturbation, Perturbation, capture_outputs, feature_dropout, image_seed
 from ..types import InputTypeError, Prediction, PredictionPair, content_name, image_id
 from .layers import LayerMap
+from .tiling import LazyImage, Stitcher, Tiling, tile_windows
 
 __all__ = ["ModelTraits", "SegmentationModel", "NotGreyBoxError"]
 
@@ -183,14 +185,19 @@ class SegmentationModel(abc.ABC):
         NotGreyBoxError
             The model is a black box.
         ValueError
-            ``layer`` is not one plain layer of the model, or the library ran the layer more than
-            once per image (tiled prediction of a large image), so no single map stands for an image.
+            ``layer`` is not one plain layer of the model, or an image is predicted in tiles (by the
+            adapter or its library), so no single map stands for it.
         """
         plain = self.check_layers([layer]) if self.layer_map is not None else ()
         if len(plain) != 1 or plain[0] != layer:
             self.feature_modules([layer])  # a black box raises NotGreyBoxError with advice
             raise ValueError(f"layer_features takes one plain layer name, not {layer!r}; layers: {list(self.layers)}")
         arrays = self._prepare_all(images, names)
+        tiling = self._tiling()
+        large = [i for i, array in enumerate(arrays) if tiling is not None and tiling.applies(array.shape)]
+        if large:
+            raise ValueError(f"model {self.name!r} predicts image {large[0]} ({arrays[large[0]].shape[:2]}) in tiles of "
+                             f"{tiling.size} pixels: no single feature map stands for it; crop the images")
         results: list[np.ndarray | None] = [None] * len(arrays)
         for indices in self._batches(arrays):
             with capture_outputs(self.feature_modules([layer])) as captured:
@@ -203,6 +210,42 @@ class SegmentationModel(abc.ABC):
             for index, feature in zip(indices, maps):
                 results[index] = feature
         return results  # type: ignore[return-value]
+
+    def _tiling(self) -> Tiling | None:
+        """How the adapter cuts an image too large to predict at once (None: whole, or the library tiles)."""
+        return None
+
+    def _in_tiles(self, run, batch: Sequence[np.ndarray], seeds: Sequence[int] | None = None) -> tuple[list, ...]:
+        """``run(batch, seeds)`` (a tuple of lists of Prediction, one per image), with every image larger than
+        :meth:`_tiling` predicted tile by tile, each tile with its image's seed, and stitched."""
+        tiling = self._tiling()
+        large = [i for i, array in enumerate(batch) if tiling is not None and tiling.applies(array.shape)]
+        if not large:
+            return run(batch, seeds)
+        small = [i for i in range(len(batch)) if i not in large]
+        found: list[list] = []
+        if small:
+            outputs = run([batch[i] for i in small], None if seeds is None else [seeds[i] for i in small])
+            found = [[None] * len(batch) for _ in outputs]
+            for kind, predictions in enumerate(outputs):
+                for i, prediction in zip(small, predictions):
+                    found[kind][i] = prediction
+        for i in large:
+            stitchers = None
+            for window in tile_windows(batch[i].shape, tiling):
+                outputs = run([np.ascontiguousarray(batch[i][window.tile])], None if seeds is None else [seeds[i]])
+                if stitchers is None:
+                    stitchers = [Stitcher(batch[i].shape[:2]) for _ in outputs]
+                    found = found or [[None] * len(batch) for _ in outputs]
+                for stitcher, (prediction,) in zip(stitchers, outputs):
+                    stitcher.add(window, prediction)
+            for kind, stitcher in enumerate(stitchers):
+                found[kind][i] = stitcher.result()
+        return tuple(found)
+
+    def _forward(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+        """:meth:`_predict_normalised`, large images in tiles."""
+        return self._in_tiles(lambda images, _: (self._predict_normalised(images),), batch)[0]
 
     def _predict_feature_pairs(
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
@@ -227,6 +270,10 @@ class SegmentationModel(abc.ABC):
             array = to_grey(array)
         elif array.ndim == 2 and self.channels == 3:
             array = np.repeat(array[..., None], 3, axis=-1)
+        tiling = self._tiling()
+        if tiling is not None and tiling.applies(array.shape) and type(self).normalise is SegmentationModel.normalise:
+            # a large image is normalised tile by tile, with the whole image's bounds: no float copy of it is kept
+            return LazyImage(array, percentile_range(array, *self.percentiles) if self.percentiles is not None else None)
         return self.normalise(array)
 
     def normalise(self, array: np.ndarray) -> np.ndarray:
@@ -267,7 +314,7 @@ class SegmentationModel(abc.ABC):
         arrays = self._prepare_all(images, names)
         results: list[Prediction | None] = [None] * len(arrays)
         for indices in self._batches(arrays):
-            for index, prediction in zip(indices, self._predict_normalised([arrays[i] for i in indices])):
+            for index, prediction in zip(indices, self._forward([arrays[i] for i in indices])):
                 results[index] = prediction
         return results  # type: ignore[return-value]
 
@@ -334,24 +381,49 @@ class SegmentationModel(abc.ABC):
                 needs_clean = known[indices[0]] is None
                 if isinstance(perturbation, FeatureDropout):
                     if needs_clean:
-                        batch_clean, batch_perturbed = self._predict_feature_pairs(batch, perturbation, seeds)
+                        batch_clean, batch_perturbed = self._in_tiles(
+                            lambda images, tile_seeds: self._predict_feature_pairs(images, perturbation, tile_seeds),
+                            batch, seeds)
                     else:
-                        batch_perturbed = self._predict_feature_perturbed(batch, perturbation, seeds)
+                        (batch_perturbed,) = self._in_tiles(
+                            lambda images, tile_seeds: (self._predict_feature_perturbed(images, perturbation, tile_seeds),),
+                            batch, seeds)
                 else:
-                    shifted = [perturbation.apply(array, np.random.default_rng(s)) for array, s in zip(batch, seeds)]
+                    shifted = [_perturbed(perturbation, array, s) for array, s in zip(batch, seeds)]
                     # Two calls of at most batch_size images, not one call of both halves: on a CPU a kit
                     # U-Net costs 16 % more per image at batch 8 than at 4 (its activations leave the
                     # caches), and the clean predictions are those of predict() bit for bit.
-                    batch_clean = self._predict_normalised(batch) if needs_clean else None
-                    batch_perturbed = self._predict_normalised(shifted)
+                    batch_clean = self._forward(batch) if needs_clean else None
+                    batch_perturbed = self._forward(shifted)
                 for position, index in enumerate(indices):
                     if needs_clean:
                         known[index] = batch_clean[position]
                     perturbed[index].append(batch_perturbed[position])
         return [PredictionPair(c, tuple(p)) for c, p in zip(known, perturbed)]  # type: ignore[arg-type]
 
-    def _prepare_all(self, images: Sequence, names: Sequence[str] | None) -> list[np.ndarray]:
+    def _prepare_all(self, images: Sequence, names: Sequence[str] | None) -> list[np.ndarray | LazyImage]:
         if isinstance(images, np.ndarray) and images.ndim == 2:
             raise ValueError("pass a sequence of images, e.g. [image], not a single 2D array")
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         return [self.prepare(image, name) for image, name in zip(images, names)]
+
+
+def _perturbed(perturbation: InputPerturbation, array, seed: int):
+    """An input perturbation of a normalised image; of a :class:`~cte_kit.models.tiling.LazyImage`, tile by tile.
+
+    A tile gets the strength drawn for its image and, for ``contrast``, the image's mean, so that
+    deterministic perturbations (gamma, brightness, contrast) give every pixel what the whole image
+    gives it; noise is drawn per tile, from the image's seed and the tile's position, so memory
+    never holds a noise field of the whole image.
+    """
+    rng = np.random.default_rng(seed)
+    if not isinstance(array, LazyImage):
+        return perturbation.apply(array, rng)
+    strength = perturbation.draw_strength(rng)
+    mean = array.mean() if perturbation.kind == "contrast" else None
+
+    def perturb(tile, index):
+        position = [int(part.start or 0) for part in index[:2]]
+        return perturbation.apply(tile, np.random.default_rng([seed, *position]), strength=strength, mean=mean)
+
+    return array.perturbed(perturb)

@@ -26,6 +26,18 @@ call per block (:class:`~cte_kit.models._common.Relay`). Another torch network n
 ``bottleneck_layer`` runs the clean and the dropout prediction separately, as it is unknown
 whether its forward accepts a batch that doubles half-way.
 
+Code from a package runs only with the user's consent. ``pytorch_state_dict`` weights name an
+architecture that bioimage.io builds by importing Python (a source file of the package, or a
+callable of an installed module called with the package's arguments), and Keras weights can hold
+Python functions (``Lambda`` layers); the format allows this by design, as Hugging Face's
+``trust_remote_code`` does. The adapter runs such weights only with ``trust_code: true`` in the
+model's bank entry (:attr:`BioImageIOModel.trust_code`). Without it, a kit U-Net's state dict is
+still loaded, into the kit's own :class:`~cte_kit.models.unet_arch.UNet`, when the package's
+architecture file is the kit's ``unet_arch.py`` byte for byte (nothing of the package is imported);
+otherwise the first weights that run no Python of the package (TensorFlow SavedModel, TorchScript,
+ONNX, in bioimage.io's order) are used, with a warning, and a model that has none is refused with
+an :class:`UntrustedCodeError` that says how to opt in.
+
 ``bioimageio.core`` is imported on first use only.
 """
 
@@ -41,17 +53,28 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import expit
 
-from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, check_settings
+from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, bank_settings, check_settings
 from .base import NotGreyBoxError, SegmentationModel
-from ..types import Prediction
+from ..types import CTEKitWarning, Prediction
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
 
-__all__ = ["BioImageIOModel", "export_unet", "from_bank_entry"]
+__all__ = ["BANK_SETTINGS", "BioImageIOModel", "CODE_FORMATS", "UntrustedCodeError", "export_unet", "from_bank_entry"]
 
 #: Key of the RDF ``config`` section where :func:`export_unet` stores the kit's settings.
 CONFIG_KEY = "cte_kit"
 _SPATIAL = ("y", "x")
+#: bioimage.io weight formats whose loading runs Python code that comes with the package (an
+#: architecture to import, Keras ``Lambda`` layers): run only with ``trust_code: true``.
+CODE_FORMATS = ("pytorch_state_dict", "keras_v3", "keras_hdf5")
+#: The order in which bioimage.io prefers weight formats (``bioimageio.core``'s default).
+_FORMAT_ORDER = ("pytorch_state_dict", "tensorflow_saved_model_bundle", "torchscript", "onnx", "keras_v3", "keras_hdf5")
+#: Arguments of the kit U-Net's constructor (what a package's ``kwargs`` may set for it).
+_UNET_ARGUMENTS = ("in_channels", "out_channels", "levels", "width", "dropout")
+
+
+class UntrustedCodeError(ValueError):
+    """Loading a model would run Python code that comes with it, and its bank entry has no ``trust_code: true``."""
 _ACTIVATIONS = ("none", "sigmoid")
 
 
@@ -124,6 +147,9 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         Predict in blocks of the model's size ``min + blocksize * step`` (large images).
     device : str
         Torch device for PyTorch weights.
+    trust_code : bool
+        Run Python code that comes with the package (see the module's documentation); a bank
+        entry sets it with ``trust_code: true``.
 
     Settings stored by :func:`export_unet` in the RDF's ``config.cte_kit`` section are the
     defaults of ``threshold``, ``instances``, ``min_size`` and ``boundary_channel``.
@@ -142,6 +168,7 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
     weights_format: str | None = None
     blocksize: int | None = None
     device: str = "cpu"
+    trust_code: bool = False
 
     def __post_init__(self):
         from bioimageio.spec.model import v0_5
@@ -168,17 +195,35 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
     def _load_weights(self):
         """(torch module or None, prediction pipeline, its adapter or None): PyTorch state-dict weights run
         through a module we hold."""
-        formats = {name for name, entry in self.description.weights if entry is not None}
-        wanted = self.weights_format or ("pytorch_state_dict" if "pytorch_state_dict" in formats else None)
+        formats = [name for name in _FORMAT_ORDER if getattr(self.description.weights, name, None) is not None]
+        kit_unet = _kit_unet(self.description.weights.pytorch_state_dict) if "pytorch_state_dict" in formats else None
+        runnable = [f for f in formats if self.trust_code or f not in CODE_FORMATS or (kit_unet and f == "pytorch_state_dict")]
+        wanted = self.weights_format or (runnable[0] if runnable else None)
         if wanted is not None and wanted not in formats:
-            raise ValueError(f"model {self.name!r} has no {wanted} weights; it has {sorted(formats)}")
+            raise ValueError(f"model {self.name!r} has no {wanted} weights; it has {formats}")
+        if wanted is None or wanted not in runnable:
+            raise UntrustedCodeError(
+                f"model {self.name!r}: its {wanted or ' or '.join(formats)} weights run Python code that comes with the "
+                "package (an architecture to import, or Keras layers) on this machine. If you trust where the package "
+                "comes from, set `trust_code: true` in its bank entry; otherwise use a package with TorchScript, ONNX "
+                "or TensorFlow SavedModel weights")
+        if not self.weights_format and wanted != formats[0]:
+            warnings.warn(f"Model {self.name!r} runs its {wanted} weights, a black box: its {formats[0]} weights would "
+                          "run Python code that comes with the package; set `trust_code: true` in its bank entry to use "
+                          "them.", CTEKitWarning, stacklevel=2)
         if wanted != "pytorch_state_dict":
             from bioimageio.core import create_prediction_pipeline
 
             return None, create_prediction_pipeline(self.description, devices=[self.device], weights_format=wanted), None
-        from bioimageio.core.backends.pytorch_backend import load_torch_model
+        from bioimageio.core.backends.pytorch_backend import get_devices, load_torch_model, load_torch_state_dict
+        from bioimageio.spec.utils import download
 
-        module = load_torch_model(self.description.weights.pytorch_state_dict, load_state=True, devices=[self.device])
+        weights = self.description.weights.pytorch_state_dict
+        if kit_unet is not None:  # the kit's own class: nothing of the package is imported
+            module = load_torch_state_dict(kit_unet, path=download(weights), devices=get_devices([self.device]),
+                                           strict=weights.strict)
+        else:
+            module = load_torch_model(weights, load_state=True, devices=[self.device])
         module.eval()
         return (module, *_pipeline_with_module(self.description, module, self.device))
 
@@ -387,16 +432,39 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
         return [self._module.layer(name)]
 
 
+def _kit_unet(weights):
+    """A kit :class:`~cte_kit.models.unet_arch.UNet` for state-dict weights whose architecture file is the kit's
+    own ``unet_arch.py``, byte for byte, called with the U-Net's arguments only; else None."""
+    from bioimageio.spec.model import v0_5
+    from bioimageio.spec.utils import get_reader
+
+    from . import unet_arch
+
+    architecture = weights.architecture
+    if not isinstance(architecture, v0_5.ArchitectureFromFileDescr) or str(architecture.callable) != "UNet":
+        return None
+    arguments = dict(architecture.kwargs)
+    if not set(arguments) <= set(_UNET_ARGUMENTS) or not all(isinstance(v, (int, float)) for v in arguments.values()):
+        return None
+    if get_reader(architecture).read() != Path(unet_arch.__file__).read_bytes():
+        return None
+    return unet_arch.UNet(**arguments)
+
+
 def _axis_id(name: str):
     from bioimageio.spec.model.v0_5 import AxisId
 
     return AxisId(name)
 
 
+#: Settings a bank entry may give this adapter.
+BANK_SETTINGS = bank_settings(BioImageIOModel, ("description", "channels", "trust_code"))
+
+
 def from_bank_entry(entry) -> BioImageIOModel:
     """Bank loader: ``path`` is an rdf.yaml, zip or folder; ``pretrained`` a zoo id, nickname, DOI or URL."""
-    settings = check_settings(BioImageIOModel, {**entry.settings, **entry.common_settings(), "name": entry.name},
-                              ("description", "channels"))
+    settings = check_settings(BioImageIOModel, {**entry.settings, **entry.common_settings(), "name": entry.name,
+                                                "trust_code": entry.trust_code}, ("description", "channels"))
     if entry.pretrained is not None:
         return BioImageIOModel.from_pretrained(entry.pretrained, **settings)
     return BioImageIOModel.from_source(entry.path, **settings)

@@ -35,6 +35,7 @@ up to the first three channels) and only ``cpsam`` or a model file can be loaded
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -43,12 +44,13 @@ from typing import Any, Sequence
 import numpy as np
 from scipy.special import expit
 
-from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, check_settings
+from ._common import Fork, PerImageDropout, PretrainedDownloadError, Relay, bank_settings, check_settings
 from .base import NotGreyBoxError, SegmentationModel
 from ..types import Prediction
 from .layers import LayerMap
+from .tiling import Tiling
 
-__all__ = ["CellposeModel", "cellpose_major_version", "from_bank_entry"]
+__all__ = ["BANK_SETTINGS", "CellposeModel", "cellpose_major_version", "from_bank_entry"]
 
 
 def cellpose_major_version() -> int:
@@ -98,6 +100,13 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         Smallest mask kept (pixels).
     device : str
         Torch device, e.g. ``'cpu'`` or ``'cuda'``.
+    tile_size : int or None
+        An image larger than this on either side is cut into overlapping tiles, each predicted by
+        Cellpose (its network, flows and masks) and stitched (:mod:`cte_kit.models.tiling`), so
+        memory does not grow with the image; None hands every image to Cellpose whole.
+    tile_overlap : int, optional
+        Context around each tile's core (pixels); default: two object diameters (at least 64),
+        so that an object cut by a seam is whole in the tile that keeps it.
     """
 
     cellpose: Any = None
@@ -109,6 +118,8 @@ class CellposeModel(PerImageDropout, SegmentationModel):
     cellprob_threshold: float = 0.0
     min_size: int = 15
     device: str = "cpu"
+    tile_size: int | None = 1024
+    tile_overlap: int | None = None
 
     def __post_init__(self):
         if self.cellpose is None:
@@ -128,6 +139,7 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         self.version = cellpose_major_version()
         if self.version < 4:
             self.layer_map = LayerMap.unet(len(self.cellpose.net.downsample.down), decoder_at_bottleneck=True)
+        self._tiling()  # a tile_size that leaves no core inside its margins is refused when the model loads
 
     # -- loading --------------------------------------------------------------------------------
     @classmethod
@@ -222,6 +234,13 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         index = int(name.removeprefix("encoder").removeprefix("decoder"))
         return [down[index]] if name.startswith("encoder") else [up[len(up) - 1 - index]]
 
+    def _tiling(self) -> Tiling | None:
+        if self.tile_size is None:
+            return None
+        diameter = self.diameter or getattr(self.cellpose, "diam_mean", 30.0)
+        margin = self.tile_overlap if self.tile_overlap is not None else max(64, int(math.ceil(2 * diameter)))
+        return Tiling(int(self.tile_size), int(margin), 16)
+
     def _forks(self, layers: Sequence[str]) -> bool:
         return self.version < 4
 
@@ -266,6 +285,10 @@ def _torch_device(device):
     import torch
 
     return torch.device(device)
+
+
+#: Settings a bank entry may give this adapter.
+BANK_SETTINGS = bank_settings(CellposeModel, ("cellpose",))
 
 
 def from_bank_entry(entry) -> CellposeModel:

@@ -44,12 +44,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ._common import PerImageDropout, PretrainedDownloadError, Relay, channel_scales, check_settings
+from ._common import PerImageDropout, PretrainedDownloadError, Relay, bank_settings, channel_scales, check_settings
 from ..types import Prediction
 from .base import SegmentationModel
 from .layers import LayerMap
 
-__all__ = ["StarDistModel", "from_bank_entry"]
+__all__ = ["BANK_SETTINGS", "StarDistModel", "from_bank_entry"]
 
 
 def _import_stardist():
@@ -459,6 +459,10 @@ def _find_bottleneck(keras_model) -> str:
             "up-sampling); set `bottleneck_layer:` to a layer name, one of: " + ", ".join(layer.name for layer in layers)
         )
     return next(layer.name for layer in layers if layer.output is upsampling.input)
+
+
+#: Settings a bank entry may give this adapter.
+BANK_SETTINGS = bank_settings(StarDistModel, ("stardist", "channels"))
 
 
 def from_bank_entry(entry) -> StarDistModel:

@@ -14,6 +14,7 @@ batched call, so a grey-box CTE pair costs well under two forward passes.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -25,13 +26,16 @@ from torch.nn import functional as F
 
 from ..perturb import FeatureDropout, feature_dropout
 from ..types import Prediction
+from ._common import bank_settings
 from .base import SegmentationModel
 from .instances import INSTANCE_METHODS, instances_from_probability
 from .layers import LayerMap
+from .tiling import Tiling
 from .unet_arch import UNet
 
-__all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
-           "demo_checkpoint", "CHECKPOINT_FORMAT", "forward_at_scale", "resize", "scaled_size"]
+__all__ = ["BANK_SETTINGS", "UNetConfig", "UNetModel", "receptive_radius", "save_checkpoint", "load_checkpoint",
+           "from_bank_entry", "demo_bank_dir", "demo_checkpoint", "CHECKPOINT_FORMAT", "forward_at_scale", "resize",
+           "scaled_size"]
 
 CHECKPOINT_FORMAT = "cte_kit.unet/1"
 
@@ -110,6 +114,17 @@ def forward_at_scale(network: UNet, images: torch.Tensor, scale: float = 1.0) ->
     return _from_network(network(tensor), tuple(images.shape[-2:]), network_size)
 
 
+def receptive_radius(levels: int) -> int:
+    """Pixels of context a kit U-Net of ``levels`` levels reads on each side of an output pixel.
+
+    Two 3x3 convolutions per block add ``2 * 2**l`` at level ``l`` (encoder levels 0..L-1, decoder
+    levels 0..L-2); each 2x2 max-pooling and nearest-neighbour upsampling between levels ``l`` and
+    ``l + 1`` adds at most ``1.5 * 2**l``.
+    """
+    levels = int(levels)
+    return int(math.ceil(2 * (2**levels - 1) + 2 * (2 ** (levels - 1) - 1) + 1.5 * (2 ** (levels - 1) - 1) + 1))
+
+
 def save_checkpoint(network: UNet, config: UNetConfig, path: str | Path, settings: dict | None = None, history: dict | None = None) -> Path:
     """Write a self-describing checkpoint (architecture, weights, kit settings, training history).
 
@@ -185,6 +200,15 @@ class UNetModel(SegmentationModel):
         (:meth:`layer_features`) are at the network's scale.
     device : str
         Torch device.
+    tile_size : int or None
+        An image larger than this on either side is predicted in overlapping tiles of at most this
+        side and stitched (:mod:`cte_kit.models.tiling`), so memory does not grow with the image;
+        None predicts every image whole. 512 (with the default margin, 26 to 116 pixels for 3 to 5
+        levels) keeps a tile's feature maps in cache: per pixel it ran faster than 1024 px tiles
+        or a whole 2048 px image on one CPU thread (``benchmarks/bench_large_images.py``).
+    tile_overlap : int, optional
+        Context around each tile's core (pixels); default: the network's receptive-field radius,
+        with which the stitched probability equals the whole image's.
     """
 
     network: UNet | None = None
@@ -193,6 +217,8 @@ class UNetModel(SegmentationModel):
     min_size: int = 0
     scale: float = 1.0
     device: str = "cpu"
+    tile_size: int | None = 512
+    tile_overlap: int | None = None
 
     def __post_init__(self):
         if self.network is None:
@@ -206,6 +232,7 @@ class UNetModel(SegmentationModel):
         # channels-last memory halves the CPU time of these small convolutions (oneDNN's blocked kernels)
         self.network = self.network.to(self.device, memory_format=torch.channels_last).eval()
         self.layer_map = LayerMap.unet(self.network.levels)
+        self._tiling()  # a tile_size that leaves no core inside its margins is refused when the model loads
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, name: str | None = None, **settings: Any) -> "UNetModel":
@@ -214,10 +241,9 @@ class UNetModel(SegmentationModel):
         merged = {**stored, **settings}
         if merged.get("percentiles") is not None:
             merged["percentiles"] = tuple(merged["percentiles"])
-        known = {f for f in cls.__dataclass_fields__ if f not in ("network", "config", "name", "layer_map")}
-        unknown = sorted(set(merged) - known)
+        unknown = sorted(set(merged) - set(BANK_SETTINGS))
         if unknown:
-            raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {sorted(known)}")
+            raise ValueError(f"unknown U-Net setting(s) {unknown}; known: {list(BANK_SETTINGS)}")
         return cls(name=name or Path(path).stem, network=network, config=config, **merged)
 
     @property
@@ -226,6 +252,18 @@ class UNetModel(SegmentationModel):
 
     def _layer_modules(self, name: str) -> list:
         return [self.network.layer(name)]
+
+    def _tiling(self) -> Tiling | None:
+        if self.tile_size is None:
+            return None
+        # at a scale s the network's context and stride span 1/s image pixels, and two more network
+        # pixels of margin cover the resampling kernel at the tile's edge
+        radius = receptive_radius(self.network.levels)
+        if self.tile_overlap is not None:
+            margin = int(self.tile_overlap)
+        else:
+            margin = radius if self.scale == 1 else math.ceil((radius + 2) / self.scale)
+        return Tiling(int(self.tile_size), margin, math.ceil(self.network.divisor / self.scale))
 
     def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
         """The network's input for a batch of equally shaped images, and the images' (H, W)."""
@@ -265,6 +303,10 @@ class UNetModel(SegmentationModel):
         predictions = self._to_predictions(logits, size)
         half = len(batch)
         return predictions[:half], predictions[half:]
+
+
+#: Settings a bank entry (or a checkpoint) may give a kit U-Net.
+BANK_SETTINGS = bank_settings(UNetModel, ("network", "config"))
 
 
 def demo_bank_dir() -> Path:

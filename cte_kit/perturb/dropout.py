@@ -9,15 +9,20 @@ the global torch RNG.
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["DEFAULT_DROPOUT", "FeatureDropout", "capture_outputs", "feature_dropout", "spatial_dropout"]
+__all__ = ["DEFAULT_DROPOUT", "LAYER_NAME", "FeatureDropout", "capture_outputs", "feature_dropout", "spatial_dropout"]
 
 #: Paper defaults for the dropout rate at the bottleneck, by structure.
 DEFAULT_DROPOUT = {"nuclei": 0.2, "cells": 0.2, "mitochondria": 0.05}
+#: The form of a layer name, the same for every grey-box adapter (:mod:`cte_kit.models.layers`): a
+#: plain name (``encoder0``, ``bottleneck``, ``decoder1``) or an alias (``sym1``, ``encoders``,
+#: ``decoders``, ``all``). Whether a network has that layer is the model's to say.
+LAYER_NAME = re.compile(r"(encoder|decoder|sym)\d+|bottleneck|encoders|decoders|all")
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class FeatureDropout:
         layers = (self.layers,) if isinstance(self.layers, str) else tuple(self.layers)
         if not layers:
             raise ValueError("FeatureDropout needs at least one layer")
+        unknown = [layer for layer in layers if not (isinstance(layer, str) and LAYER_NAME.fullmatch(layer))]
+        if unknown:
+            raise ValueError(f"no layer is called {', '.join(map(repr, unknown))}: layer names are encoder0, encoder1, "
+                             "..., bottleneck, decoder0, decoder1, ..., and the aliases sym0, sym1, ..., encoders, "
+                             "decoders, all")
         object.__setattr__(self, "rate", rate)
         object.__setattr__(self, "layers", layers)
 

@@ -79,8 +79,9 @@ class InputPerturbation:
             return float(rng.uniform(*self.strength))
         return float(self.strength)
 
-    def apply(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Perturb one normalised image.
+    def apply(self, image: np.ndarray, rng: np.random.Generator, strength: float | None = None,
+              mean: float | None = None) -> np.ndarray:
+        """Perturb one normalised image, or one tile of a large image.
 
         Parameters
         ----------
@@ -88,6 +89,10 @@ class InputPerturbation:
             Normalised image. Integer images are refused: perturbations act after normalisation.
         rng : numpy.random.Generator
             Source of the noise and of a per-image strength.
+        strength : float, optional
+            The strength already drawn for the whole image (a tile of it is being perturbed).
+        mean : float, optional
+            The whole image's mean, which ``contrast`` scales about (a tile of it is being perturbed).
 
         Returns
         -------
@@ -102,7 +107,7 @@ class InputPerturbation:
                 "normalise first (cte_kit.data.normalize_percentile)"
             )
         image = image.astype(np.float32, copy=False)
-        theta = self.draw_strength(rng)
+        theta = self.draw_strength(rng) if strength is None else float(strength)
         if theta == NEUTRAL_STRENGTH[self.kind]:
             return image.copy()
         if self.kind == "noise":
@@ -111,7 +116,7 @@ class InputPerturbation:
         if self.kind == "brightness":
             return image + np.float32(theta)
         if self.kind == "contrast":
-            mean = image.mean(dtype=np.float64)
+            mean = image.mean(dtype=np.float64) if mean is None else mean
             return (mean + theta * (image - mean)).astype(np.float32)
         # gamma: sign-preserving so that negative values of a normalised image stay defined
         return (np.sign(image) * np.abs(image) ** theta).astype(np.float32)

@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from ..data.outputs import atomic_path
 from ..evaluation.comparison import ROW_COLUMNS, Comparison
 from .plots import save_figure
 
@@ -58,7 +59,7 @@ def write_comparison(comparison: Comparison, out: str | Path, figure: bool = Tru
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"csv": out / "comparison.csv", "json": out / "comparison.json"}
-    with paths["csv"].open("w", newline="") as handle:
+    with atomic_path(paths["csv"]) as partial, partial.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS)
         writer.writeheader()
         writer.writerows(comparison.rows)
@@ -68,7 +69,8 @@ def write_comparison(comparison: Comparison, out: str | Path, figure: bool = Tru
         "scores": {f"{e} @ {t}": {m: (None if not math.isfinite(s) else s) for m, s in v.items()}
                    for (e, t), v in comparison.scores.items()},
     }
-    paths["json"].write_text(json.dumps(document, indent=2))
+    with atomic_path(paths["json"]) as partial:
+        partial.write_text(json.dumps(document, indent=2))
     if figure:
         import matplotlib.pyplot as plt
 

@@ -385,12 +385,11 @@ def show_prediction_pair(image, clean, perturbed, threshold: float = 0.5, axes=N
 
 
 def save_figure(figure, path) -> None:
-    """Save a figure as PNG (150 dpi), creating the folder."""
-    from pathlib import Path
+    """Save a figure as PNG (150 dpi), creating the folder; written whole or not at all."""
+    from ..data.outputs import atomic_path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=150, bbox_inches="tight")
+    with atomic_path(path) as partial:
+        figure.savefig(partial, dpi=150, bbox_inches="tight")
 
 
 # -- teaching notebooks: several targets on one scatter, strength curves, image grids --------------

@@ -52,6 +52,8 @@ def model_identity(item: BankEntry | SegmentationModel) -> tuple[str, str]:
     if isinstance(item, BankEntry):
         payload = {"kind": item.kind, "settings": dict(item.settings), "pretrained": item.pretrained,
                    "weights": file_digest(item.path) if item.path is not None else None}
+        if item.trust_code:  # trusted, a package may run other weights than without consent
+            payload["trust_code"] = True
     elif isinstance(item, SegmentationModel):
         settings, weights = {}, []
         for spec in dataclasses.fields(item):

@@ -32,11 +32,13 @@ parameter that changes a value (perturbation, consistency, number of draws, boun
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import math
+import os
 import sqlite3
 import time
 import traceback
@@ -46,6 +48,8 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+
+from ..data.outputs import atomic_path
 
 __all__ = ["KIND", "SCHEMA_VERSION", "PERFORMANCE_COLUMNS", "ResultStore", "StoreError", "Score", "Estimate", "Failure",
            "ObjectValues", "array_digest", "write_csv", "write_parquet", "describe", "digest", "file_digest", "image_key", "kit_version"]
@@ -213,15 +217,30 @@ def _check_prediction(foreground: np.ndarray, labels: np.ndarray, image: str) ->
     return foreground.shape
 
 
+class _Compressed:
+    """A file-like sink that compresses what is written as it comes, so that a large image's labels are never
+    held twice (once as an .npy buffer, once compressed)."""
+
+    def __init__(self):
+        self._compressor, self._parts = zlib.compressobj(3), []
+
+    def write(self, data) -> int:
+        self._parts.append(self._compressor.compress(data))
+        return len(data)
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts) + self._compressor.flush()
+
+
 def _pack(foreground: np.ndarray, labels: np.ndarray) -> tuple[bytes, bytes]:
     labels = np.asarray(labels)
     low, high = (int(labels.min()), int(labels.max())) if labels.size else (0, 0)
     # The smallest type that holds the ids (read back as int32): a quarter or half of the bytes to
     # compress and to decompress. zlib level 3 takes half the time of level 6 for 10-20 % more bytes.
     kind = np.uint8 if 0 <= low and high < 2**8 else np.uint16 if 0 <= low and high < 2**16 else np.int32
-    buffer = io.BytesIO()
-    np.save(buffer, labels.astype(kind, copy=False), allow_pickle=False)
-    return zlib.compress(np.packbits(foreground.astype(bool)).tobytes(), 3), zlib.compress(buffer.getvalue(), 3)
+    sink = _Compressed()
+    np.save(sink, labels.astype(kind, copy=False), allow_pickle=False)
+    return zlib.compress(np.packbits(foreground.astype(bool, copy=False)), 3), sink.getvalue()
 
 
 def _unpack(height: int, width: int, foreground: bytes, labels: bytes) -> tuple[np.ndarray, np.ndarray]:
@@ -252,6 +271,82 @@ def _null_to_nan(value) -> float:
     return math.nan if value is None else float(value)
 
 
+#: Seconds a connection waits for another process's lock (a writer, a store being created) before giving up.
+BUSY_TIMEOUT = 60.0
+
+
+def _check_file(file: Path) -> None:
+    """Refuse, before SQLite touches it, a path that cannot be a writable result store."""
+    if file.is_dir():
+        raise StoreError(f"{file} is a folder, not a result store; give the name of a file, e.g. {file / 'results.sqlite'}")
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot create the folder of the result store {file}: {error}") from None
+    if file.exists() and file.stat().st_size > 0:
+        with file.open("rb") as handle:
+            if handle.read(16) != b"SQLite format 3\x00":
+                raise StoreError(f"{file} is not a cte_kit result store (not an SQLite file); choose another --out or "
+                                 "move it away")
+    # SQLite keeps its write-ahead log beside the file: the folder must be writable as well
+    if not os.access(file.parent, os.W_OK) or (file.exists() and not os.access(file, os.W_OK)):
+        raise StoreError(f"{file} cannot be written (a read-only file or folder): a run writes its results as it "
+                         "goes; copy the store to a writable folder, or choose another --out")
+
+
+class _Connection:
+    """The store's SQLite connection, whose errors of the file (corrupt, locked, read-only, full disk) are
+    :class:`StoreError` naming the file; a misuse of SQLite stays a bug. Reads are fetched whole, so
+    that a corrupt page met while iterating is reported the same way."""
+
+    def __init__(self, path: str, connection: sqlite3.Connection):
+        self.path, self._connection = path, connection
+
+    def _error(self, error: sqlite3.Error) -> Exception:
+        if not (type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError)):
+            return error
+        message = str(error)
+        if "locked" in message or "busy" in message:
+            advice = f"another process holds it (waited {BUSY_TIMEOUT:g} s); wait for it or choose another --out"
+        elif "readonly" in message or "read-only" in message:
+            advice = "it cannot be written (a read-only file or folder); copy it to a writable folder or choose another --out"
+        elif "full" in message:
+            advice = "the disk is full; free some space and run again (what was written is kept)"
+        else:
+            advice = "the file is corrupt or not a cte_kit result store; move it away or choose another --out"
+        return StoreError(f"result store {self.path}: {message}: {advice}")
+
+    def execute(self, sql: str, parameters: Sequence = ()) -> "_Rows":
+        try:
+            return _Rows(self._connection.execute(sql, parameters).fetchall())
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence]) -> None:
+        try:
+            self._connection.executemany(sql, rows)
+        except sqlite3.Error as error:
+            raise self._error(error) from None
+
+    def rollback(self) -> None:
+        """Roll back an open transaction (nothing when none is open)."""
+        if self._connection.in_transaction:
+            self._connection.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self._connection.close()
+
+
+class _Rows(list):
+    """Fetched rows, read as from a cursor."""
+
+    def fetchone(self):
+        return self[0] if self else None
+
+    def fetchall(self):
+        return list(self)
+
+
 class ResultStore:
     """A result store in one SQLite file (or in memory, ``":memory:"``, for notebooks).
 
@@ -276,42 +371,46 @@ class ResultStore:
         self.path = str(path)
         memory = self.path == ":memory:"
         if not memory:
-            file = Path(path)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            existing = file.exists() and file.stat().st_size > 0
-            if existing:
-                with file.open("rb") as handle:
-                    if handle.read(16) != b"SQLite format 3\x00":
-                        raise StoreError(f"{file} is not a cte_kit result store (not an SQLite file); choose another "
-                                         "--out or move it away")
-        else:
-            existing = False
+            _check_file(Path(path))
+        # the runner writes from one writer thread while it computes the next unit; never two threads at once
+        connection = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT, check_same_thread=False)
+        self._db = _Connection(self.path, connection)
         try:
-            # the runner writes from one writer thread while it computes the next unit; never two threads at once
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if existing:
-                self._check()
-            if not memory:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
-            if not existing:
-                self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+            self._initialise(memory)
+        except BaseException:
+            connection.close()
+            raise
+
+    def _initialise(self, memory: bool) -> None:
+        # One exclusive transaction creates the tables and meta rows of a new file, or checks an
+        # existing one: a process that opens the file meanwhile waits, then sees a whole store or none.
+        # An interrupted creation (a full disk) leaves no table behind, and the next open creates it.
+        self._db.execute("BEGIN EXCLUSIVE")
+        try:
+            tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            if tables:
+                self._check(tables)
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            if not tables:
+                self._db.executemany("INSERT INTO meta VALUES (?, ?)",
                                      [("kind", KIND), ("schema", str(SCHEMA_VERSION)), ("kit", kit_version())])
             else:  # an older schema now has every table of this one
                 self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema' AND CAST(value AS INTEGER) < ?",
                                  (str(SCHEMA_VERSION), SCHEMA_VERSION))
-        except sqlite3.DatabaseError as error:
-            raise StoreError(f"{self.path} is not a readable cte_kit result store ({error})") from None
+            self._db.execute("COMMIT")
+        finally:
+            self._db.rollback()
+        if not memory:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
 
-    def _check(self) -> None:
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    def _check(self, tables: set[str]) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
         if meta.get("kind") != KIND:
-            self._db.close()
             raise StoreError(f"{self.path} is an SQLite file of another kind (not '{KIND}'); choose another --out")
         if int(meta.get("schema", 0)) > SCHEMA_VERSION:
-            self._db.close()
             raise StoreError(f"{self.path} was written by a newer cte_kit (schema {meta['schema']}, kit "
                              f"{meta.get('kit')}; this is schema {SCHEMA_VERSION}, kit {kit_version()}): upgrade "
                              "cte_kit to read it")
@@ -377,18 +476,14 @@ class ResultStore:
                             for f in failures])
         return len(rows) + len(estimate_rows)
 
+    @contextlib.contextmanager
     def _transaction(self):
-        store = self
-
-        class _Transaction:
-            def __enter__(self):
-                store._db.execute("BEGIN IMMEDIATE")
-                return store._db
-
-            def __exit__(self, kind, error, trace):
-                store._db.execute("ROLLBACK" if kind else "COMMIT")
-
-        return _Transaction()
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        finally:
+            self._db.rollback()  # after an error, or a COMMIT that failed (a full disk): nothing half-written
 
     def clear_failures(self, model_key: str) -> None:
         """Forget the recorded failures of a model (before it is retried)."""
@@ -592,7 +687,7 @@ class ResultStore:
 def write_csv(columns: Mapping[str, Sequence], path: str | Path) -> Path:
     """Write columns (name -> values, of equal length) as CSV with a header; NaN as an empty field."""
     path = Path(path)
-    with path.open("w", newline="") as handle:
+    with atomic_path(path) as partial, partial.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for row in zip(*columns.values()):
@@ -608,7 +703,8 @@ def write_parquet(columns: Mapping[str, Sequence], path: str | Path) -> Path:
     except ImportError:
         raise ImportError("Parquet export needs pyarrow: pip install pyarrow (or export CSV)") from None
     path = Path(path)
-    pq.write_table(pa.table({name: list(values) for name, values in columns.items()}), path)
+    with atomic_path(path) as partial:
+        pq.write_table(pa.table({name: list(values) for name, values in columns.items()}), partial)
     return path
 
 

@@ -69,8 +69,12 @@ class Setting:
         unknown = [c for c in consistencies if c not in CONSISTENCY_KINDS]
         if unknown or not consistencies:
             raise ValueError(f"unknown consistency {unknown or consistencies}; choose from {CONSISTENCY_KINDS}")
-        if int(self.n_pert) < 1:
-            raise ValueError(f"n_pert must be >= 1, got {self.n_pert}")
+        for name, least in (("n_pert", 1), ("boundary", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+                raise ValueError(f"{name} must be a whole number >= {least}, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
         object.__setattr__(self, "perturbation", perturbation)
         object.__setattr__(self, "consistencies", tuple(dict.fromkeys(consistencies)))
 

@@ -309,7 +309,7 @@ def format_table(summary: dict) -> str:
               f"{'rank ' + METRIC_NAMES.get(metric, metric):>9}")
     lines = [header, "-" * len(header)]
     for model in sorted(summary["models"], key=lambda m: (m.get("rank", m["rank_cte"]), m["rank_cte"])):
-        interval = f"[{model.get('cte_low', np.nan):.3f}, {model.get('cte_high', np.nan):.3f}]"
+        interval = f"[{model['cte_low']:.3f}, {model['cte_high']:.3f}]" if "cte_low" in model else "n/a"
         name = ("! " if model.get("flags") else "") + model["name"]
         lines.append(f"{name[:22]:<22} {model['cte']:7.4f} {interval:>15} {model.get('f1', np.nan):6.3f} "
                      f"{model.get('map', np.nan):6.3f} {model.get('rank', model['rank_cte']):5.1f} "
@@ -332,6 +332,8 @@ def format_table(summary: dict) -> str:
             line += (f" Sampling stability: it stays first among the unflagged models in "
                      f"{summary['p_best_is_top']:.0%} of bootstrap resamples of the images (how much the "
                      "scores move with the images, not whether they can be trusted: that is what the flags say).")
+        elif summary.get("stability"):
+            line += f" Sampling stability: not estimated ({summary['stability']})."
         if np.isfinite(summary.get("regret", np.nan)):
             line += (f" Regret: the best model's true {METRIC_NAMES.get(metric, metric)} is {summary['regret']:.3f} "
                      "above the recommended one's.")
