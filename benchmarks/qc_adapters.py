@@ -25,7 +25,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from dsb_bank import DEFAULT_DATA, DOMAINS, split_folder, write_splits  # noqa: E402
+from banks import DEFAULT_DATA, split_folder, write_splits  # noqa: E402
+from dsb_bank import DESIGN, DOMAINS  # noqa: E402
 from tiny_models import train_tiny_cellpose, train_tiny_stardist  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     from cte_kit.data.folder import load_folder
 
     out = Path(args.out)
-    write_splits(Path(args.data), out)
+    write_splits(DESIGN, Path(args.data), out)
     data = load_folder(*split_folder(out, args.source, "train"), progress=False)
     images, labels = list(data.images), [np.asarray(l, dtype=np.int32) for l in data.labels]
     diameter = _diameter(labels)
