@@ -69,6 +69,9 @@ VARIANTS = {
 #: Label-free signals recorded besides the kit's default estimator: (perturbation, consistencies).
 SIGNALS = (("gamma:0.7", ("hard", "instance")), ("dropout:0.2", ("hard",)), ("noise:0.05", ("hard",)))
 METRICS = ("f1", "map")
+#: A best checkpoint gains something worth recovering when it beats the start by more than this (the goal's
+#: tolerance: a choice within 0.01 of the start counts as "no worse").
+GAIN = 0.01
 
 
 def judge(entry: BankEntry, images, names, labels, config: AdaptConfig, work: Path, rule: ChoiceRule = ChoiceRule(),
@@ -206,9 +209,13 @@ def run_folder(args) -> dict:
         labels = [label[: args.crop, : args.crop] for label in labels]
     entry = _entry(args)
     target = "/".join(Path(args.images).parts[-3:-1])
+    if args.reference == "demo":
+        reference = demo_bank_entries()
+    else:
+        reference = read_bank(args.reference) if args.reference else []
     report = judge(entry, images, data.names[: args.n_images], labels, _config(args),
                    Path(args.work) / f"{entry.name}__{target.replace('/', '_')}", signals=args.signals,
-                   target_name=target)
+                   target_name=target, reference=[e for e in reference if e.name != entry.name])
     print(_line(report), flush=True)
     return {"pair": [entry.name, target], **report}
 
@@ -276,6 +283,7 @@ def train_cellpose(args) -> dict:
     labels = [label[: args.crop, : args.crop] if args.crop else label for label in data.labels][: args.n_images]
     torch.manual_seed(args.seed)
     network = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=17.0)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     path, _, _ = train.train_seg(network.net, train_data=[i.astype(np.float32) for i in images], train_labels=labels,
                                  channels=[0, 0], n_epochs=args.steps, batch_size=8, bsize=128, learning_rate=0.005,
@@ -301,13 +309,14 @@ def rules_table(args) -> dict:
             print(f"| {key} | " + " | ".join(f"{values[c]:.3f}" for c in columns) + f" | {report['choices']['kit']} |")
             gain = values["best"] - values["start"]
             drops.append(values["kit"] - values["start"])
-            if gain > 0:
+            if gain > GAIN:
                 shares.append((values["kit"] - values["start"]) / gain)
         summary[metric] = {"pairs": len(reports), "pairs_with_gain": len(shares),
                            "mean_recovered_share": float(np.mean(shares)) if shares else float("nan"),
                            "worst_vs_start": float(min(drops)) if drops else float("nan")}
         print(f"{metric}: mean recovered share of the best checkpoint's gain {summary[metric]['mean_recovered_share']:.2f} "
-              f"over {len(shares)} pairs with a gain; worst kit choice vs start {summary[metric]['worst_vs_start']:+.3f}")
+              f"over the {len(shares)} pairs whose best checkpoint gains more than {GAIN}; worst kit choice vs start "
+              f"{summary[metric]['worst_vs_start']:+.3f}")
     return summary
 
 
@@ -325,6 +334,8 @@ def main() -> None:
     parser.add_argument("--images", help="folder mode: target images")
     parser.add_argument("--labels", help="folder mode: target labels (only to judge)")
     parser.add_argument("--crop", type=int, help="folder mode: crop images to CROP x CROP (top left)")
+    parser.add_argument("--reference", help="folder mode: the rest of the bank the checkpoints are compared with (a bank "
+                                            "YAML, or `demo`); default: none")
     parser.add_argument("--bank", help="protocol mode: the folder dsb_bank.py wrote (bank.yaml, bank_info.json, splits/), "
                                        "or `demo` for the embedded demo bank")
     parser.add_argument("--splits", help="protocol mode: folder of <domain>/test/{images,labels} (default: BANK/splits)")

@@ -581,7 +581,9 @@ def _run_adapt(args) -> int:
                               provenance={"bank": str(Path(args.bank).resolve()),
                                           "target_images": str(Path(args.images).resolve())},
                               target_name=Path(args.images).name, progress=not args.no_progress, device=args.device)
-    print(f"\nCheckpoints ranked by {rule.describe()}" + ("" if rule.guards else " (no guards)") + ":")
+    print(f"\nCheckpoints ranked by {rule.describe()}" + ("" if rule.guards else " (no guards)")
+          + (f"; bank IoU: foreground IoU with the consensus of {len(result.choice.reference)} other models of the bank"
+             if result.choice.reference else "") + ":")
     for point, score in zip(result.run.curve, result.choice.scores):
         marks = [f"{s.criterion} stop" for s in result.run.stops.values() if s.step == point.step]
         marks += ["chosen"] if point.step == result.choice.step else []
@@ -589,6 +591,8 @@ def _run_adapt(args) -> int:
         print(f"  step {point.step:5d}  CTE {score.score:.4f}{agreement}  FN rate {point.fn_rate:.3f}  embedding "
               f"distance {point.embedding:.3f}" + (f"  [{', '.join(marks)}]" if marks else "")
               + (f"  flagged: {'; '.join(score.flags)}" if score.flags else ""))
+    for name, why in result.choice.left_out.items():
+        print(f"  not in the bank's consensus: {name} ({why})")
     print(f"\n{result.choice.reason}")
     print(f"Saved step {result.choice.step} to {result.path} (report: {provenance_path(result.path)}); bank entry: "
           f"{{name: {args.model}_adapted, kind: {result.kind}, path: {result.path}}}")

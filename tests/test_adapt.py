@@ -198,8 +198,10 @@ def test_cli_adapts_without_reading_labels_writes_the_chosen_checkpoint_and_join
     for name, image, labels in zip(target_data.names, target_data.images, target_data.labels):
         tifffile.imwrite(tmp_path / "images" / f"{name}.tif", image)
         tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", labels.astype(np.uint16))
-    bank = write_bank([BankEntry("near", "unet", demo_checkpoint("near_target").as_posix()),
-                       BankEntry("sd", "stardist", pretrained="2D_versatile_fluo")], tmp_path / "bank.yaml")
+    bank = write_bank([BankEntry("near", "unet", demo_checkpoint("near_target").as_posix())]
+                      + [BankEntry(name, "unet", demo_checkpoint(name).as_posix())
+                         for name in ("sharp_clean", "large_nuclei", "very_noisy")], tmp_path / "bank.yaml")
+    stardist = write_bank([BankEntry("sd", "stardist", pretrained="2D_versatile_fluo")], tmp_path / "sd.yaml")
     read = []
     original = folder.read_array
     monkeypatch.setattr(folder, "read_array", lambda path: read.append(path) or original(path))
@@ -213,7 +215,7 @@ def test_cli_adapts_without_reading_labels_writes_the_chosen_checkpoint_and_join
     checkpoints = out.parent / "near_adapted_checkpoints"
     assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000.pt", "step_00002.pt", "step_00004.pt"]
     assert (checkpoints / "ranking.sqlite").is_file()
-    assert main(["adapt", "--bank", str(bank), "--model", "sd", "--images", str(tmp_path / "images"),
+    assert main(["adapt", "--bank", str(stardist), "--model", "sd", "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["adapt", "--bank", str(bank), "--model", "nope", "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "x.pt")]) == 2
@@ -227,6 +229,10 @@ def test_cli_adapts_without_reading_labels_writes_the_chosen_checkpoint_and_join
     assert [p["step"] for p in report["curve"]] == [0, 2, 4]
     choice = report["choice"]
     assert [c["step"] for c in choice["checkpoints"]] == [0, 2, 4] and choice["estimator"].startswith("hard CTE")
+    # the rest of the bank is the consensus the checkpoints are compared with (the guards may leave one out)
+    assert set(choice["reference_models"]) | set(choice["left_out_of_the_reference"]) == {
+        "sharp_clean", "large_nuclei", "very_noisy"}
+    assert len(choice["reference_models"]) >= 2 and all(0 <= c["agreement"] <= 1 for c in choice["checkpoints"])
     # --out holds the chosen checkpoint, and the report and the console say which and why
     chosen = UNetModel.from_checkpoint(checkpoints / f"step_{choice['chosen_step']:05d}.pt").network.state_dict()
     written = UNetModel.from_checkpoint(out).network.state_dict()

@@ -152,6 +152,9 @@ class CheckpointChoice:
         The runner's report (model and image keys in the store, failures).
     reference : tuple of str
         The models of the bank whose consensus the checkpoints were compared with (empty: none).
+    left_out : dict of str -> str
+        Models of the rest of the bank that are not in the consensus, with the reason (flagged by
+        the guards, failed to predict).
     """
 
     step: int
@@ -160,6 +163,7 @@ class CheckpointChoice:
     scores: tuple[CheckpointScore, ...]
     report: RunReport
     reference: tuple[str, ...] = ()
+    left_out: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def kept_start(self) -> bool:
@@ -169,7 +173,7 @@ class CheckpointChoice:
         """JSON-ready: the chosen step, the reason, the estimator and every checkpoint's score."""
         return {"chosen_step": self.step, "kept_start": self.kept_start, "reason": self.reason,
                 "estimator": self.rule.describe(), "margin": self.rule.margin, "guards": self.rule.guards is not None,
-                "reference_models": list(self.reference),
+                "reference_models": list(self.reference), "left_out_of_the_reference": dict(self.left_out),
                 "checkpoints": [{**asdict(s), "flags": list(s.flags)} for s in self.scores],
                 "failures": [f"{f.model}: {f.error}" for f in self.report.failures]}
 
@@ -220,8 +224,11 @@ def choose_checkpoint(checkpoints: Mapping[int, BankEntry], target: RunTarget, s
         # The adapted checkpoints descend from the starting weights and fail together when they fail (a collapse
         # to empty masks outvotes the start), so only the checks that need no bank may flag the starting weights.
         guards[start] = store_guards(store, report, target.name, [start], rule.guards)[start]
-    voters = _reference_voters(reference, target, store, report, start, rule, backend, progress)
-    agreement = _agreement(store, report, images, complete, voters) if len(voters) >= rule.min_reference else {}
+    voters, left_out = _reference_voters(reference, target, store, report, start, rule, backend, progress)
+    if voters and len(voters) < rule.min_reference:
+        left_out.update({name: f"fewer than {rule.min_reference} usable models: no consensus" for name in voters})
+        voters = {}
+    agreement = _agreement(store, report, images, complete, voters) if voters else {}
     scores = []
     for step, entry in zip(steps, bank):
         summary = summarize(np.asarray(per_model[entry.name], dtype=float), DEFAULT_STATISTIC)
@@ -230,25 +237,28 @@ def choose_checkpoint(checkpoints: Mapping[int, BankEntry], target: RunTarget, s
             flags += ("failed on some images (see the result store)",)
         scores.append(CheckpointScore(step, entry.name, summary.score if entry.name in complete else float("nan"),
                                       summary.n_images, flags, agreement.get(entry.name, float("nan"))))
-    step, reason = _decide(scores, rule, len(voters) if agreement else 0)
-    return CheckpointChoice(step, reason, rule, tuple(scores), report, tuple(voters) if agreement else ())
+    step, reason = _decide(scores, rule, len(voters))
+    return CheckpointChoice(step, reason, rule, tuple(scores), report, tuple(voters), left_out)
 
 
 def _reference_voters(reference, target: RunTarget, store: ResultStore, report: RunReport, start: str,
-                      rule: ChoiceRule, backend, progress: bool) -> dict[str, str]:
-    """``{name: model key}`` of the reference models that predicted the target and that the guards do not flag.
-
-    The guards see them with the starting weights, as a ranking of the bank would.
-    """
+                      rule: ChoiceRule, backend, progress: bool) -> tuple[dict[str, str], dict[str, str]]:
+    """``({name: model key}, {name: why left out})``: the reference models that predicted the target and that
+    the guards do not flag (seen with the starting weights, as a ranking of the bank would see them)."""
     if not reference:
-        return {}
+        return {}, {}
     found = estimate(reference, target, [], store, backend=backend, progress=progress)
+    left_out = {f.model: f"failed: {f.error}" for f in found.failures}
     predicted = {name: key for name, key in found.models.items() if name in found.forward}
-    if rule.guards is None or not predicted:
-        return predicted
-    both = RunReport(models={start: report.models[start], **predicted}, images=report.images)
-    flagged = store_guards(store, both, target.name, config=rule.guards)
-    return {name: key for name, key in predicted.items() if not flagged[name].flags_for(rule.consistency)}
+    if rule.guards is not None and predicted:
+        both = RunReport(models={start: report.models[start], **predicted}, images=report.images)
+        guards = store_guards(store, both, target.name, config=rule.guards)
+        for name in list(predicted):
+            flags = guards[name].flags_for(rule.consistency)
+            if flags:
+                left_out[name] = "flagged by the guards: " + "; ".join(flag.reason for flag in flags)
+                del predicted[name]
+    return predicted, left_out
 
 
 def _agreement(store: ResultStore, report: RunReport, images: Mapping[str, str], models: Sequence[str],
