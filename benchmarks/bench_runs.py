@@ -256,9 +256,9 @@ def profile_rank(bank, images, names, folder: Path) -> None:
 
     def pipeline():
         result = run_sweep(bank, images, names, out, perturbations, kinds, progress=False)
-        rows = read_results(out, result)
+        rows = read_results(result)
         ranked = list(result.report.models)
-        return summarize_results(rows, models=ranked, guards=sweep_guards(out, ranked, names))
+        return summarize_results(rows, models=ranked, guards=sweep_guards(result, ranked))
 
     profiler = cProfile.Profile()
     start, cpu = time.perf_counter(), time.process_time()

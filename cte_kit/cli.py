@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from .scoring.consistency import DEFAULT_STATISTIC, STATISTICS
+from .scoring.consistency import STATISTICS
 
 __all__ = ["main", "build_parser"]
 
@@ -32,6 +32,18 @@ def _add_demo(subparsers):
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+#: The tasks ``--task`` takes (cte_kit.estimators.tasks.TASKS; kept here so that --help needs no import of it).
+TASK_NAMES = ("nuclei", "mitochondria", "cells")
+
+
+def _add_task_option(parser) -> None:
+    parser.add_argument("--task", choices=TASK_NAMES,
+                        help="the segmentation problem, which sets the default consistency, perturbation, statistic "
+                             "and guards (cte_kit.estimators.tasks): nuclei (light microscopy), mitochondria (electron "
+                             "microscopy), cells (dense tissue included). Default: the bank's `task:`, else nuclei; "
+                             "the run prints which it used and why")
+
+
 def _add_backend_options(parser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--workers", type=int, help="compute on N local Dask worker processes (default: this process)")
@@ -46,6 +58,7 @@ def _add_sweep(subparsers):
     parser.add_argument("--out", help="result store (default: the config's `out`, else sweep.sqlite beside it)")
     parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
     parser.add_argument("--summary", help="summary JSON of every target and setting")
+    _add_task_option(parser)
     _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -60,10 +73,11 @@ def _add_rank(subparsers):
     parser.add_argument("--perturbation", action="append",
                         help="KIND:STRENGTH, repeatable: dropout:0.2, noise:0.05, noise:0.03-0.07, brightness:0.1, "
                              "contrast:0.8, gamma:0.7, dropout:0.1@encoder1+bottleneck, dropout:0.05@all. Each is "
-                             "scored with every --consistency. Default: each consistency with its own default "
-                             "perturbation (gamma:0.7 for every consistency, chosen on the DSB2018 benchmark)")
+                             "scored with every --consistency. Default: each consistency with the task's default "
+                             "perturbation (see --task)")
     parser.add_argument("--consistency", action="append", choices=("hard", "soft", "instance"),
-                        help="consistency measure, repeatable (default: hard)")
+                        help="consistency measure, repeatable (default: the task's: instance for cells, hard otherwise)")
+    _add_task_option(parser)
     parser.add_argument("--out", required=True, help="result store (SQLite; created, or resumed: only missing rows are computed)")
     parser.add_argument("--export", help="also write the scores as CSV or Parquet (by the file's suffix)")
     parser.add_argument("--allow-incomplete", action="store_true",
@@ -71,9 +85,9 @@ def _add_rank(subparsers):
     _add_backend_options(parser)
     parser.add_argument("--summary", help="summary JSON (per-model CTE, ranks, and with labels the correlations)")
     parser.add_argument("--plot", help="PNG of CTE vs true performance (needs --labels)")
-    parser.add_argument("--statistic", default=DEFAULT_STATISTIC, choices=STATISTICS,
-                        help="aggregation of per-image CTE (default: mean; the paper: median; tie-aware: the median "
-                             "with exact ties broken by the mean)")
+    parser.add_argument("--statistic", choices=STATISTICS,
+                        help="aggregation of per-image CTE (default: the task's, the mean; the paper: median; "
+                             "tie-aware: the median with exact ties broken by the mean)")
     parser.add_argument("--choose-strength", action="store_true",
                         help="with several --perturbation settings (strengths and/or layers): pick, per "
                              "consistency, the weakest setting that separates the bank while its best model "
@@ -173,6 +187,7 @@ def _add_compare(subparsers):
     parser.add_argument("--crop", type=int, help="centre-crop images to at most CROP x CROP pixels")
     parser.add_argument("--usable", type=float, default=0.5, help="true F1 from which a model is usable (default: 0.5)")
     parser.add_argument("--n-boot", type=int, default=200, help="bootstrap replicates over images (default: 200)")
+    _add_task_option(parser)
     _add_backend_options(parser)
     parser.add_argument("--no-progress", action="store_true")
 
@@ -187,6 +202,7 @@ def _run_compare(args) -> int:
         bank = demo_bank_entries()
     else:
         bank = args.bank
+    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
     targets = []
     for target in args.targets:
         if target == "demo":
@@ -198,7 +214,8 @@ def _run_compare(args) -> int:
     backend = _backend(args)
     try:
         comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
-                             usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress, backend=backend)
+                             usable=args.usable, n_boot=args.n_boot, progress=not args.no_progress, backend=backend,
+                             task=choice.task)
     finally:
         if backend is not None:
             backend.close()
@@ -272,6 +289,30 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
 _METRIC_NAMES = {"f1": "F1", "map": "mAP"}
 
 
+def _task_choice(task: str | None, bank=None):
+    """The task of a run (--task, else the bank's `task:`, else assumed); prints the sentence that says which."""
+    from .estimators.tasks import resolve_task
+    from .models.bank import bank_task
+
+    declarations = [("--task", task)]
+    if bank is not None:
+        declarations.append((str(bank), bank_task(bank)))
+    choice = resolve_task(*declarations)
+    print(choice.message)
+    return choice
+
+
+def _warn_task_hint(choice, guards) -> None:
+    import warnings
+
+    from .estimators.tasks import task_hint
+    from .types import CTEKitWarning
+
+    hint = task_hint(choice, guards) if guards else None
+    if hint:
+        warnings.warn(hint[0].upper() + hint[1:] + ".", CTEKitWarning, stacklevel=2)
+
+
 def _backend(args):
     """The backend the options ask for (None: this process), and a line saying where the dashboard is."""
     if getattr(args, "workers", None) is None and getattr(args, "scheduler", None) is None:
@@ -307,8 +348,9 @@ def _run_demo(args) -> int:
     from .evaluation.summary import summarize_results
     from .evaluation.sweep import read_results, run_sweep, sweep_guards
     from .estimators.cte import default_settings
+    from .estimators.tasks import resolve_task
     from .perturb import parse_perturbation
-    from .teaching.demo import build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .teaching.demo import DEMO_TASK, build_demo_bank, demo_bank_entries, demo_targets, format_table
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -319,7 +361,9 @@ def _run_demo(args) -> int:
     else:
         entries = demo_bank_entries()
     print(f"Bank: {len(entries)} U-Nets trained on synthetic source domains: {', '.join(e.name for e in entries)}")
-    settings = default_settings(("hard", "instance"))
+    choice = resolve_task(("the demo bank", DEMO_TASK))
+    print(choice.message)
+    settings = default_settings(("hard", "instance"), choice.task)
     perturbations = [parse_perturbation(label) for label in settings]
     targets = demo_targets(args.n_images, include_real=not args.no_real)
     failures = []
@@ -331,9 +375,11 @@ def _run_demo(args) -> int:
         result = run_sweep(entries, target.images, target.names, store, perturbations, settings,
                            labels=target.labels, seed=args.seed, progress=not args.no_progress, target=target.name)
         failures.extend(result.failures)
-        rows = read_results(store, result)
+        rows = read_results(result)
         names = _ranked(result, rows, allow_incomplete=False)
-        summaries = summarize_results(rows, models=names, guards=sweep_guards(store, names, target.names))
+        summaries = summarize_results(rows, statistic=choice.task.statistic, models=names,
+                                      guards=sweep_guards(result, names, config=choice.task.guards),
+                                      guard_config=choice.task.guards)
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -346,11 +392,16 @@ def _run_demo(args) -> int:
     return 1 if failures else 0
 
 
-def _export(store_path, export) -> None:
+def _export(store_path, export, report) -> None:
+    """The scores of this run (its model and image keys and settings), as CSV or Parquet."""
     from .runs.store import ResultStore
 
+    selection = {"model_keys": report.models.values(),
+                 "image_keys": [key for images in report.images.values() for key in images.values()],
+                 "estimators": [(key, s.seed) for s in report.settings for key in s.keys().values()]}
     with ResultStore(store_path) as store:
-        path = store.to_parquet(export) if Path(export).suffix.lower() in (".parquet", ".pq") else store.to_csv(export)
+        write = store.to_parquet if Path(export).suffix.lower() in (".parquet", ".pq") else store.to_csv
+        path = write(export, **selection)
     print(f"Exported the scores to {path}")
 
 
@@ -364,11 +415,13 @@ def _run_rank(args) -> int:
     from .teaching.demo import format_table
 
     entries = read_bank(args.bank)
-    consistencies = list(dict.fromkeys(args.consistency or ["hard"]))
+    choice = _task_choice(args.task, args.bank)
+    task = choice.task
+    consistencies = list(dict.fromkeys(args.consistency or task.consistencies))
     if args.perturbation:
         kinds = {label: consistencies for label in dict.fromkeys(parse_perturbation(t).label for t in args.perturbation)}
     else:
-        kinds = default_settings(consistencies)
+        kinds = default_settings(consistencies, task)
     perturbations = [parse_perturbation(label) for label in kinds]
     target = load_folder(args.images, args.labels)
     if args.plot and target.labels is None:
@@ -385,18 +438,21 @@ def _run_rank(args) -> int:
             backend.close()
     if result.n_skipped_rows:
         print(f"Resumed: {result.n_skipped_rows} rows were already in {args.out}")
-    rows = read_results(args.out, result)
+    rows = read_results(result)
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
-    guards = None if args.no_guards or not ranked else sweep_guards(args.out, ranked, target.names)
-    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards) if rows else []
+    guards = None if args.no_guards or not ranked else sweep_guards(result, ranked, config=task.guards)
+    summaries = summarize_results(rows, statistic=args.statistic or task.statistic, seed=args.seed, models=ranked,
+                                  guards=guards, guard_config=task.guards) if rows else []
+    _warn_task_hint(choice, guards)
     _warn_flagged(summaries)
     for summary in summaries:
         print(f"\nperturbation {summary['perturbation']}, {summary['consistency']} consistency, "
               f"{summary['statistic']} over images")
         print(format_table(summary))
     extra = {"failures": [{k: v for k, v in f.__dict__.items() if k != "traceback"} for f in result.failures],
-             "incomplete": dict(result.incomplete)}
+             "incomplete": dict(result.incomplete), "task": {"name": task.name, "source": choice.source,
+                                                             "message": choice.message}}
     if args.choose_strength and summaries:
         extra["choices"] = _choose_strengths(summaries, args.floor)
     if args.combine and summaries:
@@ -406,7 +462,7 @@ def _run_rank(args) -> int:
     if args.plot and summaries:
         _plot_summaries(summaries, Path(args.plot), Path(args.images).name)
     if args.export:
-        _export(args.out, args.export)
+        _export(args.out, args.export, result.report)
     _print_failures(result.failures)
     return 1 if result.failures else 0
 
@@ -419,7 +475,9 @@ def _run_sweep(args) -> int:
     from .runs.store import ResultStore
     from .teaching.demo import format_table
 
-    config = read_sweep_config(args.config)
+    config = read_sweep_config(args.config, task=args.task)
+    print(config.task.message)
+    task = config.task.task
     out = Path(args.out) if args.out else config.out
     print(f"{len(config.bank)} models x {len(config.targets)} target(s) x {len(config.settings)} setting(s) -> {out}")
     backend = _backend(args)
@@ -430,20 +488,23 @@ def _run_sweep(args) -> int:
             report = run(config.bank, [run_target for run_target, _ in loaded], config.settings, store, backend=backend,
                          progress=not args.no_progress)
             for (run_target, labels), target in zip(loaded, config.targets):
+                labels_keys = {}
                 if labels is not None:
-                    fill_performance(store, report.models, report.images[run_target.name],
-                                     dict(zip(run_target.names, labels)))
+                    labels_keys = fill_performance(store, report.models, report.images[run_target.name],
+                                                   dict(zip(run_target.names, labels)))
                 missing = {name: n for name, n in report.missing(store, run_target.name).items() if n}
                 names = [name for name in report.models if name not in missing]
                 if missing:
                     print(f"[{run_target.name}] not ranked, rows missing: "
                           + ", ".join(f"{name} ({n})" for name, n in missing.items()), file=sys.stderr)
                 found = scored_rows(store, {n: report.models[n] for n in names}, report.images[run_target.name],
-                                    report.settings)
+                                    report.settings, labels_keys)
                 if not found:
                     continue
-                guards = store_guards(store, report, run_target.name, names)
-                summaries = summarize_results(found, models=names, guards=guards)
+                guards = store_guards(store, report, run_target.name, names, config=task.guards)
+                summaries = summarize_results(found, statistic=task.statistic, models=names, guards=guards,
+                                              guard_config=task.guards)
+                _warn_task_hint(config.task, guards)
                 _warn_flagged(summaries)
                 for summary in summaries:
                     print(f"\n[{run_target.name}] {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -455,10 +516,10 @@ def _run_sweep(args) -> int:
             backend.close()
     if args.summary:
         Path(args.summary).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.summary).write_text(json.dumps(_json_ready({"targets": documents, "failures": [
+        Path(args.summary).write_text(json.dumps(_json_ready({"task": task.name, "targets": documents, "failures": [
             {k: v for k, v in f.__dict__.items() if k != "traceback"} for f in report.failures]}), indent=2))
     if args.export:
-        _export(out, args.export)
+        _export(out, args.export, report)
     print(f"\n{report.n_written} rows computed, {report.n_skipped} already in {out}")
     _print_failures(report.failures)
     return 1 if report.failures else 0
@@ -482,9 +543,10 @@ def _warn_flagged(summaries: list[dict]) -> None:
                       f"others: {listing}. A model can be very consistent and still segment the wrong thing; "
                       "--no-guards ranks by CTE alone.", CTEKitWarning, stacklevel=2)
     for summary in summaries:
-        if summary.get("verdict"):
-            warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
-                          f"{summary['verdict']}.", CTEKitWarning, stacklevel=2)
+        for sentence in (summary.get("verdict"), summary.get("bank_note")):
+            if sentence:
+                warnings.warn(f"Under {summary['perturbation']} with {summary['consistency']} consistency, "
+                              f"{sentence}.", CTEKitWarning, stacklevel=2)
 
 
 def _choose_strengths(summaries: list[dict], floor: float) -> list[dict]:

@@ -291,3 +291,40 @@ def test_sweep_without_labels_ranks_and_reports_no_correlation(tmp_path, target,
     assert "[unlabelled] gamma:0.7" in capsys.readouterr().out
     (setting,) = json.loads((tmp_path / "s.json").read_text())["targets"][0]["settings"]
     assert setting.get("kendall") is None and {row["name"] for row in setting["models"]} == {"near_target", "sharp_clean"}
+
+
+def test_a_resumed_rank_reports_the_guards_and_exports_of_its_own_images(tmp_path, capsys):
+    # every demo U-Net floods inverted fluorescence images; the same file names then hold the original
+    # images under the same --out; the inverted images again must be judged from their own predictions
+    data = generate(DEMO_TARGET, 4, shape=(96, 96), seed=3)
+    for folder in ("original", "inverted"):
+        (tmp_path / folder).mkdir()
+    for name, image in zip(data.names, data.images):
+        tifffile.imwrite(tmp_path / "original" / f"{name}.tif", image)
+        tifffile.imwrite(tmp_path / "inverted" / f"{name}.tif", (image.max() - image).astype(image.dtype))
+    bank = _bank(tmp_path / "bank.yaml")
+
+    def rank(folder):
+        summary = tmp_path / f"{folder}.json"
+        code = main(["rank", "--bank", str(bank), "--images", str(tmp_path / folder), "--out", str(tmp_path / "r.sqlite"),
+                     "--summary", str(summary), "--export", str(tmp_path / f"{folder}.csv"), "--no-progress"])
+        return code, json.loads(summary.read_text())
+
+    code, first = rank("inverted")
+    assert code == 0 and first["recommended"] is None and all(m["flags"] for m in first["models"])
+    code, original = rank("original")
+    assert code == 0 and original["recommended"] is not None
+    capsys.readouterr()
+    code, again = rank("inverted")
+    assert code == 0 and "Resumed: 12 rows" in capsys.readouterr().out
+    assert again["recommended"] is None and again["verdict"]
+    assert [m["flags"] for m in again["models"]] == [m["flags"] for m in first["models"]]
+    assert [m["guards"] for m in again["models"]] == [m["guards"] for m in first["models"]]
+    with open(tmp_path / "inverted.csv") as handle:
+        exported = list(csv.DictReader(handle))
+    with ResultStore(tmp_path / "r.sqlite") as store:
+        assert store.count("scores") == 2 * 3 * 4  # both runs' rows are kept ...
+    with open(tmp_path / "original.csv") as handle:
+        original_keys = {row["image_key"] for row in csv.DictReader(handle)}
+    # ... and the export holds this run's alone
+    assert len(exported) == 3 * 4 and not {row["image_key"] for row in exported} & original_keys

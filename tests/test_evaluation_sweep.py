@@ -63,3 +63,24 @@ def test_a_failing_model_makes_its_rows_incomplete(tmp_path, data):
     assert failure.model == "broken" and "Traceback" in failure.traceback
     assert read_results(tmp_path / "nothing.sqlite") == []
     assert np.isfinite([r["cte"] for r in read_results(tmp_path / "r.sqlite", result)]).any()
+
+
+def test_a_name_pointed_at_other_weights_reads_the_run_of_its_own_keys(tmp_path, data):
+    out = tmp_path / "r.sqlite"
+    first = run_sweep(_bank(), data.images, data.names, out, PERTURBATIONS, ["hard"], labels=data.labels,
+                      progress=False)
+    before = repr(read_results(first)), repr(sweep_guards(first))  # repr: NaN equals NaN
+    # the name near_target now stands for the weights of very_noisy, in a later run on the same store
+    other = [BankEntry("near_target", "unet", str(demo_checkpoint("very_noisy"))), _bank()[1]]
+    later = run_sweep(other, data.images, data.names, out, PERTURBATIONS, ["hard"], progress=False)
+    assert later.models["near_target"] != first.models["near_target"]
+    assert repr(read_results(first)) == before[0] and repr(sweep_guards(first)) == before[1]
+    assert repr(read_results(out, first)) == before[0] and repr(sweep_guards(out, result=first)) == before[1]
+    # the later run has no labels: no true performance, although the store holds some for these images
+    assert all(math.isnan(row["f1"]) for row in read_results(later))
+    assert sweep_guards(later)["near_target"].foreground_fraction != sweep_guards(first)["near_target"].foreground_fraction
+    # a store of two runs does not say which one a name means
+    with pytest.raises(ValueError, match="several runs.*'near_target' \\(2 keys\\)"):
+        read_results(out)
+    with pytest.raises(ValueError, match="several runs"):
+        sweep_guards(out)

@@ -5,6 +5,8 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
+from skimage import measure
 
 from cte_kit import CTEKitWarning
 from cte_kit.cli import main
@@ -218,3 +220,145 @@ def test_a_bank_that_fails_the_same_way_gets_no_recommendation():
     membranes = {f"m{i}": (mesh, mesh.astype(np.int32)) for i in range(3)}
     guards = compute_guards(list(membranes), ["a"], lambda model, image: membranes[model])
     assert all(g.flags == () for g in guards.values()) and guards["m0"].largest_object_fraction > 0.25
+
+
+def _sparse_objects(seed, fraction, shape=(256, 256), radius=2):
+    """Hundreds of small discs (mitochondria in EM) covering about ``fraction`` of the image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    disc = np.pi * radius ** 2
+    for index in range(1, int(fraction * labels.size / disc) + 1):
+        cy, cx = rng.integers(radius, shape[0] - radius), rng.integers(radius, shape[1] - radius)
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2] = index
+    return labels > 0, labels
+
+
+@pytest.mark.parametrize("bank_size", [1, 2, 3])
+def test_a_model_empty_on_most_images_is_flagged_in_a_bank_of_any_size(bank_size):
+    truth = _discs()
+    nothing = (np.zeros_like(truth, bool), np.zeros_like(truth))
+    # empty on 3 of 4 images (a threshold of 0.99999 keeps one object on one image)
+    almost_empty = {"a": nothing, "b": nothing, "c": nothing, "d": (truth == 1, (truth == 1).astype(np.int32))}
+    predictions = {f"empty{i}": almost_empty for i in range(bank_size)}
+    if bank_size == 2:
+        predictions = {"empty0": almost_empty, "good": {image: (truth > 0, truth) for image in "abcd"}}
+    guards = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image])
+    for name, found in guards.items():
+        if name.startswith("empty"):
+            assert [f.code for f in found.flags] == ["empty"], name
+            assert found.flags[0].reason == "predicts no foreground on 75% of the images"
+            assert found.empty_images == 0.75
+        else:
+            assert found.flags == () and found.empty_images == 0.0
+    flagged = {name: g for name, g in guards.items() if g.flags}
+    assert "none of them can be recommended" in bank_verdict(flagged)
+    # the threshold is data: a share the user sets
+    relaxed = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image],
+                             GuardConfig(absolute_empty_share=0.8))
+    assert all(not g.flags for g in relaxed.values())
+
+
+def test_sparse_mitochondria_are_never_called_empty():
+    # 3-10 % foreground in hundreds of small objects, and one section without any: a correct EM model
+    sections = {f"s{i}": _sparse_objects(i, fraction) for i, fraction in enumerate((0.03, 0.05, 0.1, 0.04))}
+    sections["blank"] = (np.zeros((256, 256), bool), np.zeros((256, 256), np.int32))
+    assert all(50 <= labels.max() for mask, labels in list(sections.values())[:4])
+    for bank in (["alone"], ["m0", "m1", "m2"]):
+        guards = compute_guards(bank, list(sections), lambda model, image: sections[image])
+        assert all(g.flags == () for g in guards.values()), {n: g.flags for n, g in guards.items()}
+        assert guards[bank[0]].empty_images == pytest.approx(0.2)
+
+
+def test_the_empty_model_of_a_bank_of_two_is_not_recommended():
+    # CTE 1.0 for the model that predicts nothing (its one object is stable), 0.9 for the good one
+    truth = _discs()
+    nothing = (np.zeros_like(truth, bool), np.zeros_like(truth))
+    predictions = {"empty": {"a": nothing, "b": nothing, "c": nothing, "d": (truth == 1, truth * (truth == 1))},
+                   "good": {image: (truth > 0, truth) for image in "abcd"}}
+    guards = compute_guards(list(predictions), list("abcd"), lambda model, image: predictions[model][image])
+    rows = [{"model": model, "image": image, "perturbation": "gamma:0.7", "consistency": consistency, "seed": 0,
+             "n_pert": 1, "cte": (np.nan if image != "d" else 1.0) if model == "empty" else 0.9,
+             "f1": np.nan, "iou": np.nan, "map": np.nan, "ap50": np.nan}
+            for model in predictions for image in "abcd" for consistency in ("hard", "instance")]
+    for summary in summarize_results(rows, n_boot=0, guards=guards):
+        assert summary["recommended"] == "good", summary["consistency"]
+        assert summarize_results(rows, n_boot=0)[0]["recommended"] == "empty"  # CTE alone picks it
+
+
+# -- the three tasks: each builds its failure modes and its correct model; only the failures are flagged --------
+def _codes(guards):
+    return {name: sorted({f.code for f in g.flags}) for name, g in guards.items()}
+
+
+def _loader(predictions, images):
+    return lambda model, image: predictions[model][images.index(image)]
+
+
+def test_dense_tissue_fills_the_image_and_only_its_failures_are_flagged():
+    from cte_kit.data.synthetic import DENSE_TISSUE, generate_tissue
+    from cte_kit.estimators.tasks import TASKS
+
+    tissue = generate_tissue(DENSE_TISSUE, 3, shape=(96, 96), seed=2)
+    cells = [c.astype(np.int32) for c in tissue.cells]
+    full = [np.ones(c.shape, bool) for c in cells]
+    # a cell model, and one that splits a little differently (each cell less its wall pixels, relabelled)
+    thinner = [measure.label((c > 0) & (m == 0), connectivity=1) for c, m in zip(cells, tissue.membranes)]
+    predictions = {
+        "cells_a": [(f, c) for f, c in zip(full, cells)], "cells_b": [(f, c) for f, c in zip(full, cells)],
+        "cells_thin": [(t > 0, t) for t in thinner],
+        "one_object": [(f, f.astype(np.int32)) for f in full],  # no boundaries: one object the size of the image
+        "walls": [(m > 0, measure.label(m > 0)) for m in tissue.membranes],  # the membranes, not the cells
+    }
+    images = list(tissue.names)
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["cells"].guards)
+    codes = _codes(guards)
+    assert codes["cells_a"] == codes["cells_b"] == codes["cells_thin"] == []
+    assert guards["one_object"].flags[0].code == "one-region" and "found no boundaries" in guards["one_object"].flags[0].reason
+    assert codes["one_object"] == ["merges", "one-region"]  # against the cell models, it merges them all too
+    assert guards["walls"].flags[0].code == "network" and "traces boundaries (membranes)" in guards["walls"].flags[0].reason
+    # the nuclei task's guards call every correct cell model degenerate: what a dense tissue needs its own task for
+    nuclei = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["nuclei"].guards)
+    assert "floods" in _codes(nuclei)["cells_a"] and "floods" in _codes(nuclei)["cells_b"]
+
+
+def test_mitochondria_few_right_models_are_not_outvoted_by_a_wrong_majority():
+    from cte_kit.data.synthetic import EM_SSTEM, generate_tissue
+    from cte_kit.estimators.guards import bank_disagreement
+    from cte_kit.estimators.tasks import TASKS
+
+    em = generate_tissue(EM_SSTEM, 3, shape=(128, 128), seed=5)
+    mito = [m.astype(np.int32) for m in em.mitochondria]
+    assert all(0.02 < (m > 0).mean() < 0.12 for m in mito)  # sparse small objects, as the task expects
+    # a mitochondria model that misses a rim of every object: still right, a little different
+    eroded = [measure.label(ndi.binary_erosion(m > 0)) for m in mito]
+    yy, xx = np.mgrid[:128, :128]
+    blobs = ((yy % 64 - 32) ** 2 + (xx % 64 - 32) ** 2) < 26 ** 2  # nuclei-sized blobs over half the section
+    predictions = {"mito_a": [(m > 0, m) for m in mito], "mito_b": [(e > 0, e) for e in eroded]}
+    for index in range(3):  # the wrong majority: three membrane models (the ISBI membranes of the same sections)
+        predictions[f"membrane_{index}"] = [(w > 0, measure.label(w > 0)) for w in em.membranes]
+    predictions["nuclei"] = [(blobs, measure.label(blobs))] * 3
+    images = list(em.names)
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["mitochondria"].guards)
+    codes = _codes(guards)
+    assert codes["mito_a"] == codes["mito_b"] == []
+    assert all(codes[f"membrane_{i}"] == ["network"] for i in range(3))
+    assert codes["nuclei"] and set(codes["nuclei"]) <= {"floods", "implausible"}
+    note = bank_disagreement(guards, "hard", TASKS["mitochondria"].guards)
+    assert "the bank disagrees with itself: 4 of 6 models are flagged (network 3," in note
+    assert "the ranking rests on the other 2 (mito_a, mito_b)" in note and "fewer than the 3 a consensus needs" in note
+    assert bank_verdict(guards, "hard") is None
+    # the nuclei task's guards (the kit before tasks) take the membranes' majority for the truth
+    nuclei = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["nuclei"].guards)
+    assert "disagrees" in _codes(nuclei)["mito_a"] and _codes(nuclei)["membrane_0"] == []
+
+
+def test_nuclei_guards_are_unchanged_by_the_tasks():
+    from cte_kit.estimators.tasks import TASKS
+
+    assert TASKS["nuclei"].guards == GuardConfig()
+    truth = _discs()
+    predictions = {"a": (truth > 0, truth), "b": (truth > 0, truth), "c": (truth > 0, truth),
+                   "floods": (np.ones_like(truth, bool), np.ones_like(truth))}
+    guards = compute_guards(list(predictions), ["x"], lambda model, image: predictions[model], TASKS["nuclei"].guards)
+    assert _codes(guards) == {"a": [], "b": [], "c": [], "floods": ["disagrees", "floods"]}

@@ -102,7 +102,9 @@ def test_performance_is_keyed_by_labels(tmp_path):
         assert store.has_performance("m@1", "a#1", "L1") and not store.has_performance("m@1", "a#1", "L3")
         assert store.performance({"a#1": "L1"})["m@1", "a#1"]["f1"] == 0.5
         assert math.isnan(store.performance({"a#1": "L1"})["m@1", "a#1"]["map"])
-        assert store.performance()["m@1", "a#1"]["f1"] == 0.9  # the latest labels
+        assert store.performance({"a#1": "L2"})["m@1", "a#1"]["f1"] == 0.9
+        assert store.performance({"a#1": "L3"}) == {}  # never the values of other labels
+        assert store.labels_keys(["a#1", "b#1"]) == {"a#1": ["L1", "L2"]}
 
 
 def test_keys_follow_names_pixels_and_file_contents(tmp_path):
@@ -120,11 +122,11 @@ def test_keys_follow_names_pixels_and_file_contents(tmp_path):
     assert file_digest(weights) != first
 
 
-def test_latest_keys_of_each_name(tmp_path):
+def test_every_key_of_each_name(tmp_path):
     with ResultStore(tmp_path / "s.sqlite") as store:
         store.write(models={"m@old": ("m", "{}")}, images={"a#old": ("a", 2, 2)})
         store.write(models={"m@new": ("m", "{}"), "n@1": ("n", "{}")}, images={"a#new": ("a", 2, 2)})
-        assert store.latest() == ({"m": "m@new", "n": "n@1"}, {"a": "a#new"})
+        assert store.keys_by_name() == ({"m": ["m@new", "m@old"], "n": ["n@1"]}, {"a": ["a#new", "a#old"]})
 
 
 def _filled(path):
@@ -142,6 +144,15 @@ def test_csv_export(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [(r["model"], r["image"], r["estimator_key"], r["value"]) for r in rows] == [
         ("m", "a", "gamma:0.7|hard|n_pert=1", "0.25"), ("m", "b", "gamma:0.7|hard|n_pert=1", "")]
+
+
+def test_an_export_holds_the_rows_it_is_given_keys_of(tmp_path):
+    with _filled(tmp_path / "s.sqlite") as store:
+        store.write(models={"m@2": ("m", "{}")}, scores=[Score("m@2", "a#1", "gamma:0.7|hard|n_pert=1", 0, 0.5)])
+        assert len(store.table()["value"]) == 3
+        assert store.table(model_keys=["m@2"])["value"] == [0.5]
+        assert store.table(image_keys=["b#1"])["model_key"] == ["m@1"]
+        assert store.table(estimators=[("gamma:0.7|hard|n_pert=1", 1)])["value"] == []
 
 
 def test_parquet_export(tmp_path):

@@ -22,6 +22,7 @@ from ..scoring.consistency import (CONSISTENCY_KINDS, DEFAULT_STATISTIC, PAPER_S
 from ..types import Prediction, PredictionPair, image_id
 from .selection import aggregate_ranks
 from .base import Estimator, EstimatorInput, EstimatorResult, not_applicable
+from .tasks import DEFAULT_TASK, TASKS, Task, task_defaults
 
 __all__ = ["CTE", "DEFAULT_PERTURBATIONS", "DEFAULT_STATISTIC", "PAPER_PERTURBATION", "PAPER_STATISTIC",
            "ModelEstimate", "RankAggregate", "default_perturbation", "default_settings", "estimate", "pair_scores"]
@@ -30,14 +31,14 @@ __all__ = ["CTE", "DEFAULT_PERTURBATIONS", "DEFAULT_STATISTIC", "PAPER_PERTURBAT
 #: :data:`~cte_kit.scoring.consistency.PAPER_STATISTIC`, the median over images).
 PAPER_PERTURBATION = "dropout:0.2"
 
-#: The kit's default perturbation of each consistency (with
+#: The kit's default perturbation of each consistency for the default task, nuclei (with
 #: :data:`~cte_kit.scoring.consistency.DEFAULT_STATISTIC`, the mean over images, and the label-free guards of
 #: :mod:`cte_kit.estimators.guards`), chosen on the leave-one-sub-domain-out DSB2018 benchmark
 #: (``benchmarks/bench_dsb_ranking.py``; README, "Choosing a perturbation") with a bank that holds the
 #: failure modes users meet (other modalities, under-trained models). A gamma change of the input
 #: ranked best for every consistency: chosen on three targets, it was the choice for every held-out
-#: fourth. The mapping stays per consistency so that a later benchmark can pair them differently.
-DEFAULT_PERTURBATIONS = {"hard": "gamma:0.7", "soft": "gamma:0.7", "instance": "gamma:0.7"}
+#: fourth. Every task's defaults are in :data:`cte_kit.estimators.tasks.TASKS`.
+DEFAULT_PERTURBATIONS = dict(TASKS[DEFAULT_TASK].perturbations)
 
 
 @dataclass(frozen=True)
@@ -80,25 +81,35 @@ def pair_scores(
     }
 
 
-def default_settings(consistencies: Sequence[str]) -> dict[str, list[str]]:
-    """The kit's default pairing: ``{perturbation label: [consistencies scored under it]}``.
+def default_settings(consistencies: Sequence[str] | None = None, task: str | Task | None = None) -> dict[str, list[str]]:
+    """The kit's default pairing for a task: ``{perturbation label: [consistencies scored under it]}``.
+
+    The rest of a task's defaults (statistic, guards) come with it:
+    ``cte_kit.estimators.tasks.task_defaults(task)`` is the one place they are read from.
+
+    Parameters
+    ----------
+    consistencies : sequence of {'hard', 'soft', 'instance'}, optional
+        Default: the task's own (``Task.consistencies``: instance for cells, hard otherwise).
+    task : str or Task, optional
+        ``'nuclei'`` (the default), ``'mitochondria'`` or ``'cells'`` (:data:`~cte_kit.estimators.tasks.TASKS`).
 
     Examples
     --------
     >>> default_settings(["hard", "instance"])
     {'gamma:0.7': ['hard', 'instance']}
+    >>> default_settings(task="cells")
+    {'gamma:0.7': ['instance']}
     """
-    settings: dict[str, list[str]] = {}
-    for consistency in dict.fromkeys(consistencies):
-        settings.setdefault(default_perturbation(consistency).label, []).append(consistency)
-    return settings
+    return task_defaults(task).settings(consistencies)
 
 
-def default_perturbation(consistency: str) -> Perturbation:
-    """The kit's default perturbation for a consistency kind (:data:`DEFAULT_PERTURBATIONS`)."""
-    if consistency not in DEFAULT_PERTURBATIONS:
+def default_perturbation(consistency: str, task: str | Task | None = None) -> Perturbation:
+    """The kit's default perturbation for a consistency kind and task (:func:`default_settings`)."""
+    perturbations = task_defaults(task).perturbations
+    if consistency not in perturbations:
         raise ValueError(f"unknown consistency {consistency!r}; choose from {CONSISTENCY_KINDS}")
-    return parse_perturbation(DEFAULT_PERTURBATIONS[consistency])
+    return parse_perturbation(perturbations[consistency])
 
 
 def estimate(
@@ -155,7 +166,8 @@ class CTE(Estimator):
     consistency : {'hard', 'soft', 'instance'}
     perturbation : str
         A perturbation label (``'dropout:0.2'``, ``'dropout:0.1@sym1'``, ``'gamma:0.7'``);
-        ``'default'`` is the kit's default for the consistency.
+        ``'default'`` is the kit's default for the consistency and the default task
+        (:meth:`for_task` takes another task's).
     statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
     n_pert : int
     seed : int
@@ -168,6 +180,13 @@ class CTE(Estimator):
     seed: int = 0
     name = "cte"
     description = "consistency of the prediction under a perturbation (label-free)"
+
+    @classmethod
+    def for_task(cls, consistency: str = "hard", task: str | Task | None = None, **parameters) -> "CTE":
+        """CTE with a task's default perturbation and statistic (:func:`~cte_kit.estimators.tasks.task_defaults`)."""
+        defaults = task_defaults(task)
+        parameters.setdefault("statistic", defaults.statistic)
+        return cls(consistency, default_perturbation(consistency, defaults).label, **parameters)
 
     def __post_init__(self):
         if self.consistency not in CONSISTENCY_KINDS:

@@ -13,19 +13,27 @@ predictions the estimator already makes, never at a label:
   (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
   compared with itself.
 
-A model whose output is degenerate whatever the bank says (almost all foreground, or most of
-the image as one region) is flagged first and left out of the consensus, so that a bank that
-fails the same way cannot outvote the one model that works; the others are then compared with
+A model whose output is degenerate whatever the bank says (almost all foreground, nothing on
+most images, or most of the image as one region) is flagged first and left out of the consensus,
+so that a bank that fails the same way cannot outvote the one model that works; the others are then compared with
 the consensus of these plausible models. A model whose output is degenerate or an outlier gets
 a :class:`Flag` with a reason in plain words. Flags of scope ``'all'`` concern the foreground (every consistency); flags of scope
 ``'instance'`` concern the objects only (instance consistency and mAP). The thresholds live in
 :class:`GuardConfig`.
 
+The absolute checks read the task (:class:`GuardConfig`, one per task in
+:mod:`cte_kit.estimators.tasks`): dense tissue is all foreground and only "objects the size of the
+image" is degenerate there; mitochondria cover a few % of a section, so a model far outside the
+task's expected foreground, or one that draws a network of membranes, is flagged whatever the bank
+says, and does not vote. That is what keeps a bank whose majority segments the wrong structure
+(membrane or nuclei models on EM mitochondria) from flagging the few right models.
+
 What the guards cannot do: with fewer than :attr:`GuardConfig.min_models` plausible models there
-is no consensus and only the absolute checks run; where most of the bank fails the same way
-*without* flooding the image, the consensus is that failure and a lone good model looks like
-the outlier. :func:`bank_verdict`
-says when the bank as a whole looks unusable.
+is no consensus and only the absolute checks run (they hold for a bank of any size, one model
+included); where most of the bank fails the same way in a way the task's expectations do not
+describe, the consensus is that failure and a lone good model looks like the outlier.
+:func:`bank_verdict` says when the bank as a whole looks unusable, :func:`bank_disagreement` when
+the ranking rests on a part of it only.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ __all__ = [
     "GuardConfig",
     "ModelGuards",
     "ImageStatistics",
+    "bank_disagreement",
     "bank_verdict",
     "compute_guards",
     "foreground_agreement",
@@ -68,20 +77,41 @@ class GuardConfig:
         wrong as 20 % against 5 %, and a plain ratio would miss the first on dense targets)
     fraction_gap : float
         ... and that is at least this far from it (fraction of the image) is an outlier.
-    flood_fraction : float
-        A mean foreground fraction above this is degenerate whatever the bank says.
     empty_fraction : float
         An image with a foreground fraction below this counts as empty.
     empty_share : float
         A model empty on more than this share of the images where the consensus is not empty
         predicts nothing.
+    absolute_empty_share : float
+        A model empty on more than this share of all the images predicts nothing, whatever the
+        bank says (a bank of any size, one model included). The readers keep only images with
+        objects; on a target where most images truly hold none, raise it.
+    flood_fraction : float or None
+        A mean foreground fraction above this is degenerate whatever the bank says (None: no such
+        check, for dense tissue where every pixel belongs to an object).
     region_foreground, region_fraction : float
         A model that marks more than ``region_foreground`` of the image as foreground, mostly as
         one region whose area exceeds ``region_fraction`` of the image (median over images),
         segments the background or the tissue, not objects - whatever the bank says. This is
         the check that still works when the whole bank fails the same way (fluorescence models
-        on H&E or brightfield images); on targets where the objects really fill the image as
-        one region (a dense tissue under connected components) loosen it or use ``--no-guards``.
+        on H&E or brightfield images). With ``region_foreground`` 0 it reads "objects the size of
+        the image" (dense tissue: a cell model whose one object covers the tissue found no
+        boundaries).
+    network_solidity : float or None
+        A model whose foreground regions fill less than this share of their convex hulls
+        (area-weighted over the regions, median over images) draws thin branching lines - a network
+        of membranes or boundaries, whole or broken - rather than objects, whatever the bank says
+        (None, the default: no such check, so that a bank of membrane models can be ranked for
+        membranes). Mitochondria and cells are objects; a membrane model asked for them is the
+        failure this catches (0.5 in their tasks: the ISBI 2012 membrane labels fill 18-40 % of
+        their hulls on 256 px tiles, the mitochondria of vnc_mito and epfl_mito over 80 %, the
+        cells of usiigaci_cells over 48 %, median 75 %).
+    foreground : (float, float) or None
+        The task's plausible mean foreground fraction (mitochondria: a few % of a section). Only
+        models inside it (and without an absolute flag) make the consensus the others are
+        compared with, so that a bank whose majority segments the wrong structure cannot flag the
+        few models that segment the right one; a model outside it is flagged ``implausible``.
+        None: every model without an absolute flag votes.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -92,11 +122,14 @@ class GuardConfig:
     min_models: int = 3
     fraction_odds_ratio: float = 4.0
     fraction_gap: float = 0.1
-    flood_fraction: float = 0.8
+    flood_fraction: float | None = 0.8
     empty_fraction: float = 1e-3
     empty_share: float = 0.5
+    absolute_empty_share: float = 0.5
     region_foreground: float = 0.5
     region_fraction: float = 0.25
+    network_solidity: float | None = None
+    foreground: tuple[float, float] | None = None
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -106,10 +139,31 @@ class GuardConfig:
         for name in ("fraction_odds_ratio", "count_ratio"):
             if getattr(self, name) <= 1:
                 raise ValueError(f"{name} must be > 1, got {getattr(self, name)}")
-        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "agreement_ratio",
-                     "region_foreground", "region_fraction"):
-            if not 0 < getattr(self, name) < 1:
-                raise ValueError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        for name in ("fraction_gap", "flood_fraction", "empty_fraction", "empty_share", "absolute_empty_share",
+                     "agreement_ratio", "region_fraction", "network_solidity"):
+            value = getattr(self, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name} must lie in (0, 1), got {value}")
+        if not 0 <= self.region_foreground < 1:
+            raise ValueError(f"region_foreground must lie in [0, 1), got {self.region_foreground}")
+        if self.foreground is not None:
+            low, high = self.foreground
+            if not 0 <= low < high <= 1:
+                raise ValueError(f"foreground must be a range (low, high) with 0 <= low < high <= 1, got {self.foreground}")
+            object.__setattr__(self, "foreground", (float(low), float(high)))
+
+    def describe(self) -> str:
+        """What these guards call degenerate, in a few words."""
+        parts = []
+        if self.foreground is not None:
+            parts.append(f"an expected foreground of {_percent(self.foreground[0])} to {_percent(self.foreground[1])}")
+        parts.append(f"flooding above {_percent(self.flood_fraction)}" if self.flood_fraction is not None
+                     else "no flooding check (dense tissue may be all foreground)")
+        parts.append("objects the size of the image" if self.region_foreground == 0 else
+                     f"one region over {_percent(self.region_fraction)} of the image")
+        if self.network_solidity is not None:
+            parts.append("networks (membranes) instead of objects")
+        return ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -119,7 +173,8 @@ class Flag:
     Attributes
     ----------
     code : str
-        ``'floods'``, ``'one-region'``, ``'empty'``, ``'disagrees'``, ``'over-splits'`` or ``'merges'``.
+        ``'floods'``, ``'one-region'``, ``'network'``, ``'implausible'``, ``'empty'``, ``'disagrees'``,
+        ``'over-splits'`` or ``'merges'``.
     scope : {'all', 'instance'}
         What it concerns: the foreground (every consistency) or the objects only.
     reason : str
@@ -137,12 +192,14 @@ class Flag:
 @dataclass(frozen=True)
 class ImageStatistics:
     """What one clean prediction looks like: foreground fraction, object count, median object area,
-    and the area of the largest object as a fraction of the image."""
+    the area of the largest object as a fraction of the image, and the solidity of the foreground
+    (how much of their convex hulls its regions fill, area-weighted; NaN without a region to judge)."""
 
     foreground_fraction: float
     n_objects: int
     median_object_size: float
     largest_object_fraction: float
+    solidity: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -156,33 +213,45 @@ class ModelGuards:
         Images the model has a prediction for.
     foreground_fraction, consensus_fraction : float
         Mean over images of the model's foreground fraction and of the bank's median.
+    empty_images : float
+        Share of the images on which the model's foreground fraction is below
+        :attr:`GuardConfig.empty_fraction` (it predicts nothing there).
     objects_per_image, consensus_objects : float
         Median over images of the model's object count and of the bank's median count.
     object_size, consensus_object_size : float
         Median over images of the median object area (pixels), model and bank.
     largest_object_fraction : float
         Median over images of the largest object's area as a fraction of the image.
+    solidity : float
+        Median over images of the share of their convex hulls the foreground regions fill
+        (area-weighted): near 1 for compact objects, low for thin branching lines (membranes).
     agreement_iou, agreement_f1 : float
         Mean over images of the IoU / object F1 against the other models' consensus (NaN
         without a consensus).
     bank_agreement_iou : float
         The median of ``agreement_iou`` over the bank (the reference of the ``disagrees`` flag).
     flags : tuple of Flag
+    plausible : bool
+        Whether the model passed the checks that need no bank, and so made the consensus the others
+        were compared with.
     """
 
     name: str
     n_images: int
     foreground_fraction: float
     consensus_fraction: float
+    empty_images: float
     objects_per_image: float
     consensus_objects: float
     object_size: float
     consensus_object_size: float
     largest_object_fraction: float
+    solidity: float
     agreement_iou: float
     agreement_f1: float
     bank_agreement_iou: float
     flags: tuple[Flag, ...] = field(default_factory=tuple)
+    plausible: bool = True
 
     def flags_for(self, consistency: str) -> tuple[Flag, ...]:
         """The flags that concern a ranking by ``consistency``."""
@@ -202,7 +271,7 @@ def _check_mask(mask, name: str) -> np.ndarray:
 
 
 def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatistics:
-    """Foreground fraction, object count and median object area of one clean prediction.
+    """Foreground fraction, object count, median object area and the largest region's shape of one clean prediction.
 
     Parameters
     ----------
@@ -223,7 +292,21 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
     sizes = sizes[sizes > 0]
     return ImageStatistics(float(foreground.mean()), int(sizes.size),
                            float(np.median(sizes)) if sizes.size else float("nan"),
-                           float(sizes.max()) / labels.size if sizes.size else 0.0)
+                           float(sizes.max()) / labels.size if sizes.size else 0.0, _solidity(foreground))
+
+
+#: Regions smaller than this share of the image are left out of the solidity: a speck is its own hull.
+SOLIDITY_MIN_REGION = 1e-3
+
+
+def _solidity(foreground: np.ndarray) -> float:
+    """Area over convex-hull area, summed over the 8-connected foreground regions of at least
+    :data:`SOLIDITY_MIN_REGION` of the image; NaN without such a region."""
+    regions = [region for region in measure.regionprops(measure.label(foreground, connectivity=2))
+               if region.area >= SOLIDITY_MIN_REGION * foreground.size]
+    if not regions:
+        return float("nan")
+    return float(sum(region.area for region in regions) / sum(region.area_convex for region in regions))
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
@@ -308,11 +391,10 @@ def compute_guards(
             loaded = load(name, image)
             if loaded is not None:
                 statistics[name][image] = image_statistics(*loaded)
-    own = {name: _own_values(list(statistics[name].values())) for name in models}
-    # First the checks that need no bank: a model that floods the image is left out of the
-    # consensus, so that a bank failing the same way cannot outvote the one model that works.
-    absolute = {name: _absolute_flags(own[name]["foreground_fraction"], own[name]["largest_object_fraction"], config)
-                for name in models}
+    own = {name: _own_values(list(statistics[name].values()), config) for name in models}
+    # First the checks that need no bank: a model that floods the image or predicts nothing is left
+    # out of the consensus, so that a bank failing the same way cannot outvote the one model that works.
+    absolute = {name: _absolute_flags(own[name], config) for name in models}
     plausible = [name for name in models if not absolute[name]]
     per_model = {name: {"consensus_fraction": [], "consensus_objects": [], "consensus_size": [], "iou": [], "f1": [],
                         "empty_where_bank_not": []} for name in models}
@@ -367,18 +449,21 @@ def compute_guards(
         )
         relative = _relative_flags(values, _mean(record["empty_where_bank_not"]), len(plausible), config)
         known = {flag.code for flag in absolute[name]}
-        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known))
+        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known),
+                                   plausible=not absolute[name])
     return guards
 
 
-def _own_values(statistics: Sequence[ImageStatistics]) -> dict:
+def _own_values(statistics: Sequence[ImageStatistics], config: GuardConfig) -> dict:
     """A model's own guard values over images (no bank needed)."""
     return dict(
         n_images=len(statistics),
         foreground_fraction=_mean([v.foreground_fraction for v in statistics]),
+        empty_images=_mean([v.foreground_fraction < config.empty_fraction for v in statistics]),
         objects_per_image=_median([v.n_objects for v in statistics]),
         object_size=_median([v.median_object_size for v in statistics]),
         largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
+        solidity=_median([v.solidity for v in statistics]),
     )
 
 
@@ -408,16 +493,31 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f} %" if value < 0.1 else f"{100 * value:.0f} %"
 
 
-def _absolute_flags(fraction: float, region: float, config: GuardConfig) -> tuple[Flag, ...]:
-    """Flags that need no bank: almost all foreground, or most of the image as one region."""
+def _absolute_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags that need no bank: almost all foreground, nothing on most images, most of the image as one region,
+    a network instead of objects, or a foreground the task's objects never cover."""
+    fraction, region, empty = values["foreground_fraction"], values["largest_object_fraction"], values["empty_images"]
     if not np.isfinite(fraction):
         return ()
-    if fraction > config.flood_fraction:
+    if empty > config.absolute_empty_share:
+        return (Flag("empty", "all", f"predicts no foreground on {empty:.0%} of the images"),)
+    if config.flood_fraction is not None and fraction > config.flood_fraction:
         return (Flag("floods", "all", f"predicts {_percent(fraction)} of the image as foreground"),)
     if fraction > config.region_foreground and region > config.region_fraction:
+        if config.region_foreground == 0:
+            return (Flag("one-region", "all", f"finds one object covering {_percent(region)} of the image: it found no "
+                                              "boundaries between the objects"),)
         return (Flag("one-region", "all", f"marks {_percent(fraction)} of the image as foreground, mostly as one "
                                           f"region covering {_percent(region)} of it: it segments the background or "
                                           "the tissue, not objects"),)
+    solidity = values["solidity"]
+    if config.network_solidity is not None and np.isfinite(solidity) and solidity < config.network_solidity:
+        return (Flag("network", "all", f"draws thin branching lines: its regions fill {_percent(solidity)} of their "
+                                       "convex hulls - it traces boundaries (membranes), not objects"),)
+    if config.foreground is not None and not config.foreground[0] <= fraction <= config.foreground[1]:
+        low, high = config.foreground
+        return (Flag("implausible", "all", f"predicts {_percent(fraction)} of the image as foreground where this "
+                                           f"task's objects cover {_percent(low)} to {_percent(high)}"),)
     return ()
 
 
@@ -473,6 +573,48 @@ def guarded_order(scores, flagged) -> np.ndarray:
     if finite.size and (finite.min() < 0 or finite.max() > 1):
         raise ValueError("guarded_order needs scores in [0, 1]")
     return np.where(flagged, scores - 2.0, scores)
+
+
+def bank_disagreement(guards: Mapping[str, ModelGuards], consistency: str = "hard",
+                      config: GuardConfig = GuardConfig()) -> str | None:
+    """A sentence when the bank disagrees with itself, else None.
+
+    Two cases say that the ranking rests on a part of the bank only: half of the models or more
+    are flagged (most of the bank segments something else, or nothing), or too few models look
+    plausible for a consensus, so that only the checks that need no bank could run. The few
+    models left are not outliers for it: they are what the ranking can still offer.
+
+    Parameters
+    ----------
+    guards : mapping of str to ModelGuards
+    consistency : str
+    config : GuardConfig
+        Its ``min_models``.
+
+    Returns
+    -------
+    str or None
+        None also when every model is flagged (:func:`bank_verdict` says that).
+    """
+    flagged = {name: g.flags_for(consistency) for name, g in guards.items() if g.flags_for(consistency)}
+    if not flagged or len(flagged) == len(guards):
+        return None
+    others = [name for name in guards if name not in flagged]
+    sentences = []
+    if 2 * len(flagged) >= len(guards):
+        codes: dict[str, int] = {}
+        for flags in flagged.values():
+            for flag in dict.fromkeys(f.code for f in flags):
+                codes[flag] = codes.get(flag, 0) + 1
+        sentences.append(f"the bank disagrees with itself: {len(flagged)} of {len(guards)} models are flagged ("
+                         + ", ".join(f"{code} {n}" for code, n in codes.items()) + "); the ranking rests on the "
+                         + f"other {len(others)} ({', '.join(others)})")
+    plausible = [name for name, g in guards.items() if g.plausible]
+    if len(plausible) < config.min_models <= len(guards):
+        sentences.append(f"only {len(plausible)} model{'s' if len(plausible) != 1 else ''} look plausible for the "
+                         f"task, fewer than the {config.min_models} a consensus needs: they were checked against "
+                         "the task's expectations, not against each other")
+    return "; ".join(sentences) if sentences else None
 
 
 def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard") -> str | None:

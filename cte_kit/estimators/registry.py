@@ -1,7 +1,8 @@
 """Estimators by name, as ``cte-kit compare --estimators`` and :func:`~cte_kit.evaluation.comparison.compare` take them.
 
 Names are those of :data:`ESTIMATORS`; besides them ``cte:<consistency>:<perturbation>[:<statistic>]``
-builds any CTE variant (``cte:hard:dropout:0.1@sym1``, ``cte:instance:gamma:0.7:median``).
+builds any CTE variant (``cte:hard:dropout:0.1@sym1``, ``cte:instance:gamma:0.7:median``). The CTE
+entries take the default task's settings; :func:`estimators_for_task` gives another task's.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from .base import Estimator
 from .cte import CTE, RankAggregate
 from .label_based import CCFV, LEEP, OTCE, LogME, Topology
 from .label_free import BankAgreement, Confidence, Dispersion, EffectiveInvariance, Entropy, MaNo, NuNo, TTADisagreement
+from .tasks import Task
 
-__all__ = ["ESTIMATORS", "COMBINED", "parse_estimator", "resolve_estimators"]
+__all__ = ["ESTIMATORS", "COMBINED", "estimators_for_task", "parse_estimator", "resolve_estimators"]
 
 #: The label-free combination the kit recommends: Borda count of hard CTE (the kit default) and
 #: semantic bank agreement, two estimators that fail for different reasons (instability vs. a
@@ -48,16 +50,25 @@ ESTIMATORS: dict[str, Estimator] = {
 }
 
 
-def parse_estimator(text: str) -> Estimator:
-    """An estimator from its registry name or a ``cte:<consistency>:<perturbation>[:<statistic>]`` label.
+def estimators_for_task(task: str | Task | None = None) -> dict[str, Estimator]:
+    """:data:`ESTIMATORS` with the CTE entries (and the combination built on hard CTE) at a task's defaults."""
+    hard = CTE.for_task("hard", task)
+    return {**ESTIMATORS, "cte": hard, "cte_soft": CTE.for_task("soft", task),
+            "cte_instance": CTE.for_task("instance", task),
+            "cte+agreement": RankAggregate((hard, BankAgreement("semantic")))}
+
+
+def parse_estimator(text: str, task: str | Task | None = None) -> Estimator:
+    """An estimator from its registry name (at ``task``'s defaults) or a ``cte:<consistency>:<perturbation>[:<statistic>]`` label.
 
     Raises
     ------
     ValueError
         Unknown name (the message lists the known ones) or a bad CTE label.
     """
-    if text in ESTIMATORS:
-        return ESTIMATORS[text]
+    known = estimators_for_task(task)
+    if text in known:
+        return known[text]
     if text.startswith("cte:"):
         parts = text.split(":")
         if len(parts) < 3:
@@ -68,15 +79,18 @@ def parse_estimator(text: str) -> Estimator:
     raise ValueError(f"unknown estimator {text!r}; known: {', '.join(ESTIMATORS)}, or cte:<consistency>:<perturbation>")
 
 
-def resolve_estimators(estimators: Sequence[str | Estimator] | Mapping[str, Estimator] | None) -> dict[str, Estimator]:
-    """Display name -> estimator, for names, estimator objects or a mapping (None: all of :data:`ESTIMATORS`)."""
+def resolve_estimators(estimators: Sequence[str | Estimator] | Mapping[str, Estimator] | None,
+                       task: str | Task | None = None) -> dict[str, Estimator]:
+    """Display name -> estimator, for names (at ``task``'s defaults), estimator objects or a mapping (None: all of
+    :func:`estimators_for_task`)."""
+    known = estimators_for_task(task)
     if estimators is None:
-        return dict(ESTIMATORS)
+        return known
     if isinstance(estimators, Mapping):
         return dict(estimators)
     resolved: dict[str, Estimator] = {}
     for item in estimators:
-        estimator = parse_estimator(item) if isinstance(item, str) else item
-        name = item if isinstance(item, str) else next((n for n, e in ESTIMATORS.items() if e == estimator), estimator.key)
+        estimator = parse_estimator(item, task) if isinstance(item, str) else item
+        name = item if isinstance(item, str) else next((n for n, e in known.items() if e == estimator), estimator.key)
         resolved[name] = estimator
     return resolved

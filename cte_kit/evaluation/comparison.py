@@ -29,14 +29,15 @@ from ..runs.runner import RunTarget, estimate
 from ..runs.store import ResultStore
 from ..scoring.ranking import correlations
 from .performance import fill_performance
+from .summary import regret
 
 __all__ = ["Target", "Comparison", "load_target", "compare", "ROW_COLUMNS"]
 
 #: Columns of the comparison CSV, one row per (estimator, target).
 ROW_COLUMNS = (
     "estimator", "target", "kendall", "kendall_low", "kendall_high", "spearman", "pearson", "weighted_kendall",
-    "kendall_usable", "spearman_usable", "pearson_usable", "n_models", "n_usable", "needs", "reads", "scope",
-    "cost", "not_applicable", "key",
+    "kendall_usable", "spearman_usable", "pearson_usable", "regret", "pick", "n_models", "n_usable", "needs", "reads",
+    "scope", "cost", "not_applicable", "key",
 )
 
 
@@ -157,6 +158,7 @@ def compare(
     seed: int = 0,
     progress: bool = True,
     backend=None,
+    task=None,
 ) -> Comparison:
     """Score every estimator on every target and judge it against true performance.
 
@@ -184,12 +186,16 @@ def compare(
     progress : bool
     backend : SerialBackend or DaskBackend, optional
         Where the runner computes (default: this process).
+    task : str or Task, optional
+        The segmentation problem whose defaults the CTE estimators named ``cte``, ``cte_soft``,
+        ``cte_instance`` and ``cte+agreement`` take (:func:`cte_kit.estimators.tasks.task_defaults`;
+        default: nuclei).
 
     Returns
     -------
     Comparison
     """
-    chosen = resolve_estimators(estimators)
+    chosen = resolve_estimators(estimators, task)
     entries = _bank(bank)
     sources = {e.name: _source(e, max_images, crop) for e in entries} if "source" in _all_needs(chosen) else {}
     comparison = Comparison()
@@ -202,8 +208,8 @@ def compare(
                               list(chosen.values()), store, labels=target.labels, sources=sources, backend=backend,
                               progress=progress)
             comparison.failures.extend(report.failures)
-            fill_performance(store, report.models, report.images, dict(zip(target.names, target.labels)))
-            truth_images = _true_f1(store, report.models, report.images)
+            labels_keys = fill_performance(store, report.models, report.images, dict(zip(target.names, target.labels)))
+            truth_images = _true_f1(store, report.models, report.images, labels_keys)
             names = list(report.models)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # a model that failed has no F1 at all
@@ -221,14 +227,16 @@ def compare(
                 comparison.scores[(label, target.name)] = dict(zip(names, scores.tolist()))
                 if not records:
                     comparison.not_applicable[(label, target.name)] = _summarise(reasons)
-                comparison.rows.append(_row(label, estimator, target.name, scores, per_image, truth, truth_images,
+                comparison.rows.append(_row(label, estimator, target.name, names, scores, per_image, truth, truth_images,
                                             records, reasons, usable, n_boot, seed))
     return comparison
 
 
-def _true_f1(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str]) -> np.ndarray:
-    """(models, images) true foreground F1 of the stored clean predictions (NaN where a model failed)."""
-    truth = store.performance()
+def _true_f1(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
+             labels: Mapping[str, str]) -> np.ndarray:
+    """(models, images) true foreground F1 of the stored clean predictions against the target's labels
+    (image key -> labels key; NaN where a model failed)."""
+    truth = store.performance(labels)
     return np.array([[truth.get((model, image), {}).get("f1", np.nan) for image in images.values()]
                      for model in models.values()], dtype=float)
 
@@ -237,15 +245,17 @@ def _all_needs(chosen: Mapping[str, Estimator]) -> set:
     return {need for estimator in chosen.values() for need in estimator.needs}
 
 
-def _row(label, estimator, target, scores, per_image, truth, truth_images, records, reasons, usable, n_boot, seed) -> dict:
+def _row(label, estimator, target, names, scores, per_image, truth, truth_images, records, reasons, usable, n_boot, seed) -> dict:
     everything = correlations(scores, truth, n_resamples=200, seed=seed)
     keep = truth >= usable
     among = correlations(scores[keep], truth[keep], n_resamples=200, seed=seed)
     low, high = _bootstrap_kendall(per_image, truth_images, n_boot, seed)
     costs = [record.cost for record in records.values()]
+    pick = int(np.nanargmax(scores)) if np.isfinite(scores).any() else None
     return {
         "estimator": label, "target": target, "kendall": everything.kendall, "kendall_low": low, "kendall_high": high,
         "spearman": everything.spearman, "pearson": everything.pearson, "weighted_kendall": everything.weighted_kendall,
+        "regret": regret(truth, pick), "pick": names[pick] if pick is not None else None,
         "kendall_usable": among.kendall, "spearman_usable": among.spearman, "pearson_usable": among.pearson,
         "n_models": int(np.isfinite(scores).sum()), "n_usable": int((keep & np.isfinite(scores)).sum()),
         "needs": _needs_label(estimator), "reads": estimator.reads, "scope": estimator.scope,

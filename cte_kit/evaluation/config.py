@@ -3,6 +3,7 @@
 .. code-block:: yaml
 
     bank: bank.yaml                 # a bank YAML (relative paths: from this file's folder)
+    task: mitochondria              # optional: nuclei | mitochondria | cells (default: the bank's, else nuclei)
     out: sweep.sqlite               # the result store (default: sweep.sqlite beside this file)
     targets:
       - name: fluo                  # a folder of images, with optional labels
@@ -12,11 +13,11 @@
       - dataset: dsb2018            # or a registry dataset (cte-kit datasets), fetched if absent
         split: test
         max_images: 50
-    perturbations:                  # labels, or a kind with its strengths
+    perturbations:                  # labels, or a kind with its strengths (default: the task's)
       - gamma:0.7
       - kind: dropout
         strengths: [0.05, 0.1, 0.2]
-    consistencies: [hard, instance]
+    consistencies: [hard, instance] # default: the task's
     seed: 0
     n_pert: 1
     boundary: 1
@@ -33,7 +34,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import yaml
 
-from ..models.bank import BankEntry, read_bank
+from ..estimators.tasks import TaskChoice, resolve_task
+from ..models.bank import BankEntry, bank_task, read_bank
 from ..perturb import parse_perturbation
 from ..runs.runner import RunTarget
 from ..runs.units import Setting
@@ -73,15 +75,17 @@ class TargetSpec:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """A parsed sweep config: the bank, the targets, the settings and the store."""
+    """A parsed sweep config: the bank, the targets, the settings, the store and the task (with the sentence
+    saying where it was declared)."""
 
     bank: tuple[BankEntry, ...]
     targets: tuple[TargetSpec, ...]
     settings: tuple[Setting, ...]
     out: Path
+    task: TaskChoice
 
 
-_KEYS = {"bank", "out", "targets", "perturbations", "consistencies", "seed", "n_pert", "boundary"}
+_KEYS = {"bank", "task", "out", "targets", "perturbations", "consistencies", "seed", "n_pert", "boundary"}
 _TARGET_KEYS = {"name", "images", "labels", "dataset", "split", "max_images"}
 
 
@@ -128,8 +132,15 @@ def _settings(raw: Any, consistencies: Sequence[str], seed: int, n_pert: int, bo
     return [Setting(p, tuple(consistencies), seed, n_pert, boundary) for p in perturbations]
 
 
-def read_sweep_config(path: str | Path) -> SweepConfig:
+def read_sweep_config(path: str | Path, task: str | None = None) -> SweepConfig:
     """Read and check a sweep config (see the module's documentation for the format).
+
+    Parameters
+    ----------
+    path : str or Path
+    task : str, optional
+        Declared by the caller (``--task``): it overrides the config's and the bank's ``task:``.
+        The task sets the perturbations and consistencies the config leaves out.
 
     Raises
     ------
@@ -151,20 +162,28 @@ def read_sweep_config(path: str | Path) -> SweepConfig:
     unknown = sorted(set(raw) - _KEYS)
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(_KEYS)}")
-    missing = [key for key in ("bank", "targets", "perturbations") if key not in raw]
+    missing = [key for key in ("bank", "targets") if key not in raw]
     if missing:
         raise ValueError(f"{where}: missing key(s) {missing}")
     base = file.parent.resolve()
-    bank = read_bank(_resolve(base, str(raw["bank"])))
+    bank_file = _resolve(base, str(raw["bank"]))
+    bank = read_bank(bank_file)
+    if raw.get("task") is not None and not isinstance(raw["task"], str):
+        raise ValueError(f"{where}: `task` must be a name such as nuclei, mitochondria or cells")
+    choice = resolve_task(("--task", task), (where, raw.get("task")), (bank_file, bank_task(bank_file)))
     if not isinstance(raw["targets"], list) or not raw["targets"]:
         raise ValueError(f"{where}: `targets` must be a non-empty list")
     targets = [_target(item, i, base, where) for i, item in enumerate(raw["targets"])]
     names = [t.name for t in targets]
     if len(set(names)) != len(names):
         raise ValueError(f"{where}: target names must be unique, got {names}")
-    consistencies = raw.get("consistencies", ["hard"])
+    consistencies = raw.get("consistencies", list(choice.task.consistencies))
     consistencies = [consistencies] if isinstance(consistencies, str) else list(consistencies)
-    settings = _settings(raw["perturbations"], consistencies, int(raw.get("seed", 0)), int(raw.get("n_pert", 1)),
-                         int(raw.get("boundary", 1)), where)
+    seed, n_pert, boundary = int(raw.get("seed", 0)), int(raw.get("n_pert", 1)), int(raw.get("boundary", 1))
+    if "perturbations" in raw:
+        settings = _settings(raw["perturbations"], consistencies, seed, n_pert, boundary, where)
+    else:
+        settings = [Setting(parse_perturbation(label), tuple(kinds), seed, n_pert, boundary)
+                    for label, kinds in choice.task.settings(consistencies).items()]
     out = Path(_resolve(base, str(raw.get("out", "sweep.sqlite"))))
-    return SweepConfig(tuple(bank), tuple(targets), tuple(settings), out)
+    return SweepConfig(tuple(bank), tuple(targets), tuple(settings), out, choice)

@@ -75,7 +75,7 @@ def labels_key(labels: np.ndarray) -> str:
 
 
 def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
-                     labels: Mapping[str, np.ndarray]) -> int:
+                     labels: Mapping[str, np.ndarray]) -> dict[str, str]:
     """Score the stored clean predictions against labels, into the store's performance table.
 
     No model runs: the run kept every clean prediction (the foreground it binarised at the model's
@@ -92,15 +92,16 @@ def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapp
 
     Returns
     -------
-    int
-        (model, image) pairs scored now.
+    dict of str -> str
+        Image key -> labels key of every image with labels: what :func:`scored_rows` reads the
+        performance of this run by.
     """
-    rows = []
+    rows, keys = [], {}
     for image, key in images.items():
         if image not in labels:
             continue
         truth = check_labels(labels[image], name=f"labels of {image}")
-        truth_key = labels_key(truth)
+        truth_key = keys[key] = labels_key(truth)
         for model_key in models.values():
             if store.has_performance(model_key, key, truth_key):
                 continue
@@ -115,20 +116,30 @@ def fill_performance(store: ResultStore, models: Mapping[str, str], images: Mapp
                 "map": average_precision(truth, instances).mean,
                 "ap50": match_instances(truth, instances, 0.5).accuracy}))
     store.put_performance(rows)
-    return len(rows)
+    return keys
 
 
 def scored_rows(store: ResultStore, models: Mapping[str, str], images: Mapping[str, str],
-                settings: Sequence[Setting] | None = None) -> list[dict]:
+                settings: Sequence[Setting] | None = None, labels: Mapping[str, str] | None = None) -> list[dict]:
     """Stored CTE rows (:func:`cte_kit.runs.runner.rows`) with the true performance of each clean prediction.
+
+    Parameters
+    ----------
+    store : ResultStore
+    models, images : mapping of name -> key
+        A run's models and a target's images.
+    settings : sequence of Setting, optional
+    labels : mapping of image key -> labels key, optional
+        The labels given with this run (:func:`fill_performance`); performance that the store holds
+        from other labels is not reported. None: no performance.
 
     Returns
     -------
     list of dict
         ``model``, ``image``, ``perturbation``, ``consistency``, ``seed``, ``n_pert``, ``cte`` (NaN: empty
-        foreground) and the :data:`PERFORMANCE_METRICS` (NaN where the store has no labels for the image).
+        foreground) and the :data:`PERFORMANCE_METRICS` (NaN where the run has no labels for the image).
     """
-    truth = store.performance()
+    truth = store.performance(labels or {})
     missing = dict.fromkeys(PERFORMANCE_METRICS, float("nan"))
     found = rows(store, models, images, settings)
     for row in found:

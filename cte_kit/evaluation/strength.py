@@ -219,9 +219,10 @@ def sweep_strengths(
         models = [item if isinstance(item, SegmentationModel) else load_model(item) for item in bank]
         scorable = [m for m in models if kind != "dropout" or m.grey_box]
         report = run(scorable, target, settings, store, backend=backend, progress=progress)
+        labels_keys = None
         if labels is not None:
-            fill_performance(store, report.models, report.images[target.name], dict(zip(names, labels)))
-        found = scored_rows(store, report.models, report.images[target.name], settings)
+            labels_keys = fill_performance(store, report.models, report.images[target.name], dict(zip(names, labels)))
+        found = scored_rows(store, report.models, report.images[target.name], settings, labels_keys)
     finally:
         if own:
             store.close()

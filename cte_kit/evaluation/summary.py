@@ -14,14 +14,41 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..estimators.guards import ModelGuards, bank_verdict, guarded_order
+from ..estimators.guards import GuardConfig, ModelGuards, bank_disagreement, bank_verdict, guarded_order
 from ..estimators.selection import DEFAULT_TOL, separation
 from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic, summarize
 from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from ..types import CTEKitWarning
 from .performance import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, performance_metric_for
 
-__all__ = ["summarize_results"]
+__all__ = ["regret", "summarize_results"]
+
+
+def regret(performance, pick: int | None) -> float:
+    """What following a pick costs: the best true performance minus the pick's.
+
+    Parameters
+    ----------
+    performance : (n_models,) float array_like
+        True performance of each model (NaN: unknown, never the best).
+    pick : int or None
+        Index of the picked model; None when nothing was recommended.
+
+    Returns
+    -------
+    float
+        In [0, 1] for scores in [0, 1]; 0 when the pick is the best; NaN without a pick or a known
+        performance of it.
+
+    Examples
+    --------
+    >>> regret([0.9, 0.6, float("nan")], 1)
+    0.30000000000000004
+    """
+    performance = np.asarray(performance, dtype=float)
+    if pick is None or not np.isfinite(performance[pick]):
+        return math.nan
+    return float(np.nanmax(performance) - performance[pick])
 
 
 def summarize_results(
@@ -31,6 +58,7 @@ def summarize_results(
     seed: int = 0,
     models: Sequence[str] | None = None,
     guards: Mapping[str, ModelGuards] | None = None,
+    guard_config: GuardConfig = GuardConfig(),
 ) -> list[dict]:
     """Per-setting rankings from result rows.
 
@@ -47,6 +75,8 @@ def summarize_results(
     guards : mapping of str to ModelGuards, optional
         Label-free guards (:func:`sweep_guards`). A model with a flag that concerns the setting's
         consistency is ranked after every unflagged model; None ranks by CTE alone.
+    guard_config : GuardConfig
+        The configuration the guards were computed with (the task's): what a consensus needs.
 
     Returns
     -------
@@ -59,7 +89,8 @@ def summarize_results(
         ``code``, ``scope``, ``reason``; empty when clean), ``guards`` (the guard values), and
         with labels ``performance``, ``f1``, ``map``, ``rank_performance``),
         ``recommended`` (the top unflagged model, None when every model is flagged),
-        ``verdict`` (a sentence when no model can be recommended), ``p_best_is_top`` (sampling
+        ``verdict`` (a sentence when no model can be recommended), ``bank_note`` (a sentence when
+        the ranking rests on a part of the bank only: the bank disagrees with itself), ``p_best_is_top`` (sampling
         stability: how often the recommended model stays first among the unflagged models when
         images are resampled - it says nothing about validity, which is what the flags are
         for), ``tied_at_top`` (exact ties), ``near_tied_at_top`` (within
@@ -67,7 +98,7 @@ def summarize_results(
         further apart than that), ``separated`` (a unique best model; otherwise a warning is
         issued), and with labels ``kendall``, ``spearman``, ``weighted_kendall`` (of the kit's
         ranking against true performance), ``kendall_unguarded`` (of CTE alone), ``pearson``
-        (of the CTE values) and their p-values.
+        (of the CTE values) and their p-values, and ``regret`` (:func:`regret` of the recommended model).
     """
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
@@ -109,6 +140,7 @@ def summarize_results(
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
         entry["recommended"] = names[recommended] if recommended is not None else None
         entry["verdict"] = bank_verdict(guards, consistency) if guards else None
+        entry["bank_note"] = bank_disagreement(guards, consistency, guard_config) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
         if n_boot and eligible.sum() > 1:
@@ -140,7 +172,8 @@ def summarize_results(
             raw = correlations(cte, perf, seed=seed)
             entry.update(kendall=ordered.kendall, kendall_p=ordered.kendall_p, spearman=ordered.spearman,
                          spearman_p=ordered.spearman_p, pearson=raw.pearson, pearson_p=raw.pearson_p,
-                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall)
+                         weighted_kendall=ordered.weighted_kendall, kendall_unguarded=raw.kendall,
+                         regret=regret(perf, recommended))
         entry["models"] = model_rows
         summaries.append(entry)
     return summaries

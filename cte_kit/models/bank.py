@@ -2,6 +2,7 @@
 
 .. code-block:: yaml
 
+    task: nuclei                   # optional: nuclei | mitochondria | cells (the defaults the bank is ranked with)
     models:
       - name: unet_small_nuclei
         kind: unet                 # unet | stardist | cellpose | bioimageio
@@ -27,7 +28,7 @@ import yaml
 
 from .base import SegmentationModel
 
-__all__ = ["ADAPTERS", "COMMON_SETTINGS", "BankEntry", "read_bank", "write_bank", "load_model", "load_bank"]
+__all__ = ["ADAPTERS", "COMMON_SETTINGS", "BankEntry", "bank_task", "read_bank", "write_bank", "load_model", "load_bank"]
 
 #: Adapter module for each ``kind``; imported only when a model of that kind is loaded.
 ADAPTERS = {
@@ -118,18 +119,8 @@ def read_bank(source: str | Path | Mapping) -> list[BankEntry]:
         Missing file, no ``models`` list, an entry without name/kind/location, unknown kind,
         duplicate names.
     """
-    if isinstance(source, Mapping):
-        data, base, label = source, Path.cwd(), "bank"
-    else:
-        file = Path(source)
-        if not file.is_file():
-            raise FileNotFoundError(f"bank file {file} does not exist")
-        try:
-            data = yaml.safe_load(file.read_text())
-        except yaml.YAMLError as error:
-            raise ValueError(f"bank file {file} is not valid YAML: {error}") from None
-        base, label = file.parent.resolve(), str(file)
-    if not isinstance(data, Mapping) or not isinstance(data.get("models"), list) or not data["models"]:
+    data, base, label = _document(source)
+    if not isinstance(data.get("models"), list) or not data["models"]:
         raise ValueError(f"{label}: expected a non-empty list under the key `models:`")
     entries = [_entry_from_mapping(raw, i, base, label) for i, raw in enumerate(data["models"])]
     names = [entry.name for entry in entries]
@@ -139,11 +130,38 @@ def read_bank(source: str | Path | Mapping) -> list[BankEntry]:
     return entries
 
 
-def write_bank(entries, path: str | Path) -> Path:
-    """Write entries as a bank YAML file (paths as given)."""
+def _document(source: str | Path | Mapping) -> tuple[Mapping, Path, str]:
+    """The parsed bank, the folder its relative paths start from, and how to name it in messages."""
+    if isinstance(source, Mapping):
+        return source, Path.cwd(), "bank"
+    file = Path(source)
+    if not file.is_file():
+        raise FileNotFoundError(f"bank file {file} does not exist")
+    try:
+        data = yaml.safe_load(file.read_text())
+    except yaml.YAMLError as error:
+        raise ValueError(f"bank file {file} is not valid YAML: {error}") from None
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{file}: expected a mapping with a list under the key `models:`")
+    return data, file.parent.resolve(), str(file)
+
+
+def bank_task(source: str | Path | Mapping) -> str | None:
+    """The task a bank declares (``task:``), or None; the estimators' floor knows what the name means
+    (:func:`cte_kit.estimators.tasks.resolve_task`)."""
+    data, _, label = _document(source)
+    task = data.get("task")
+    if task is not None and not isinstance(task, str):
+        raise ValueError(f"{label}: `task:` must be a name such as nuclei, mitochondria or cells, got {task!r}")
+    return task
+
+
+def write_bank(entries, path: str | Path, task: str | None = None) -> Path:
+    """Write entries as a bank YAML file (paths as given), with the task it is ranked for when given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump({"models": [entry.to_dict() for entry in entries]}, sort_keys=False))
+    document = ({"task": task} if task is not None else {}) | {"models": [entry.to_dict() for entry in entries]}
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
 
 

@@ -22,22 +22,27 @@ def _fmt(value, digits: int = 2) -> str:
 
 
 def format_comparison(rows: Sequence[Mapping]) -> str:
-    """A plain-text table: per estimator and target, Kendall (all, interval, usable) and cost."""
+    """A plain-text table: per estimator and target, Kendall (all, interval, usable), the regret of its pick and cost."""
     header = (f"{'estimator':<18} {'target':<24} {'needs':<21} {'Kendall':>7} {'95% interval':>15} "
-              f"{'usable':>7} {'Spearman':>8} {'Pearson':>7} {'cost':>6}")
+              f"{'usable':>7} {'Spearman':>8} {'Pearson':>7} {'regret':>6} {'cost':>6}")
     lines = [header, "-" * len(header)]
     for row in rows:
         interval = f"[{_fmt(row['kendall_low'])}, {_fmt(row['kendall_high'])}]"
         cost = "n/a" if math.isnan(row["cost"]) else f"{row['cost']:.1f}x"
         lines.append(f"{row['estimator']:<18} {row['target'][:24]:<24} {row['needs']:<21} {_fmt(row['kendall']):>7} "
                      f"{interval:>15} {_fmt(row['kendall_usable']):>7} {_fmt(row['spearman']):>8} "
-                     f"{_fmt(row['pearson']):>7} {cost:>6}")
+                     f"{_fmt(row['pearson']):>7} {_regret(row['regret']):>6} {cost:>6}")
     skipped = [row for row in rows if row["not_applicable"] and row["n_models"] == 0]
     if skipped:
         lines.append("not applicable:")
         lines += [f"  {row['estimator']} on {row['target']}: {row['not_applicable']}" for row in skipped]
-    lines.append("cost: seconds per model relative to one clean forward pass over the target")
+    lines.append("regret: the best model's true F1 minus that of the estimator's top pick; "
+                 "cost: seconds per model relative to one clean forward pass over the target")
     return "\n".join(lines)
+
+
+def _regret(value) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
 
 
 def write_comparison(comparison: Comparison, out: str | Path, figure: bool = True) -> dict[str, Path]:

@@ -407,35 +407,53 @@ class ResultStore:
             raise StoreError(f"the stored prediction of {image_key} by model {model_key} in {self.path} is corrupt "
                              f"({error}); delete the store or run on another --out") from None
 
-    def performance(self, labels_keys: Mapping[str, str] | None = None) -> dict[tuple[str, str], dict[str, float]]:
-        """``{(model key, image key): {metric: value}}``.
+    def performance(self, labels_keys: Mapping[str, str]) -> dict[tuple[str, str], dict[str, float]]:
+        """``{(model key, image key): {metric: value}}`` computed from the given labels only.
 
         Parameters
         ----------
-        labels_keys : mapping of image key -> labels key, optional
-            Only the values computed from these labels; default: the latest labels of each image.
+        labels_keys : mapping of image key -> labels key
+            The labels of the run being reported (:func:`cte_kit.evaluation.performance.fill_performance`
+            returns them). Values computed from other labels of the same image (an earlier run's)
+            are not returned: performance is never taken from labels the caller did not give.
         """
         found = {}
-        for m, i, labels, *values in self._db.execute(
-                f"SELECT model_key, image_key, labels_key, {', '.join(PERFORMANCE_COLUMNS)} FROM performance "
-                "ORDER BY rowid"):
-            if labels_keys is None or labels_keys.get(i) == labels:
-                found[m, i] = dict(zip(PERFORMANCE_COLUMNS, map(_null_to_nan, values)))
+        for image, labels in labels_keys.items():
+            for m, *values in self._db.execute(
+                    f"SELECT model_key, {', '.join(PERFORMANCE_COLUMNS)} FROM performance WHERE image_key = ? AND "
+                    "labels_key = ?", (image, labels)):
+                found[m, image] = dict(zip(PERFORMANCE_COLUMNS, map(_null_to_nan, values)))
         return found
 
     def has_performance(self, model_key: str, image_key: str, labels_key: str) -> bool:
         return self._db.execute("SELECT 1 FROM performance WHERE model_key = ? AND image_key = ? AND labels_key = ?",
                                 (model_key, image_key, labels_key)).fetchone() is not None
 
-    def latest(self) -> tuple[dict[str, str], dict[str, str]]:
-        """The most recently written key of each model name and of each image name: ``(models, images)``.
+    def keys_by_name(self) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """Every key stored under each model name and each image name: ``(models, images)``.
 
-        A model whose threshold changed, or an image whose pixels changed, has a new key; its old
-        rows stay in the store, and this is how a reader without the run's bank picks the current ones.
+        A model whose threshold or weights changed, or an image whose pixels changed, has a new key
+        under the same name, and its old rows stay in the store: a name alone does not say which
+        rows are meant. Readers report a run from its own keys (:class:`cte_kit.runs.runner.RunReport`);
+        this is how a reader without one checks that the store holds a single key per name.
         """
-        models = dict(self._db.execute("SELECT name, model_key FROM models ORDER BY rowid"))
-        images = dict(self._db.execute("SELECT name, image_key FROM images ORDER BY rowid"))
+        models: dict[str, list[str]] = {}
+        images: dict[str, list[str]] = {}
+        for name, key in self._db.execute("SELECT name, model_key FROM models ORDER BY name, model_key"):
+            models.setdefault(name, []).append(key)
+        for name, key in self._db.execute("SELECT name, image_key FROM images ORDER BY name, image_key"):
+            images.setdefault(name, []).append(key)
         return models, images
+
+    def labels_keys(self, image_keys: Sequence[str]) -> dict[str, list[str]]:
+        """The labels keys that performance was computed from, for each of these images that has any."""
+        found: dict[str, list[str]] = {}
+        for image in dict.fromkeys(image_keys):
+            keys = [row[0] for row in self._db.execute(
+                "SELECT DISTINCT labels_key FROM performance WHERE image_key = ? ORDER BY labels_key", (image,))]
+            if keys:
+                found[image] = keys
+        return found
 
     def failures(self, model_keys: Sequence[str] | None = None) -> list[Failure]:
         """Recorded failures, oldest first."""
@@ -452,19 +470,35 @@ class ResultStore:
         return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 
     # -- export -------------------------------------------------------------------------------
-    def table(self) -> dict[str, list]:
-        """The scores joined with model and image names, column by column (for CSV, Parquet, pandas)."""
+    def table(self, model_keys: Iterable[str] | None = None, image_keys: Iterable[str] | None = None,
+              estimators: Iterable[tuple[str, int]] | None = None) -> dict[str, list]:
+        """The scores joined with model and image names, column by column (for CSV, Parquet, pandas).
+
+        Parameters
+        ----------
+        model_keys, image_keys : iterable of str, optional
+            Only the rows of these models and images (a run's keys,
+            :class:`cte_kit.runs.runner.RunReport`); default: every row of the store.
+        estimators : iterable of (estimator key, seed), optional
+            Only the rows of these settings.
+        """
         columns = ("model", "model_key", "image", "image_key", "estimator_key", "seed", "value")
-        rows = self._db.execute(
+        models = set(model_keys) if model_keys is not None else None
+        images = set(image_keys) if image_keys is not None else None
+        settings = {(key, int(seed)) for key, seed in estimators} if estimators is not None else None
+        rows = [r for r in self._db.execute(
             "SELECT m.name, s.model_key, i.name, s.image_key, s.estimator_key, s.seed, s.value FROM scores s "
             "LEFT JOIN models m USING (model_key) LEFT JOIN images i USING (image_key) "
-            "ORDER BY m.name, s.estimator_key, s.seed, i.name").fetchall()
+            "ORDER BY m.name, s.estimator_key, s.seed, i.name")
+            if (models is None or r[1] in models) and (images is None or r[3] in images)
+            and (settings is None or (r[4], r[5]) in settings)]
         return {column: [_null_to_nan(r[k]) if column == "value" else r[k] for r in rows]
                 for k, column in enumerate(columns)}
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write the scores table (:meth:`table`) as CSV; NaN (empty foreground) as an empty field."""
-        table = self.table()
+    def to_csv(self, path: str | Path, **selection) -> Path:
+        """Write the scores table (:meth:`table`, with its ``selection``) as CSV; NaN (empty foreground) as an
+        empty field."""
+        table = self.table(**selection)
         path = Path(path)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
@@ -473,15 +507,15 @@ class ResultStore:
                 writer.writerow(["" if isinstance(v, float) and math.isnan(v) else v for v in row])
         return path
 
-    def to_parquet(self, path: str | Path) -> Path:
-        """Write the scores table (:meth:`table`) as Parquet (needs ``pyarrow``)."""
+    def to_parquet(self, path: str | Path, **selection) -> Path:
+        """Write the scores table (:meth:`table`, with its ``selection``) as Parquet (needs ``pyarrow``)."""
         try:
             import pyarrow as pa
             import pyarrow.parquet as pq
         except ImportError:
             raise ImportError("Parquet export needs pyarrow: pip install pyarrow (or export CSV)") from None
         path = Path(path)
-        pq.write_table(pa.table(self.table()), path)
+        pq.write_table(pa.table(self.table(**selection)), path)
         return path
 
 

@@ -21,6 +21,7 @@ from ..perturb import FeatureDropout, InputPerturbation, Perturbation
 
 __all__ = [
     "DEMO_PERTURBATIONS",
+    "DEMO_TASK",
     "DemoTarget",
     "build_demo_bank",
     "demo_bank_dir",
@@ -33,6 +34,9 @@ __all__ = [
 DEMO_ARCHITECTURE = UNetConfig(levels=3, width=8)
 DEMO_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=96)
 DEMO_TRAIN_IMAGES = 24
+
+#: The demo bank segments nuclei: it is ranked with that task's defaults (its ``bank.yaml`` declares it).
+DEMO_TASK = "nuclei"
 
 #: The paper's two families: bottleneck dropout (its nuclei default) and one input perturbation.
 #: (``cte-kit demo`` ranks with the kit's defaults, :func:`cte_kit.estimators.cte.default_settings`.)
@@ -65,7 +69,7 @@ def build_demo_bank(out: str | Path, sources=DEMO_SOURCES, training: TrainingCon
                    TrainingConfig(**{**training.__dict__, "seed": index}), out=path, name=domain.name,
                    source=f"synthetic domain {domain}", progress=progress)
         entries.append(BankEntry(domain.name, "unet", path.name))
-    write_bank(entries, out / "bank.yaml")
+    write_bank(entries, out / "bank.yaml", task=DEMO_TASK)
     return entries
 
 
@@ -141,5 +145,9 @@ def format_table(summary: dict) -> str:
             line += (f" Sampling stability: it stays first among the unflagged models in "
                      f"{summary['p_best_is_top']:.0%} of bootstrap resamples of the images (how much the "
                      "scores move with the images, not whether they can be trusted: that is what the flags say).")
+        if np.isfinite(summary.get("regret", np.nan)):
+            line += f" Regret: the best model's true {metric} is {summary['regret']:.3f} above the recommended one's."
         lines.append(line)
+    if summary.get("bank_note"):
+        lines.append(f"Note: {summary['bank_note']}.")
     return "\n".join(lines)
