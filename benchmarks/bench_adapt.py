@@ -50,14 +50,15 @@ from cte_kit.estimators.guards import foreground_agreement
 from cte_kit.evaluation.performance import PERFORMANCE_STATISTIC, checkpoint_performance
 from cte_kit.evaluation.summary import summarize_results
 from cte_kit.evaluation.sweep import read_results, run_sweep, sweep_guards
-from cte_kit.models.bank import BankEntry, read_bank
+from cte_kit.estimators.tasks import task_defaults
+from cte_kit.models.bank import BankEntry, bank_task, read_bank
 from cte_kit.perturb import parse_perturbation
 from cte_kit.runs.checkpoints import ChoiceRule, adapt_and_choose
 from cte_kit.runs.runner import RunTarget, rows, run, store_guards
 from cte_kit.runs.store import ResultStore
 from cte_kit.runs.units import Setting
 from cte_kit.scoring.consistency import DEFAULT_STATISTIC, summarize
-from cte_kit.teaching.demo import demo_bank_entries
+from cte_kit.teaching.demo import DEMO_TASK, demo_bank_entries
 
 VARIANTS = {
     "default": {},
@@ -103,14 +104,14 @@ def judge(entry: BankEntry, images, names, labels, config: AdaptConfig, work: Pa
             for row in rows(store, extra_report.models, keys, settings):
                 extra.setdefault(row["model"], {}).setdefault(f"{row['perturbation']}/{row['consistency']}", []).append(
                     row["cte"])
-            guards = store_guards(store, report, target_name, list(checkpoints.values()))
+            guards = store_guards(store, report, target_name, list(checkpoints.values()), rule.defaults.guards)
         truth = {statistic: checkpoint_performance(store, choice, dict(zip(names, labels)), statistic)
                  for statistic in (PERFORMANCE_STATISTIC, "mean")}
         start_key = report.models[checkpoints[0]]
         curve = []
         for point, score in zip(result.run.curve, choice.scores):
             model_key = report.models[score.model]
-            row = {"step": point.step, "fn_rate": point.fn_rate, "embedding": point.embedding,
+            row = {"step": point.step, "model_key": model_key, "fn_rate": point.fn_rate, "embedding": point.embedding,
                    "weight_distance": point.weight_distance, "kit_score": score.score, "flags": list(score.flags),
                    "agreement_with_bank": score.agreement}
             for metric in METRICS:
@@ -168,11 +169,14 @@ def run_demo(args) -> dict:
     data = generate(DEMO_TARGET, args.n_images, shape=(128, 128), seed=7)
     entries = {e.name: e for e in demo_bank_entries()}
     work = Path(args.work)
+    task = task_defaults(DEMO_TASK)
+    settings = default_settings(task=task)
     with ResultStore(work / "demo_rank.sqlite") as store:
         result = run_sweep(list(entries.values()), data.images, data.names, store,
-                           [parse_perturbation(label) for label in default_settings(["hard"])],
-                           default_settings(["hard"]), labels=data.labels, progress=False)
-        f1 = {r["name"]: r["f1"] for r in summarize_results(read_results(store, result), n_boot=0)[0]["models"]}
+                           [parse_perturbation(label) for label in settings], settings, labels=data.labels,
+                           progress=False)
+        f1 = {r["name"]: r["f1"] for r in summarize_results(read_results(result), task.statistic, n_boot=0,
+                                                              guard_config=task.guards)[0]["models"]}
     worst, best = min(f1, key=f1.get), max(f1, key=f1.get)
     results = {"true_f1_before": f1}
     for name in (list(entries) if args.all_models else (worst, best)):
@@ -180,7 +184,7 @@ def run_demo(args) -> dict:
             if variant != "default" and (name == best or not args.variants):
                 continue
             report = judge(entries[name], data.images, data.names, data.labels, replace(_config(args), **changes),
-                           work / f"{name}_{variant}", signals=args.signals, target_name="synthetic",
+                           work / f"{name}_{variant}", ChoiceRule(task), signals=args.signals, target_name="synthetic",
                            reference=[e for m, e in entries.items() if m != name], store_path=work / "demo_rank.sqlite")
             results[f"{name}/{variant}"] = report
             _save(results, Path(args.out))
@@ -214,7 +218,8 @@ def run_folder(args) -> dict:
     else:
         reference = read_bank(args.reference) if args.reference else []
     report = judge(entry, images, data.names[: args.n_images], labels, _config(args),
-                   Path(args.work) / f"{entry.name}__{target.replace('/', '_')}", signals=args.signals,
+                   Path(args.work) / f"{entry.name}__{target.replace('/', '_')}", ChoiceRule(args.task),
+                   signals=args.signals,
                    target_name=target, reference=[e for e in reference if e.name != entry.name])
     print(_line(report), flush=True)
     return {"pair": [entry.name, target], **report}
@@ -231,13 +236,16 @@ def run_protocol(args) -> dict:
     on the splits given by ``--splits``.
     """
     if args.bank == "demo":
-        entries, info = demo_bank_entries(), {}
+        entries, info, declared = demo_bank_entries(), {}, DEMO_TASK
         splits = Path(args.splits)
     else:
         bank = Path(args.bank)
         entries = read_bank(bank / "bank.yaml")
         info = json.loads((bank / "bank_info.json").read_text())
         splits = Path(args.splits) if args.splits else bank / "splits"
+        declared = bank_task(bank / "bank.yaml")
+    task = task_defaults(args.task or declared)
+    rule = ChoiceRule(task)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     for domain, folder in _protocol_targets(splits, args.targets).items():
@@ -248,11 +256,11 @@ def run_protocol(args) -> dict:
         work.mkdir(parents=True, exist_ok=True)
         # which models to adapt: the kit's own ranking of the other sub-domains' models (no labels)
         with ResultStore(work / "ranking.sqlite") as store:
-            settings = default_settings(["hard"])
+            settings = default_settings(task=task)
             sweep = run_sweep(others, images, names, store, [parse_perturbation(p) for p in settings],
                               settings, progress=False, target=domain)
-            summary = summarize_results(read_results(store, sweep), n_boot=0,
-                                        guards=sweep_guards(store, [e.name for e in others], names))[0]
+            summary = summarize_results(read_results(sweep), task.statistic, n_boot=0,
+                                        guards=sweep_guards(sweep, config=task.guards), guard_config=task.guards)[0]
         order = sorted(summary["models"], key=lambda m: m["rank"])
         for rank in args.ranks:
             if rank > len(order):
@@ -263,7 +271,7 @@ def run_protocol(args) -> dict:
                 print(f"{key}: done, skipped", flush=True)
                 continue
             entry = next(e for e in entries if e.name == name)
-            report = judge(entry, images, names, labels, _config(args), work / name, signals=args.signals,
+            report = judge(entry, images, names, labels, _config(args), work / name, rule, signals=args.signals,
                            target_name=domain, reference=[e for e in others if e.name != name],
                            store_path=work / "ranking.sqlite")
             report["bank_rank"] = rank
@@ -340,6 +348,7 @@ def main() -> None:
                                        "or `demo` for the embedded demo bank")
     parser.add_argument("--splits", help="protocol mode: folder of <domain>/test/{images,labels} (default: BANK/splits)")
     parser.add_argument("--targets", nargs="*", help="protocol mode: only these sub-domains")
+    parser.add_argument("--task", help="whose defaults rank and choose (default: the bank's task:, else nuclei)")
     parser.add_argument("--ranks", type=int, nargs="*", default=[1, 3],
                         help="protocol mode: adapt the models the kit ranks at these places (default: 1 3)")
     parser.add_argument("--variants", action="store_true", help="demo mode: also the EMA / L2-SP variants")

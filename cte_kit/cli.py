@@ -153,6 +153,7 @@ def _add_adapt(subparsers):
                              "more than this (default: cte_kit.runs.checkpoints.ChoiceRule.margin)")
     parser.add_argument("--no-guards", action="store_true",
                         help="rank the checkpoints by CTE alone (flagged checkpoints can then be chosen)")
+    _add_task_option(parser)
     parser.add_argument("--no-bank-agreement", action="store_true",
                         help="do not compare the checkpoints with the consensus of the bank's other models (by "
                              "default an adapted checkpoint must agree with it at least as well as the starting "
@@ -632,9 +633,9 @@ def _run_adapt(args) -> int:
         raise ValueError(f"no model {args.model!r} in {args.bank}; models: {sorted(entries)}")
     every = AdaptConfig.eval_every if args.eval_every is None else args.eval_every
     config = AdaptConfig(steps=args.steps, seed=args.seed, eval_every=max(1, min(every, args.steps)))
-    default = ChoiceRule()
-    rule = ChoiceRule(margin=default.margin if args.margin is None else args.margin,
-                      guards=None if args.no_guards else default.guards, seed=args.seed)
+    task = _task_choice(args.task, args.bank).task
+    rule = ChoiceRule(task, margin=ChoiceRule.margin if args.margin is None else args.margin,
+                      guards=not args.no_guards, seed=args.seed)
     data = load_folder(args.images, progress=not args.no_progress)
     print(f"Adapting {args.model} to {len(data.images)} unlabelled images for {args.steps} steps on {args.device}, "
           f"a checkpoint every {config.eval_every} steps")

@@ -171,8 +171,7 @@ def checkpoint_performance(store: ResultStore, choice: "CheckpointChoice", label
     """
     report = choice.report
     (images,) = report.images.values()
-    fill_performance(store, report.models, images, labels)
-    truth = store.performance()
+    truth = store.performance(fill_performance(store, report.models, images, labels))
     found = {}
     for score in choice.scores:
         key = report.models[score.model]

@@ -18,7 +18,8 @@ ranking that chose the model in the first place::
   do not apply to them (the checkpoints descend from them and, when adaptation collapses, outvote
   them together), only the checks that need no bank (almost all foreground, one region);
 * an adapted checkpoint replaces the starting weights only when its score beats theirs by more
-  than a margin;
+  than a margin, in at least 95 % of bootstrap resamples of the images (a gain within the
+  image-to-image spread is not evidence);
 * self-training teaches a model to agree with itself, which raises its consistency whether or not
   it got better. So when the rest of the bank is given, its consensus (the majority vote of the
   models the guards do not flag) is a pseudo ground truth the adaptation never saw: an adapted
@@ -43,9 +44,11 @@ import numpy as np
 from ..adapt import AdaptConfig, Adaptation, adapt, adapt_target, checkpoint_entry, save_adapted, save_checkpoints
 from ..estimators.cte import default_settings
 from ..estimators.guards import GuardConfig, foreground_agreement
+from ..estimators.tasks import Task, task_defaults
 from ..models.bank import BankEntry
 from ..models.base import SegmentationModel
-from ..scoring.consistency import DEFAULT_STATISTIC, summarize
+from ..scoring.consistency import CONSISTENCY_KINDS, summarize
+from ..scoring.ranking import bootstrap_scores
 from .runner import RunReport, RunTarget, estimate, rows, run, store_guards
 from .store import ResultStore
 from .units import Setting
@@ -63,15 +66,23 @@ class ChoiceRule:
 
     Attributes
     ----------
-    consistency : {'hard', 'soft', 'instance'}
-        Scored under the kit's default perturbation for it
-        (:func:`cte_kit.estimators.cte.default_settings`) and aggregated over images with
-        :data:`~cte_kit.scoring.consistency.DEFAULT_STATISTIC`: the kit's default estimator.
+    task : str, Task or None
+        Whose defaults rank the checkpoints (:func:`cte_kit.estimators.tasks.task_defaults`: the
+        consistency, its perturbation, the statistic over images and the guards - the kit's
+        default estimator for the task, as ``cte-kit rank`` uses it); None: the default task.
+    consistency : {'hard', 'soft', 'instance'} or None
+        Default: the task's first consistency.
     margin : float
         An adapted checkpoint is chosen only when its score exceeds the starting weights' by more
         than this; ties and smaller gains keep the starting weights.
-    guards : GuardConfig or None
-        The label-free guards over the checkpoints; None ranks by the score alone.
+    confidence : float
+        ... and only when it does so in at least this share of bootstrap resamples of the images
+        (paired: one draw of images for both), so that a gain no larger than the image-to-image
+        spread does not replace the model the user started with.
+    n_boot : int
+        Bootstrap replicates.
+    guards : bool
+        Apply the task's label-free guards to the checkpoints (False: rank by the score alone).
     min_reference : int
         Fewest models of the rest of the bank (not flagged by the guards) whose consensus the
         checkpoints are compared with; with fewer, the agreement check is skipped.
@@ -79,26 +90,45 @@ class ChoiceRule:
         Perturbation seed of the run (with each image's name it fixes every draw).
     """
 
-    consistency: str = "hard"
+    task: str | Task | None = None
+    consistency: str | None = None
     margin: float = 0.01
-    guards: GuardConfig | None = field(default_factory=GuardConfig)
+    confidence: float = 0.95
+    n_boot: int = 1000
+    guards: bool = True
     min_reference: int = 2
     seed: int = 0
 
     def __post_init__(self):
         if not self.margin >= 0:
             raise ValueError(f"margin must be >= 0, got {self.margin}")
+        if not 0 <= self.confidence < 1:
+            raise ValueError(f"confidence must lie in [0, 1), got {self.confidence}")
+        defaults = task_defaults(self.task)  # an unknown task fails here
+        if self.consistency is None:
+            object.__setattr__(self, "consistency", defaults.consistencies[0])
+        if self.consistency not in CONSISTENCY_KINDS:
+            raise ValueError(f"unknown consistency {self.consistency!r}; choose from {CONSISTENCY_KINDS}")
 
-    def settings(self) -> list[Setting]:
-        """The runner's settings: the default perturbation of the consistency."""
-        return [Setting(label, tuple(kinds), self.seed) for label, kinds in default_settings([self.consistency]).items()]
+    @property
+    def defaults(self) -> Task:
+        return task_defaults(self.task)
 
     @property
     def perturbation(self) -> str:
-        return next(iter(default_settings([self.consistency])))
+        return next(iter(default_settings([self.consistency], self.defaults)))
+
+    @property
+    def guard_config(self) -> GuardConfig | None:
+        return self.defaults.guards if self.guards else None
+
+    def settings(self) -> list[Setting]:
+        """The runner's settings: the task's default perturbation of the consistency."""
+        return [Setting(label, tuple(kinds), self.seed)
+                for label, kinds in default_settings([self.consistency], self.defaults).items()]
 
     def describe(self) -> str:
-        return f"{self.consistency} CTE under {self.perturbation}, {DEFAULT_STATISTIC} over images"
+        return f"{self.consistency} CTE under {self.perturbation}, {self.defaults.statistic} over images"
 
 
 @dataclass(frozen=True)
@@ -120,6 +150,9 @@ class CheckpointScore:
     agreement : float
         Mean IoU over images of its foreground with the consensus of the rest of the bank (NaN
         without a reference bank).
+    p_gain : float
+        Share of bootstrap resamples of the images in which its score beats the starting
+        weights' by more than the margin (NaN for the starting weights).
     """
 
     step: int
@@ -128,6 +161,7 @@ class CheckpointScore:
     n_images: int
     flags: tuple[str, ...] = ()
     agreement: float = float("nan")
+    p_gain: float = float("nan")
 
     @property
     def eligible(self) -> bool:
@@ -172,7 +206,8 @@ class CheckpointChoice:
     def record(self) -> dict:
         """JSON-ready: the chosen step, the reason, the estimator and every checkpoint's score."""
         return {"chosen_step": self.step, "kept_start": self.kept_start, "reason": self.reason,
-                "estimator": self.rule.describe(), "margin": self.rule.margin, "guards": self.rule.guards is not None,
+                "task": self.rule.defaults.name, "estimator": self.rule.describe(), "margin": self.rule.margin,
+                "guards": self.rule.guards,
                 "reference_models": list(self.reference), "left_out_of_the_reference": dict(self.left_out),
                 "checkpoints": [{**asdict(s), "flags": list(s.flags)} for s in self.scores],
                 "failures": [f"{f.model}: {f.error}" for f in self.report.failures]}
@@ -218,27 +253,48 @@ def choose_checkpoint(checkpoints: Mapping[int, BankEntry], target: RunTarget, s
             per_model[row["model"]].append(row["cte"])
     failed = set(report.failed_models)
     complete = [e.name for e in bank if e.name not in failed and len(per_model[e.name]) == len(images)]
-    guards = store_guards(store, report, target.name, complete, rule.guards) if rule.guards and complete else {}
+    config = rule.guard_config
+    guards = store_guards(store, report, target.name, complete, config) if config and complete else {}
     start = bank[0].name
     if start in guards:
         # The adapted checkpoints descend from the starting weights and fail together when they fail (a collapse
         # to empty masks outvotes the start), so only the checks that need no bank may flag the starting weights.
-        guards[start] = store_guards(store, report, target.name, [start], rule.guards)[start]
+        guards[start] = store_guards(store, report, target.name, [start], config)[start]
     voters, left_out = _reference_voters(reference, target, store, report, start, rule, backend, progress)
     if voters and len(voters) < rule.min_reference:
         left_out.update({name: f"fewer than {rule.min_reference} usable models: no consensus" for name in voters})
         voters = {}
     agreement = _agreement(store, report, images, complete, voters) if voters else {}
+    table = np.array([per_model[e.name] if e.name in complete else [np.nan] * len(images) for e in bank], dtype=float)
+    p_gain = _p_gain(table, rule)
     scores = []
-    for step, entry in zip(steps, bank):
-        summary = summarize(np.asarray(per_model[entry.name], dtype=float), DEFAULT_STATISTIC)
+    for index, (step, entry) in enumerate(zip(steps, bank)):
+        summary = summarize(table[index], rule.defaults.statistic)
         flags = tuple(f.reason for f in guards[entry.name].flags_for(rule.consistency)) if entry.name in guards else ()
         if entry.name not in complete:
             flags += ("failed on some images (see the result store)",)
         scores.append(CheckpointScore(step, entry.name, summary.score if entry.name in complete else float("nan"),
-                                      summary.n_images, flags, agreement.get(entry.name, float("nan"))))
+                                      summary.n_images, flags, agreement.get(entry.name, float("nan")), p_gain[index]))
     step, reason = _decide(scores, rule, len(voters))
     return CheckpointChoice(step, reason, rule, tuple(scores), report, tuple(voters), left_out)
+
+
+def _p_gain(table: np.ndarray, rule: ChoiceRule) -> list[float]:
+    """Per row after the first, the bootstrap share of image resamples in which it beats row 0 by more than the margin.
+
+    Raising the starting weights' per-image values by the margin raises their mean (or median) by
+    exactly the margin, so the share of replicates in which a checkpoint is on top of the pair is
+    the share in which it wins by more than the margin.
+    """
+    found = [float("nan")]
+    for row in table[1:]:
+        if not (np.isfinite(row).any() and np.isfinite(table[0]).any()):
+            found.append(float("nan"))
+            continue
+        pair = bootstrap_scores(np.stack([table[0] + rule.margin, row]), n_boot=rule.n_boot,
+                                statistic=rule.defaults.statistic, seed=rule.seed)
+        found.append(float(pair.p_top[1]))
+    return found
 
 
 def _reference_voters(reference, target: RunTarget, store: ResultStore, report: RunReport, start: str,
@@ -250,9 +306,9 @@ def _reference_voters(reference, target: RunTarget, store: ResultStore, report: 
     found = estimate(reference, target, [], store, backend=backend, progress=progress)
     left_out = {f.model: f"failed: {f.error}" for f in found.failures}
     predicted = {name: key for name, key in found.models.items() if name in found.forward}
-    if rule.guards is not None and predicted:
+    if rule.guard_config is not None and predicted:
         both = RunReport(models={start: report.models[start], **predicted}, images=report.images)
-        guards = store_guards(store, both, target.name, config=rule.guards)
+        guards = store_guards(store, both, target.name, config=rule.guard_config)
         for name in list(predicted):
             flags = guards[name].flags_for(rule.consistency)
             if flags:
@@ -287,12 +343,12 @@ def _decide(scores: Sequence[CheckpointScore], rule: ChoiceRule, n_reference: in
         problem = "; ".join(start.flags) if start.flags else "has no score"
         return best.step, (f"step {best.step}: the starting weights {problem}; of the adapted checkpoints not "
                            f"flagged by the guards, step {best.step} has the highest {what} ({best.score:.3f}).")
-    higher = [s for s in candidates if s.score - start.score > rule.margin]
+    higher = [s for s in candidates if s.score - start.score > rule.margin and s.p_gain >= rule.confidence]
     if not higher:
         best = max(candidates, key=lambda s: (s.score, -s.step))
         return 0, (f"{NO_GAIN}: no adapted checkpoint beats the starting weights' {what} ({start.score:.3f}) by "
-                   f"more than {rule.margin:g} (best: step {best.step}, {best.score:.3f}); the starting weights are "
-                   "kept.")
+                   f"more than {rule.margin:g} in {rule.confidence:.0%} of bootstrap resamples of the images (best: "
+                   f"step {best.step}, {best.score:.3f}, in {best.p_gain:.0%}); the starting weights are kept.")
     bank = f"the other {n_reference} models of the bank"
     if n_reference:
         agreeing = [s for s in higher if s.agreement >= start.agreement]
@@ -307,7 +363,8 @@ def _decide(scores: Sequence[CheckpointScore], rule: ChoiceRule, n_reference: in
     best = max(higher, key=lambda s: (s.score, -s.step))
     gain = best.score - start.score
     reason = (f"step {best.step}: the highest {what} of {len(scores)} checkpoints ({best.score:.3f}, the starting "
-              f"weights {start.score:.3f}: +{gain:.3f}, more than the margin {rule.margin:g})")
+              f"weights {start.score:.3f}: +{gain:.3f}, more than the margin {rule.margin:g} in {best.p_gain:.0%} of "
+              "bootstrap resamples of the images)")
     if n_reference:
         reason += (f", and it agrees at least as well with {bank} (foreground IoU with their consensus "
                    f"{best.agreement:.3f}, the starting weights {start.agreement:.3f})")
