@@ -53,7 +53,7 @@ from cte_kit.evaluation.sweep import read_results, run_sweep, sweep_guards
 from cte_kit.estimators.tasks import task_defaults
 from cte_kit.models.bank import BankEntry, bank_task, read_bank
 from cte_kit.perturb import parse_perturbation
-from cte_kit.runs.checkpoints import ChoiceRule, adapt_and_choose
+from cte_kit.runs.checkpoints import ChoiceRule, adapt_and_choose, choose_checkpoint
 from cte_kit.runs.runner import RunTarget, rows, run, store_guards
 from cte_kit.runs.store import ResultStore
 from cte_kit.runs.units import Setting
@@ -76,12 +76,13 @@ GAIN = 0.01
 
 
 def judge(entry: BankEntry, images, names, labels, config: AdaptConfig, work: Path, rule: ChoiceRule = ChoiceRule(),
-          signals: bool = True, target_name: str = "target", reference=(), store_path: Path | None = None) -> dict:
+          signals: bool = True, target_name: str = "target", reference=(), store_path: Path | None = None,
+          target_spec: dict | None = None) -> dict:
     """Adapt, let the kit choose, then judge every checkpoint with the labels.
 
     ``reference`` is the rest of the bank (the kit compares the checkpoints with its consensus);
     ``store_path`` a result store shared with the bank's ranking on the same target (its clean
-    predictions are reused).
+    predictions are reused); ``target_spec`` says how to read the target again (``rechoose``).
 
     Returns a JSON-ready dict: ``curve`` (per checkpoint: step, stopping signals, the kit's score and
     flags, other signals, true F1 / mAP), ``choices`` (start, best, last, each stopping rule, kit),
@@ -89,7 +90,8 @@ def judge(entry: BankEntry, images, names, labels, config: AdaptConfig, work: Pa
     """
     started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
-    with ResultStore(store_path or work / "ranking.sqlite") as store:
+    store_path = store_path or work / "ranking.sqlite"
+    with ResultStore(store_path) as store:
         result = adapt_and_choose(entry, images, names, config, work / f"{entry.name}_adapted.pt", rule, reference,
                                   store=store, target_name=target_name, progress=False)
         seconds_choice = time.perf_counter() - started
@@ -128,18 +130,72 @@ def judge(entry: BankEntry, images, names, labels, config: AdaptConfig, work: Pa
                 row["foreground_fraction"] = guards[score.model].foreground_fraction
                 row["objects_per_image"] = guards[score.model].objects_per_image
             curve.append(row)
+    report = {"model": entry.name, "kind": entry.kind, "target": target_name, "n_images": len(images),
+              "task": rule.defaults.name,
+              "settings": {"steps": config.steps, "eval_every": config.eval_every}, "curve": curve,
+              "stops": {name: stop.step for name, stop in result.run.stops.items()},
+              "seconds_per_step": result.run.seconds_per_step, "seconds_adapt_and_choose": seconds_choice,
+              "seconds": time.perf_counter() - started, "store": str(store_path), "target_spec": target_spec,
+              "checkpoint_entries": {str(step): e.to_dict() for step, e in result.checkpoints.items()},
+              "reference_entries": [e.to_dict() for e in reference]}
+    return _with_choice(report, choice)
+
+
+def _with_choice(report: dict, choice) -> dict:
+    """The report with the kit's choice (and its per-checkpoint scores), and the truth of every choice."""
+    curve = report["curve"]
+    for row, score in zip(curve, choice.scores):
+        row.update(kit_score=score.score, flags=list(score.flags), agreement_with_bank=score.agreement,
+                   p_gain=score.p_gain)
     by_step = {row["step"]: row for row in curve}
     choices = {"start": 0, "last": curve[-1]["step"], "kit": choice.step}
-    choices.update({f"stop_{name}": stop.step for name, stop in result.run.stops.items()})
+    choices.update({f"stop_{name}": step for name, step in report["stops"].items()})
     for metric in METRICS:
         choices[f"best_{metric}"] = max(curve, key=lambda r: (np.nan_to_num(r[metric], nan=-1.0), -r["step"]))["step"]
-    return {"model": entry.name, "kind": entry.kind, "target": target_name, "n_images": len(images),
-            "settings": {"steps": config.steps, "eval_every": config.eval_every, "margin": rule.margin,
-                         "estimator": rule.describe()},
-            "curve": curve, "choices": choices,
-            "truth": {name: {m: by_step[step][m] for m in METRICS} for name, step in choices.items()},
-            "reason": choice.reason, "seconds_per_step": result.run.seconds_per_step,
-            "seconds_adapt_and_choose": seconds_choice, "seconds": time.perf_counter() - started}
+    report["settings"].update(rule=choice.rule.describe(), margin=choice.rule.margin,
+                              confidence=choice.rule.confidence, reference=list(choice.reference))
+    report.update(choices=choices, reason=choice.reason,
+                  truth={name: {m: by_step[step][m] for m in METRICS} for name, step in choices.items()})
+    return report
+
+
+def _target_data(spec: dict):
+    """Images, names and labels of a target from its ``target_spec``."""
+    if "demo" in spec:
+        data = generate(DEMO_TARGET, spec["demo"]["n_images"], shape=(128, 128), seed=spec["demo"]["seed"])
+        return data.images, data.names, data.labels
+    data = load_folder(spec["images"], spec["labels"], progress=False)
+    n = spec.get("n_images")
+    images = [i[: spec["crop"], : spec["crop"]] for i in data.images] if spec.get("crop") else data.images
+    labels = [l[: spec["crop"], : spec["crop"]] for l in data.labels] if spec.get("crop") else data.labels
+    return images[:n], data.names[:n], labels[:n]
+
+
+def rechoose(args) -> dict:
+    """Choose again, with the current rule, on the checkpoints and stores a run left (no adaptation)."""
+    results = {}
+    for path in args.results:
+        document = json.loads(Path(path).read_text())
+        for key, report in document.items():
+            if not (isinstance(report, dict) and "checkpoint_entries" in report):
+                results.setdefault(path, {})[key] = report
+                continue
+            images, names, labels = _target_data(report["target_spec"])
+            entries = read_bank({"models": [report["checkpoint_entries"][str(row["step"])] for row in report["curve"]]})
+            checkpoints = {row["step"]: e for row, e in zip(report["curve"], entries)}
+            reference = read_bank({"models": report["reference_entries"]}) if report["reference_entries"] else []
+            rule = ChoiceRule(args.task or report.get("task"), margin=args.margin, confidence=args.confidence)
+            with ResultStore(report["store"]) as store:
+                choice = choose_checkpoint(checkpoints, RunTarget(report["target"], tuple(images), tuple(names)),
+                                           store, rule, reference if args.bank_check else [], progress=False)
+                truth = checkpoint_performance(store, choice, dict(zip(names, labels)))
+            for row in report["curve"]:
+                row.update({m: truth[row["step"]][m] for m in METRICS})
+            results.setdefault(path, {})[key] = _with_choice(report, choice)
+            print(_line(report), flush=True)
+    for path, document in results.items():
+        _save(document, Path(args.out or path))
+    return results
 
 
 def _line(report: dict) -> str:
@@ -185,7 +241,8 @@ def run_demo(args) -> dict:
                 continue
             report = judge(entries[name], data.images, data.names, data.labels, replace(_config(args), **changes),
                            work / f"{name}_{variant}", ChoiceRule(task), signals=args.signals, target_name="synthetic",
-                           reference=[e for m, e in entries.items() if m != name], store_path=work / "demo_rank.sqlite")
+                           reference=[e for m, e in entries.items() if m != name], store_path=work / "demo_rank.sqlite",
+                           target_spec={"demo": {"n_images": args.n_images, "seed": 7}})
             results[f"{name}/{variant}"] = report
             _save(results, Path(args.out))
             print(_line(report), flush=True)
@@ -273,7 +330,9 @@ def run_protocol(args) -> dict:
             entry = next(e for e in entries if e.name == name)
             report = judge(entry, images, names, labels, _config(args), work / name, rule, signals=args.signals,
                            target_name=domain, reference=[e for e in others if e.name != name],
-                           store_path=work / "ranking.sqlite")
+                           store_path=work / "ranking.sqlite",
+                           target_spec={"images": str((folder / "images").resolve()),
+                                        "labels": str((folder / "labels").resolve()), "n_images": args.n_images})
             report["bank_rank"] = rank
             report["flagged_by_bank_guards"] = [f["reason"] for f in order[rank - 1]["flags"]]
             results[key] = report
@@ -301,37 +360,54 @@ def train_cellpose(args) -> dict:
 
 
 def rules_table(args) -> dict:
-    """The validation table from one or more result files, and the goal's two numbers."""
+    """The validation table (markdown) from one or more result files, and the goal's two numbers per metric."""
     reports = {}
     for path in args.results:
         document = json.loads(Path(path).read_text())
         reports.update({k: v for k, v in document.items() if isinstance(v, dict) and "truth" in v})
-    columns = ("start", "best", "last", "stop_fn_rate", "stop_embedding", "kit")
+    columns = {"start": "start", "best": "best checkpoint", "last": "last", "stop_fn_rate": "FN-rate stop",
+               "stop_embedding": "embedding stop", "kit": "kit's choice"}
+    print("| model -> target | " + " | ".join(columns.values()) + " |")
+    print("|---" * (len(columns) + 1) + "|")
+    for key, report in reports.items():
+        t, steps = report["truth"], report["choices"]
+        cells = []
+        for column in columns:
+            values = [t[f"best_{m}" if column == "best" else column][m] for m in METRICS]
+            step = "" if column == "start" else f" ({steps[column]})" if column != "best" else (
+                f" ({steps['best_f1']}/{steps['best_map']})")
+            cells.append(" / ".join(f"{v:.3f}" for v in values) + step)
+        print(f"| {report['model']} -> {report['target']} | " + " | ".join(cells) + " |")
     summary = {}
     for metric in METRICS:
-        print(f"\n{metric}: | pair | " + " | ".join(columns) + " | kit step |")
         shares, drops = [], []
-        for key, report in reports.items():
+        for report in reports.values():
             t = report["truth"]
-            values = {c: t[f"best_{metric}" if c == "best" else c][metric] for c in columns}
-            print(f"| {key} | " + " | ".join(f"{values[c]:.3f}" for c in columns) + f" | {report['choices']['kit']} |")
-            gain = values["best"] - values["start"]
-            drops.append(values["kit"] - values["start"])
-            if gain > GAIN:
-                shares.append((values["kit"] - values["start"]) / gain)
+            start, best, kit = t["start"][metric], t[f"best_{metric}"][metric], t["kit"][metric]
+            drops.append(kit - start)
+            if best - start > GAIN:
+                shares.append((kit - start) / (best - start))
+        worst = int(np.argmin(drops)) if drops else None
         summary[metric] = {"pairs": len(reports), "pairs_with_gain": len(shares),
                            "mean_recovered_share": float(np.mean(shares)) if shares else float("nan"),
-                           "worst_vs_start": float(min(drops)) if drops else float("nan")}
-        print(f"{metric}: mean recovered share of the best checkpoint's gain {summary[metric]['mean_recovered_share']:.2f} "
-              f"over the {len(shares)} pairs whose best checkpoint gains more than {GAIN}; worst kit choice vs start "
-              f"{summary[metric]['worst_vs_start']:+.3f}")
+                           "worst_vs_start": float(drops[worst]) if drops else float("nan"),
+                           "worst_pair": list(reports)[worst] if drops else None}
+        print(f"{metric}: the kit's choice recovers {summary[metric]['mean_recovered_share']:.0%} of the best "
+              f"checkpoint's gain on average over the {len(shares)} of {len(reports)} pairs where the best checkpoint "
+              f"gains more than {GAIN}; worst kit choice vs start {summary[metric]['worst_vs_start']:+.3f} "
+              f"({summary[metric]['worst_pair']})")
     return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", choices=("demo", "folder", "protocol", "train-cellpose", "rules"))
-    parser.add_argument("results", nargs="*", help="rules mode: result JSON files")
+    parser.add_argument("mode", choices=("demo", "folder", "protocol", "train-cellpose", "rules", "rechoose"))
+    parser.add_argument("results", nargs="*", help="rules / rechoose mode: result JSON files")
+    parser.add_argument("--margin", type=float, default=ChoiceRule.margin, help="rechoose mode: the rule's margin")
+    parser.add_argument("--confidence", type=float, default=ChoiceRule.confidence,
+                        help="rechoose mode: the rule's bootstrap confidence")
+    parser.add_argument("--no-bank-check", dest="bank_check", action="store_false",
+                        help="rechoose mode: without the comparison with the rest of the bank")
     parser.add_argument("--steps", type=int, default=120, help="adaptation steps (train-cellpose: epochs)")
     parser.add_argument("--eval-every", type=int, help="steps between checkpoints (default: steps / 6)")
     parser.add_argument("--n-images", type=int, default=16, help="target images (protocol: the first N by name)")
@@ -356,11 +432,14 @@ def main() -> None:
     parser.add_argument("--no-signals", dest="signals", action="store_false",
                         help="skip the other label-free signals (faster)")
     parser.add_argument("--work", default="results/adapt_work", help="checkpoints and result stores")
-    parser.add_argument("--out", help="JSON report")
+    parser.add_argument("--out", help="JSON report (rechoose: default, the file read)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.mode == "rules":
         rules_table(args)
+        return
+    if args.mode == "rechoose":
+        rechoose(args)
         return
     if not args.out:
         sys.exit("--out is required")

@@ -657,8 +657,9 @@ def _run_adapt(args) -> int:
     for name, why in result.choice.left_out.items():
         print(f"  not in the bank's consensus: {name} ({why})")
     print(f"\n{result.choice.reason}")
+    entry = result.entry()
     print(f"Saved step {result.choice.step} to {result.path} (report: {provenance_path(result.path)}); bank entry: "
-          f"{{name: {args.model}_adapted, kind: {result.kind}, path: {result.path}}}")
+          + ", ".join(f"{key}: {value}" for key, value in entry.to_dict().items()))
     _print_failures(result.choice.report.failures)
     return 1 if result.choice.report.failures else 0
 

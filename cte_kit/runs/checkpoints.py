@@ -16,7 +16,8 @@ ranking that chose the model in the first place::
 * a checkpoint flagged by the guards (degenerate output, or far from the other checkpoints) is
   never chosen. The starting weights are the reference: the checks against the other checkpoints
   do not apply to them (the checkpoints descend from them and, when adaptation collapses, outvote
-  them together), only the checks that need no bank (almost all foreground, one region);
+  them together), only the checks that need no bank (floods, nothing on most images, one region,
+  a network of lines, a foreground the task's objects never cover);
 * an adapted checkpoint replaces the starting weights only when its score beats theirs by more
   than a margin, in at least 95 % of bootstrap resamples of the images (a gain within the
   image-to-image spread is not evidence);
