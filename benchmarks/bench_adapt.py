@@ -396,6 +396,14 @@ def rules_table(args) -> dict:
               f"checkpoint's gain on average over the {len(shares)} of {len(reports)} pairs where the best checkpoint "
               f"gains more than {GAIN}; worst kit choice vs start {summary[metric]['worst_vs_start']:+.3f} "
               f"({summary[metric]['worst_pair']})")
+    # why the score alone is weak evidence: self-training raises the consistency it is judged by
+    fooled = [f"{key} (score {r['curve'][-1]['kit_score'] - r['curve'][0]['kit_score']:+.3f}, "
+              f"F1 {r['truth']['last']['f1'] - r['truth']['start']['f1']:+.3f})" for key, r in reports.items()
+              if r["curve"][-1]["kit_score"] > r["curve"][0]["kit_score"]
+              and r["truth"]["last"]["f1"] < r["truth"]["start"]["f1"] - GAIN / 2]
+    summary["score_rose_while_f1_fell"] = fooled
+    print(f"the last checkpoint's score rose while its true F1 fell by more than {GAIN / 2} in {len(fooled)} of "
+          f"{len(reports)} pairs: " + ", ".join(fooled))
     return summary
 
 
