@@ -279,7 +279,7 @@ def run_folder(args) -> dict:
                    signals=args.signals,
                    target_name=target, reference=[e for e in reference if e.name != entry.name])
     print(_line(report), flush=True)
-    return {"pair": [entry.name, target], **report}
+    return {f"{entry.name} -> {target}": report}  # keyed like protocol mode, so that `rules` reads both
 
 
 def _protocol_targets(splits: Path, only) -> dict[str, Path]:
