@@ -116,15 +116,16 @@ def _c(perturbation, n_pert=1, statistic="median", consistency=None):
     return Component(perturbation, n_pert, statistic, consistency)
 
 
-def kit_default() -> Option:
-    """The kit's default (``cte_kit.estimators.cte``, ``cte-kit rank``): per consistency its own perturbation,
-    one statistic, and the label-free guards."""
-    from cte_kit.estimators.cte import DEFAULT_PERTURBATIONS, DEFAULT_STATISTIC
+def kit_default(task: str = "nuclei", kinds: tuple[str, ...] = ("hard", "instance")) -> Option:
+    """The kit's default for a task (``cte_kit.estimators.tasks.task_defaults``, ``cte-kit rank --task``): per
+    consistency its own perturbation, the task's statistic, and the task's label-free guards."""
+    from cte_kit.estimators.tasks import task_defaults
 
-    return Option("kit default (per consistency: " + ", ".join(f"{k} {DEFAULT_PERTURBATIONS[k]}" for k in ("hard", "instance"))
-                  + f"; {DEFAULT_STATISTIC}; guards)",
-                  tuple(_c(DEFAULT_PERTURBATIONS[k], 1, DEFAULT_STATISTIC, k) for k in ("hard", "instance")),
-                  combine="per-kind", guards=True)
+    defaults = task_defaults(task)
+    return Option("kit default (per consistency: " + ", ".join(f"{k} {defaults.perturbations[k]}" for k in kinds)
+                  + f"; {defaults.statistic}; guards)",
+                  tuple(_c(defaults.perturbations[k], 1, defaults.statistic, k) for k in kinds),
+                  combine="per-kind", kinds=kinds, guards=True)
 
 
 #: The kit's default before the guards existed (chosen by this protocol on a GPU-trained bank).
@@ -190,23 +191,40 @@ def crop(array: np.ndarray, side: int) -> np.ndarray:
     return array[top : top + side, left : left + side]
 
 
-def load_target(bank_dir: Path, domain: str, max_images: int, max_side: int):
+def tiles(array: np.ndarray, side: int) -> list[tuple[str, np.ndarray]]:
+    """Non-overlapping ``side`` x ``side`` tiles in reading order, named by their corner; an image no larger
+    than ``side`` is one tile, and a partial tile at the border is left out."""
+    height, width = array.shape[:2]
+    if height <= side and width <= side:
+        return [("", array)]
+    return [(f"_y{top}x{left}", array[top:top + side, left:left + side])
+            for top in range(0, height - side + 1, side) for left in range(0, width - side + 1, side)]
+
+
+def load_target(bank_dir: Path, domain: str, max_images: int, max_side: int, tile: bool = False):
+    """The held-out test split of ``domain``: a seeded subset of ``max_images`` centre crops (or, with
+    ``tile``, of the tiles of every image: large EM sections give several) of at most ``max_side`` pixels."""
     from cte_kit.data.folder import load_folder
 
     images_dir, labels_dir = split_folder(bank_dir, domain, "test")
     data = load_folder(images_dir, labels_dir, progress=False)
-    order = np.arange(len(data.names))
+    if tile:
+        pieces = [(name + suffix, image, label) for name, image, full_label in zip(data.names, data.images, data.labels)
+                  for (suffix, image), (_, label) in zip(tiles(image, max_side), tiles(full_label, max_side))]
+    else:
+        pieces = [(name, crop(image, max_side), crop(label, max_side))
+                  for name, image, label in zip(data.names, data.images, data.labels)]
+    order = np.arange(len(pieces))
     if len(order) > max_images:
         order = np.sort(np.random.default_rng(0).choice(len(order), max_images, replace=False))
-    images = [crop(data.images[i], max_side) for i in order]
-    labels = [crop(data.labels[i], max_side) for i in order]
-    return images, labels, [data.names[i] for i in order]
+    return [pieces[i][1] for i in order], [pieces[i][2] for i in order], [pieces[i][0] for i in order]
 
 
-def target_bank(bank_dir: Path, domain: str):
+def target_bank(bank_dir: Path, domain: str, own: set[str] | None = None):
+    """The bank less the models trained on the target's own domain (``own``; default: those of the DSB2018 bank)."""
     from cte_kit.models.bank import read_bank
 
-    own = {spec.name for spec in BANK if spec.source == domain}
+    own = own if own is not None else {spec.name for spec in BANK if spec.source == domain}
     return [entry for entry in read_bank(bank_dir / "bank.yaml") if entry.name not in own]
 
 
@@ -237,8 +255,9 @@ def tables_from_rows(rows, models, images) -> TargetTables:
         if key not in tables.cte:
             tables.cte[key] = np.full((len(models), len(images)), np.nan)
         tables.cte[key][mi, ii] = row["cte"]
-        if row["perturbation"] == PAPER and row["n_pert"] == 1:
-            for metric in ("f1", "map"):
+        # true performance is of the clean prediction: the same in every row of a model and image
+        for metric in ("f1", "map"):
+            if np.isfinite(row.get(metric, np.nan)):
                 tables.perf[metric][mi, ii] = row[metric]
     return tables
 
@@ -303,13 +322,22 @@ def _correlate(score, truth):
 METRIC_FOR = {"hard": "f1", "soft": "f1", "instance": "map"}
 
 
-def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
-    """Per option and kind: point correlations (all / usable) and bootstrap replicates over images."""
+def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, usable_metric: str = "f1",
+                    usable_from: float = USABLE_F1, recommend_from: float | None = None):
+    """Per option and kind: point correlations (all / usable), bootstrap replicates over images, the top pick and
+    its regret (the best model's true score minus the pick's; NaN when nothing is recommended).
+
+    A model is usable when its true ``usable_metric`` (median over images) reaches ``usable_from``. With the guards,
+    nothing is recommended when every model is flagged or the top unflagged model's score is below
+    ``recommend_from`` (default: the nuclei task's ``Task.recommend_from``), as the kit's summaries do."""
+    from cte_kit.estimators.tasks import task_defaults
+    from cte_kit.evaluation.summary import regret
+
     n_images = len(tables.images)
     all_columns = np.arange(n_images)
-    f1 = np.nanmedian(tables.perf["f1"], axis=1)
-    usable = f1 >= USABLE_F1
     truth = {m: np.nanmedian(tables.perf[m], axis=1) for m in ("f1", "map")}
+    usable = truth[usable_metric] >= usable_from
+    recommend_from = task_defaults("nuclei").recommend_from if recommend_from is None else recommend_from
     draws = np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
     results = {}
     for option in options:
@@ -324,20 +352,25 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0):
                 boot["all"][b] = _correlate(s, t)
                 boot["usable"][b] = _correlate(s[usable], t[usable])
             top = int(np.nanargmax(score)) if np.isfinite(score).any() else None
+            no_recommendation = bool(option.guards and (tables.flagged(kind).all() or top is None
+                                                        or score[top] < recommend_from))
             results[(option.name, kind)] = {
+                "regret": math.nan if no_recommendation else regret(truth[metric], top),
                 "score": score, "point": point, "boot": boot,
                 "top": tables.models[top] if top is not None else None,
                 "top_usable": bool(usable[top]) if top is not None else False,
                 "top_flagged": bool(tables.flagged(kind)[top]) if top is not None else False,
                 # with the guards, a bank whose every model is flagged gets no recommendation
-                "no_recommendation": bool(option.guards and tables.flagged(kind).all()),
+                "no_recommendation": no_recommendation,
             }
     return results, {"f1": truth["f1"], "map": truth["map"], "usable": usable}
 
 
 # -- main -------------------------------------------------------------------------------------
-def sweep_target(entries, images, labels, names, store, domain, fast, settings, threads) -> list[str]:
-    """Every setting group on one target (resumable rows in the result store ``store``); returns the log lines."""
+def sweep_target(entries, images, labels, names, store, domain, fast, settings, threads,
+                 groups=None, consistencies=CONSISTENCIES) -> list[str]:
+    """Every setting group on one target (resumable rows in the result store ``store``); returns the log lines.
+    ``groups``: (n_pert, settings) pairs to sweep instead of this protocol's."""
     import torch
 
     torch.set_num_threads(threads)
@@ -345,12 +378,12 @@ def sweep_target(entries, images, labels, names, store, domain, fast, settings, 
     from cte_kit.evaluation.sweep import run_sweep
 
     lines = []
-    for n_pert, group in sweep_groups(fast, settings):
+    for n_pert, group in groups if groups is not None else sweep_groups(fast, settings):
         started = time.perf_counter()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = run_sweep(entries, images, names, store, [parse_perturbation(p) for p in group],
-                               CONSISTENCIES, labels=labels, seed=0, n_pert=n_pert, progress=False)
+                               consistencies, labels=labels, seed=0, n_pert=n_pert, progress=False)
         lines += [f"FAILED {f.model} {f.setting}: {f.error}" for f in result.failures]
         lines.append(f"[{domain}] {len(entries)} models x {len(images)} images, N_pert={n_pert} {', '.join(group)}: "
                      f"{result.n_new_rows} new rows in {time.perf_counter() - started:.0f} s")
@@ -588,14 +621,15 @@ def write_report(options, per_target, truths, tables_by_target, out: Path, args)
 def top_pick_lines(names, per_target, truths, tables_by_target, report) -> list[str]:
     """Which model each option puts first on each target: usable? flagged? ("never confidently wrong")."""
     targets = list(per_target)
-    lines = ["", "## Top pick per target (F1 of the pick; `unusable`: F1 < "
-             f"{USABLE_F1}; `flagged`: by the guards; `no pick`: every model flagged)", "",
-             "| option | consistency | " + " | ".join(targets) + " | unusable or flagged picks where a usable model exists |",
-             "|---|---|" + "---|" * (len(targets) + 1)]
+    lines = ["", "## Top pick per target (the pick, its true F1 (hard) or mAP (instance) and its regret = the best "
+             f"model's minus the pick's; `unusable`: F1 < {USABLE_F1}; `flagged`: by the guards; `no pick`: every model "
+             "flagged)", "",
+             "| option | consistency | " + " | ".join(targets) + " | unusable or flagged picks where a usable model exists "
+             "| max regret |", "|---|---|" + "---|" * (len(targets) + 2)]
     report["top_picks"] = {}
     for name in names:
         for kind in ("hard", "instance"):
-            cells, bad = [], 0
+            cells, bad, regrets = [], 0, []
             for domain in targets:
                 entry, truth = per_target[domain].get((name, kind)), truths[domain]
                 if entry is None:
@@ -608,10 +642,13 @@ def top_pick_lines(names, per_target, truths, tables_by_target, report) -> list[
                     continue
                 index = tables_by_target[domain].models.index(entry["top"])
                 tags = [t for t, on in (("unusable", not entry["top_usable"]), ("flagged", entry["top_flagged"])) if on]
-                cells.append(f"{entry['top']} {truth['f1'][index]:.2f}" + (f" ({', '.join(tags)})" if tags else ""))
+                cells.append(f"{entry['top']} {truth[METRIC_FOR[kind]][index]:.2f} (regret {entry['regret']:.2f})"
+                             + (f" ({', '.join(tags)})" if tags else ""))
+                regrets.append(entry["regret"])
                 bad += any_usable and bool(tags)
-            report["top_picks"][f"{name} / {kind}"] = {"cells": cells, "bad": bad}
-            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + f" | {bad} |")
+            worst = max(regrets) if regrets else math.nan
+            report["top_picks"][f"{name} / {kind}"] = {"cells": cells, "bad": bad, "max_regret": worst}
+            lines.append(f"| {name} | {kind} | " + " | ".join(cells) + f" | {bad} | {worst:.2f} |")
     return lines
 
 

@@ -19,9 +19,8 @@ hard and instance consistency).
 3. ``rank``: ``cte-kit rank`` of 10 models (the 7 plus 3 copies with other thresholds, hence other
    model keys) on ``--images`` TIFF files, as a subprocess: wall time, CPU time (user + system,
    which other load on a shared machine inflates less than wall time) and peak RSS (``os.wait4``
-   gives the rusage of that child alone). Then the same pipeline in this process under cProfile,
-   split into forward passes, post-processing, consistency, store writes, guards and summary,
-   against a plain ``model.predict`` of the same images by every model (the forward reference).
+   gives the rusage of that child alone). Where its time goes, against a plain ``predict`` of the
+   same bank and images, is ``benchmarks/bench_rank_floor.py``'s.
 4. ``resume``: ``cte-kit rank`` again on the complete store (only keys are checked).
 
     python benchmarks/bench_runs.py [--parts dask,store,rank,resume] [--images 100] [--dask-images 32]
@@ -29,9 +28,7 @@ hard and instance consistency).
 """
 
 import argparse
-import cProfile
 import os
-import pstats
 import statistics
 import subprocess
 import sys
@@ -46,10 +43,7 @@ import torch
 
 from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.estimators.cte import default_settings
-from cte_kit.evaluation.summary import summarize_results
-from cte_kit.evaluation.sweep import read_results, run_sweep, sweep_guards
-from cte_kit.models.bank import BankEntry, load_model, write_bank
-from cte_kit.perturb import parse_perturbation
+from cte_kit.models.bank import BankEntry, write_bank
 from cte_kit.runs.backends import DaskBackend, SerialBackend
 from cte_kit.runs.runner import CHUNK, RunTarget, run
 from cte_kit.runs.store import ResultStore
@@ -60,24 +54,6 @@ REPO = Path(__file__).resolve().parents[1]
 CONSISTENCIES = ("hard", "instance")
 #: Extra bank entries: demo models under other thresholds (other settings, other model keys).
 EXTRA_THRESHOLDS = (0.3, 0.4, 0.6)
-
-#: Profile buckets: (file name, function name) whose cumulative time is reported.
-BUCKETS = (
-    ("forward passes (U-Net forward)", "unet_arch.py", "forward"),
-    ("instance post-processing", "instances.py", "instances_from_probability"),
-    ("normalisation (prepare)", "base.py", "prepare"),
-    ("input perturbation (gamma)", "input.py", "apply"),
-    ("consistency (pair_scores)", "cte.py", "pair_scores"),
-    ("clean masks for the store (_kept)", "units.py", "_kept"),
-    ("store writes (ResultStore.write)", "store.py", "write"),
-    ("image keys (pixel hashes)", "store.py", "image_key"),
-    ("plan (model keys, resume check)", "runner.py", "plan"),
-    ("model loading", "bank.py", "load_model"),
-    ("read_results", "sweep.py", "read_results"),
-    ("guards (sweep_guards)", "sweep.py", "sweep_guards"),
-    ("summary (summarize_results)", "summary.py", "summarize_results"),
-)
-
 
 def bank10() -> list[BankEntry]:
     demo = demo_bank_entries()
@@ -237,47 +213,6 @@ def bench_rank(bank, images, names, repeats: int, folder: Path, parts: set) -> N
         ratio = f"{again / first:12.3f}" if runs else f"{'-':>12}"
         print(f"{'rank again, complete store (resume)':<40} {again:7.1f} {median(r[1] for r in resumes):7.1f} "
               f"{median(r[2] for r in resumes):13.0f} {ratio}")
-    if "rank" in parts:
-        profile_rank(bank, images, names, folder)
-
-
-def _cumulative(stats: pstats.Stats, file: str, function: str) -> float:
-    return sum(value[3] for (path, _, name), value in stats.stats.items()
-               if name == function and Path(path).name == file)
-
-
-def profile_rank(bank, images, names, folder: Path) -> None:
-    """The CLI's pipeline in this process under cProfile, against a plain predict of every model."""
-    kinds = default_settings(CONSISTENCIES)
-    perturbations = [parse_perturbation(label) for label in kinds]
-    models = [load_model(entry) for entry in bank]
-    reference = sum(timed(lambda: model.predict(images, names))[0] for model in models)
-    out = folder / "profiled.sqlite"
-
-    def pipeline():
-        result = run_sweep(bank, images, names, out, perturbations, kinds, progress=False)
-        rows = read_results(result)
-        ranked = list(result.report.models)
-        return summarize_results(rows, models=ranked, guards=sweep_guards(result, ranked))
-
-    profiler = cProfile.Profile()
-    start, cpu = time.perf_counter(), time.process_time()
-    profiler.runcall(pipeline)
-    total, cpu = time.perf_counter() - start, time.process_time() - cpu
-    stats = pstats.Stats(profiler)
-    print(f"\n3. Where the time goes: the rank pipeline in this process under cProfile ({torch.get_num_threads()} "
-          "threads), against a plain model.predict of the same images by every model")
-    print(f"{'what':<44} {'seconds':>8} {'/ predict':>10} {'% of run':>9}")
-    print(f"{'model.predict, every model (reference)':<44} {reference:8.1f} {1:10.2f} {'-':>9}")
-    print(f"{'whole pipeline (run, results, guards, summary)':<44} {total:8.1f} {total / reference:10.2f} {100:9.0f}"
-          f"  ({cpu:.1f} CPU s; load {os.getloadavg()[0]:.1f})")
-    for label, file, function in BUCKETS:
-        seconds = _cumulative(stats, file, function)
-        print(f"{'  ' + label:<44} {seconds:8.1f} {seconds / reference:10.2f} {100 * seconds / total:9.1f}")
-    print("\nTop 12 functions by own time:")
-    ranked = sorted(stats.stats.items(), key=lambda item: item[1][2], reverse=True)[:12]
-    for (path, line, name), value in ranked:
-        print(f"  {value[2]:7.2f} s own {value[3]:7.2f} s cum {value[1]:>8} calls  {Path(path).name}:{line} {name}")
 
 
 def main():

@@ -1,4 +1,4 @@
-"""Command line: ``cte-kit demo | rank | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
+"""Command line: ``cte-kit demo | rank | qc | sweep | train | adapt | compare | datasets | fetch`` (also ``python -m cte_kit``).
 
 Exit codes: 0 success, 1 some models failed (the others are ranked; tracebacks are in the result
 store), 2 bad input (one line says what), 3 an internal error (a bug: the traceback is printed).
@@ -227,12 +227,108 @@ def _run_compare(args) -> int:
     return 1 if comparison.failures else 0
 
 
+def _add_qc(subparsers):
+    parser = subparsers.add_parser("qc", help="label-free quality control of a chosen model, per image and per object",
+                                   description="After choosing a model: which images and which objects of its "
+                                               "segmentation can be trusted, without labels (stability under the "
+                                               "kit's default perturbation, agreement with the rest of the bank, the "
+                                               "guards). Writes images.csv, objects.csv (and Parquet), napari/ label "
+                                               "images with feature tables, and a self-contained report.html. A "
+                                               "ranking run into the same --store is reused, not recomputed.")
+    parser.add_argument("--bank", required=True, help="bank YAML, or `demo` for the embedded demo bank")
+    parser.add_argument("--model", required=True, help="name of the chosen model in the bank")
+    parser.add_argument("--images", required=True, help="folder of 2D images, or `demo` for the embedded synthetic target")
+    parser.add_argument("--out", required=True, help="folder for the tables, napari/ files and report.html")
+    parser.add_argument("--labels", help="optional folder of label images (same stems), only to judge the scores: "
+                                         "adds the true F1 / AP per image, whether each object matches a true object, "
+                                         "and how well the scores told them apart (`demo` with --images demo)")
+    parser.add_argument("--store", help="result store to read and extend (default: OUT/results.sqlite); give the "
+                                        "--out of `cte-kit rank` to reuse its predictions")
+    parser.add_argument("--worst", type=int, default=8, help="least reliable images shown in the report (default: 8)")
+    parser.add_argument("--n-images", type=int, default=16, help="--images demo: synthetic target images (default: 16)")
+    _add_task_option(parser)
+    _add_backend_options(parser)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _run_qc(args) -> int:
+    from .data.folder import load_folder
+    from .evaluation.quality import judge_quality
+    from .models.bank import read_bank
+    from .reports.quality import write_napari, write_report, write_tables
+    from .runs.quality import perturbed_foregrounds, quality
+    from .runs.runner import RunTarget
+    from .runs.store import ResultStore
+    from .teaching.demo import demo_bank_entries, demo_targets
+
+    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
+    bank = demo_bank_entries() if args.bank == "demo" else read_bank(args.bank)
+    if args.images == "demo":
+        demo = demo_targets(args.n_images, include_real=False)[0]
+        name, images, names = demo.name, demo.images, demo.names
+        labels = demo.labels if args.labels == "demo" else None
+    else:
+        if args.labels == "demo":
+            raise ValueError("--labels demo goes with --images demo")
+        data = load_folder(args.images, args.labels, progress=not args.no_progress)
+        name, images, names, labels = Path(args.images).name, data.images, data.names, data.labels
+    target = RunTarget(name, tuple(images), tuple(names))
+    out = Path(args.out)
+    backend = _backend(args)
+    try:
+        with ResultStore(args.store or out / "results.sqlite") as store:
+            qc = quality(bank, target, args.model, store, backend=backend, progress=not args.no_progress,
+                         task=choice.task)
+            judgement = judge_quality(qc, store, dict(zip(names, labels))) if labels is not None else None
+            shown = [image.image for image in qc.ranked()[:args.worst]]
+            chosen = next(item for item in bank if item.name == args.model)
+            perturbed = perturbed_foregrounds(chosen, target, shown, store, qc.model_key, qc.settings[0])
+            paths = list(write_tables(qc, out).values()) + write_napari(qc, store, out)
+            report = write_report(qc, store, dict(zip(names, images)), out, perturbed, worst=args.worst,
+                                  judgement=judgement)
+    finally:
+        if backend is not None:
+            backend.close()
+    _print_quality(qc, judgement, args.worst)
+    document = {"model": qc.model, "target": qc.target, "compared_with": list(qc.compared_with),
+                "left_out": qc.left_out, "images": qc.image_table(),
+                "judgement": judgement.summary() if judgement is not None else None}
+    (out / "summary.json").write_text(json.dumps(_json_ready(document), indent=2))
+    print(f"Written: {report}, {out / 'images.csv'}, {out / 'objects.csv'}, {out / 'summary.json'} and "
+          f"{len([p for p in paths if p.parent.name == 'napari'])} files in {out / 'napari'}/")
+    _print_failures(qc.failures)
+    return 1 if qc.failures else 0
+
+
+def _print_quality(qc, judgement, worst: int) -> None:
+    from .runs.quality import DOUBTFUL
+
+    if qc.guards is not None and qc.guards.flags:
+        print(f"The guards flag {qc.model} on this target: " + "; ".join(f.reason for f in qc.guards.flags))
+    compared = ", ".join(qc.compared_with) or "no other model (the scores are its stability alone)"
+    print(f"Quality control of {qc.model} on {qc.target}: {len(qc.images)} images, compared with {compared}.")
+    if qc.left_out:
+        print("Not compared with: " + "; ".join(f"{k} ({v})" for k, v in qc.left_out.items()))
+    print(f"\n{'image':<28} {'score':>6} {'consist.':>8} {'agree.':>7} {'objects':>7} {'doubtful':>8}  flags")
+    for image in qc.ranked()[:worst]:
+        print(f"{image.image:<28} {image.score:6.3f} {image.consistency:8.3f} {image.agreement:7.3f} "
+              f"{image.n_objects:7d} {image.n_doubtful:8d}  {'; '.join(image.flags)}")
+    n_objects = sum(o.ids.size for o in qc.objects)
+    print(f"(the {min(worst, len(qc.images))} least reliable of {len(qc.images)} images; {sum(i.n_doubtful for i in qc.images)} "
+          f"of {n_objects} objects score below {DOUBTFUL}. Scores measure stability and agreement, not correctness.)")
+    if judgement is not None:
+        print(f"Judged with the labels: image score vs true F1 Spearman {judgement.spearman_f1:+.2f}, vs true AP "
+              f"{judgement.spearman_map:+.2f}; object score AUROC {judgement.auroc:.2f} for the {judgement.n_matched} of "
+              f"{judgement.n_objects} objects that match a true object at IoU >= 0.5")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cte-kit", description="Consistency-based transferability estimation "
                                      "for microscopy segmentation models.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_demo(subparsers)
     _add_rank(subparsers)
+    _add_qc(subparsers)
     _add_sweep(subparsers)
     _add_train(subparsers)
     _add_adapt(subparsers)
@@ -378,9 +474,8 @@ def _run_demo(args) -> int:
         failures.extend(result.failures)
         rows = read_results(result)
         names = _ranked(result, rows, allow_incomplete=False)
-        summaries = summarize_results(rows, statistic=choice.task.statistic, models=names,
-                                      guards=sweep_guards(result, names, config=choice.task.guards),
-                                      guard_config=choice.task.guards)
+        summaries = summarize_results(rows, models=names, guards=sweep_guards(result, names, config=choice.task.guards),
+                                      task=choice.task)
         _warn_flagged(summaries)
         for summary in summaries:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
@@ -443,8 +538,8 @@ def _run_rank(args) -> int:
     ranked = _ranked(result, rows, args.allow_incomplete)
     rows = [r for r in rows if r["model"] in ranked]
     guards = None if args.no_guards or not ranked else sweep_guards(result, ranked, config=task.guards)
-    summaries = summarize_results(rows, statistic=args.statistic or task.statistic, seed=args.seed, models=ranked,
-                                  guards=guards, guard_config=task.guards) if rows else []
+    summaries = summarize_results(rows, statistic=args.statistic, seed=args.seed, models=ranked, guards=guards,
+                                  task=task) if rows else []
     _warn_task_hint(choice, guards)
     _warn_flagged(summaries)
     for summary in summaries:
@@ -503,8 +598,7 @@ def _run_sweep(args) -> int:
                 if not found:
                     continue
                 guards = store_guards(store, report, run_target.name, names, config=task.guards)
-                summaries = summarize_results(found, statistic=task.statistic, models=names, guards=guards,
-                                              guard_config=task.guards)
+                summaries = summarize_results(found, models=names, guards=guards, task=task)
                 _warn_task_hint(config.task, guards)
                 _warn_flagged(summaries)
                 for summary in summaries:
@@ -682,7 +776,7 @@ def _run_fetch(args) -> int:
 
 
 _COMMANDS = {"demo": _run_demo, "rank": _run_rank, "sweep": _run_sweep, "train": _run_train, "adapt": _run_adapt, "datasets": _run_datasets,
-             "fetch": _run_fetch, "compare": _run_compare}
+             "fetch": _run_fetch, "compare": _run_compare, "qc": _run_qc}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -285,3 +285,22 @@ def test_notebook_runs_in_jupyterlab(path, browser, lab):  # no server when ther
         if browser.execute_script("return !!(window.jupyterapp && window.jupyterapp.shell.currentWidget);"):
             browser.execute_async_script(_CLOSE)
     print(f"{path.name}: {time.perf_counter() - started:.0f} s in JupyterLab")
+
+
+def test_quality_report_shows_every_image(browser, tmp_path):
+    """The quality-control report, opened from a file in the browser (offline: everything is embedded)."""
+    from test_reports_quality import make_report
+
+    _, report = make_report(tmp_path, worst=2)
+    browser.get(report.as_uri())
+    state = _wait(browser, lambda: browser.execute_script("""
+        const images = Array.from(document.images);
+        if (!images.length || images.some(image => !image.complete)) { return null; }
+        return images.map(image => [image.alt, image.naturalWidth, image.naturalHeight]);"""), 60,
+                  "the report's images to load")
+    try:
+        assert len(state) == 3, f"expected the histograms and 2 images, found {state}"
+        assert all(width > 0 and height > 0 for _, width, height in state), f"images not shown: {state}"
+        assert "Can I trust this segmentation?" in browser.title or "Quality control" in browser.title
+    except AssertionError as failure:
+        raise AssertionError(f"{failure} ({_evidence(browser, 'quality_report')})") from None

@@ -328,3 +328,46 @@ def test_a_resumed_rank_reports_the_guards_and_exports_of_its_own_images(tmp_pat
         original_keys = {row["image_key"] for row in csv.DictReader(handle)}
     # ... and the export holds this run's alone
     assert len(exported) == 3 * 4 and not {row["image_key"] for row in exported} & original_keys
+
+
+# -- qc ------------------------------------------------------------------------------------------------
+def _csv(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_qc_runs_on_the_embedded_default(tmp_path, capsys):
+    out = tmp_path / "qc"
+    assert main(["qc", "--bank", "demo", "--model", "near_target", "--images", "demo", "--n-images", "3", "--out",
+                 str(out), "--worst", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "Quality control of near_target on synthetic_target: 3 images" in printed
+    images, objects = _csv(out / "images.csv"), _csv(out / "objects.csv")
+    assert len(images) == 3 and [float(r["score"]) for r in images] == sorted(float(r["score"]) for r in images)
+    assert {"image", "object", "centroid_y", "centroid_x", "area", "score"} <= set(objects[0])
+    assert all(0 <= float(r["score"]) <= 1 for r in objects)
+    assert (out / "report.html").is_file() and (out / "objects.parquet").is_file()
+    assert len(list((out / "napari").glob("*_labels.tif"))) == 3
+    # labels only judge: with them, the same scores and a judgement
+    judged = tmp_path / "judged"
+    assert main(["qc", "--bank", "demo", "--model", "near_target", "--images", "demo", "--n-images", "3", "--out",
+                 str(judged), "--labels", "demo", "--store", str(out / "results.sqlite"), "--no-progress"]) == 0
+    assert "object score AUROC" in capsys.readouterr().out
+    assert _csv(judged / "images.csv") == images and _csv(judged / "objects.csv") == objects
+    assert json.loads((judged / "summary.json").read_text())["judgement"]["n_images"] == 3
+
+
+def test_qc_never_reads_labels_it_is_not_given(tmp_path, target, capsys):
+    images = tmp_path / "t" / "images"
+    images.mkdir(parents=True)
+    for path in sorted((target / "images").iterdir())[:3]:
+        (images / path.name).write_bytes(path.read_bytes())
+    (tmp_path / "t" / "labels").mkdir()
+    for path in images.iterdir():  # labels that cannot be read
+        (tmp_path / "t" / "labels" / path.name).write_bytes(b"not a tiff")
+    bank = _bank(tmp_path / "bank.yaml")
+    arguments = ["qc", "--bank", str(bank), "--model", "sharp_clean", "--images", str(images), "--no-progress"]
+    assert main(arguments + ["--out", str(tmp_path / "a")]) == 0
+    assert main(arguments + ["--out", str(tmp_path / "b"), "--labels", str(tmp_path / "t" / "labels")]) == 2
+    assert "qc: error" in capsys.readouterr().err
+    assert main(arguments + ["--out", str(tmp_path / "c"), "--model", "nobody"]) == 2

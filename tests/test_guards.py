@@ -362,3 +362,33 @@ def test_nuclei_guards_are_unchanged_by_the_tasks():
                    "floods": (np.ones_like(truth, bool), np.ones_like(truth))}
     guards = compute_guards(list(predictions), ["x"], lambda model, image: predictions[model], TASKS["nuclei"].guards)
     assert _codes(guards) == {"a": [], "b": [], "c": [], "floods": ["disagrees", "floods"]}
+
+
+def test_specks_are_not_mitochondria():
+    from cte_kit.estimators.tasks import TASKS
+
+    mito = {image: _sparse_objects(seed, 0.05, radius=7) for seed, image in enumerate("abc")}  # areas ~150 px
+    specks = {image: _sparse_objects(10 + seed, 0.05, radius=2) for seed, image in enumerate("abc")}  # ~13 px
+    predictions = {"mito": mito, "specks": specks}
+    guards = compute_guards(list(predictions), list("abc"), lambda model, image: predictions[model][image],
+                            TASKS["mitochondria"].guards)
+    assert guards["mito"].flags == ()
+    assert [f.code for f in guards["specks"].flags] == ["implausible"]
+    assert "finds objects of median area 13 px where this task's objects measure 100 px or more" in \
+        guards["specks"].flags[0].reason
+
+
+def test_a_model_too_unstable_to_follow_is_not_recommended():
+    truth = _discs()
+    predictions = {name: (truth > 0, truth) for name in ("steady", "shaky")}
+    guards = compute_guards(list(predictions), ["a"], lambda model, image: predictions[model])
+    rows = [{"model": model, "image": "a", "perturbation": "gamma:0.7", "consistency": "hard", "seed": 0, "n_pert": 1,
+             "cte": cte, "f1": np.nan, "iou": np.nan, "map": np.nan, "ap50": np.nan}
+            for model, cte in (("steady", 0.45), ("shaky", 0.3))]
+    guarded = summarize_results(rows, n_boot=0, guards=guards)[0]
+    assert guarded["recommended"] is None
+    assert "steady, keeps only 0.45 of its prediction under gamma:0.7 (hard consistency), less than the 0.5" \
+        in guarded["verdict"]
+    assert summarize_results(rows, n_boot=0)[0]["recommended"] == "steady"  # CTE alone still names one
+    rows[0]["cte"] = 0.55
+    assert summarize_results(rows, n_boot=0, guards=guards)[0]["recommended"] == "steady"

@@ -3,12 +3,13 @@
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-from skimage import draw, measure, segmentation
+from skimage import draw, measure, morphology, segmentation
 
 from cte_kit.scoring.metrics import average_precision
 from cte_kit.models.instances import (connected_components, merge_small_fragments, merge_weak_borders,
                                       remove_small_objects,
                                       seeded_watershed)
+from conftest import SHARED_DATA
 
 
 def touching_nuclei(seed: int, n: int = 12, shape=(128, 128)):
@@ -135,3 +136,173 @@ def test_watershed_does_not_split_a_nucleus_along_a_faint_ridge():
     assert seeded_watershed(probability, boundary).max() == 1
     boundary[:, 15] = 0.95  # a confident border: two objects
     assert seeded_watershed(probability, boundary).max() == 2
+
+
+# -- identity with the implementation before the speed-up (issue 23) ----------------------------------------------
+# The watershed's border merge and fragment merge were Python loops over pairs and fragments (one
+# binary dilation per fragment); they are now computed with compiled routines and must give the
+# same labels, bit for bit. The loops are kept here, and only here, as the reference.
+
+def reference_sequential(labels):
+    return segmentation.relabel_sequential(np.asarray(labels).astype(np.int32, copy=False))[0]
+
+
+def reference_remove_small_objects(labels, min_size):
+    if min_size > 1:
+        sizes = np.bincount(labels.ravel())
+        small = sizes < min_size
+        small[0] = False
+        if small.any():
+            labels = np.where(small[labels], 0, labels)
+    return reference_sequential(labels)
+
+
+def reference_merge_small_fragments(labels, min_size):
+    labels = np.asarray(labels).astype(np.int32, copy=True)
+    if min_size <= 1 or labels.max() == 0:
+        return reference_sequential(labels)
+    sizes = np.bincount(labels.ravel())
+    boxes = {label: box for label, box in enumerate(ndi.find_objects(labels), start=1) if box is not None}
+    height, width = labels.shape
+    for label in np.argsort(sizes, kind="stable"):
+        if label == 0 or sizes[label] == 0 or sizes[label] >= min_size:
+            continue
+        rows, cols = boxes[label]
+        window = (slice(max(rows.start - 1, 0), min(rows.stop + 1, height)),
+                  slice(max(cols.start - 1, 0), min(cols.stop + 1, width)))
+        region = labels[window] == label
+        ring = ndi.binary_dilation(region, structure=np.ones((3, 3), bool)) & ~region
+        neighbours = labels[window][ring]
+        neighbours = neighbours[neighbours > 0]
+        if neighbours.size == 0:
+            continue
+        target = int(np.argmax(np.bincount(neighbours)))
+        labels[window][region] = target
+        sizes[target] += sizes[label]
+        sizes[label] = 0
+        target_rows, target_cols = boxes[target]
+        boxes[target] = (slice(min(rows.start, target_rows.start), max(rows.stop, target_rows.stop)),
+                         slice(min(cols.start, target_cols.start), max(cols.stop, target_cols.stop)))
+    return reference_sequential(labels)
+
+
+def reference_merge_weak_borders(labels, boundary, threshold=0.7):
+    labels = np.asarray(labels).astype(np.int32, copy=False)
+    pairs, strengths = [], []
+    for first, second, first_value, second_value in (
+            (labels[:, :-1], labels[:, 1:], boundary[:, :-1], boundary[:, 1:]),
+            (labels[:-1, :], labels[1:, :], boundary[:-1, :], boundary[1:, :])):
+        border = (first != second) & (first > 0) & (second > 0)
+        pairs.append(np.stack([np.minimum(first[border], second[border]), np.maximum(first[border], second[border])], 1))
+        strengths.append(np.maximum(first_value[border], second_value[border]))
+    pairs, strengths = np.concatenate(pairs), np.concatenate(strengths)
+    if not len(pairs):
+        return reference_sequential(labels)
+    unique, inverse = np.unique(pairs, axis=0, return_inverse=True)
+    inverse = inverse.ravel()
+    mean_strength = np.bincount(inverse, strengths) / np.bincount(inverse)
+    parent = np.arange(labels.max() + 1)
+
+    def root(label):
+        while parent[label] != label:
+            parent[label] = parent[parent[label]]
+            label = parent[label]
+        return label
+
+    for (low, high), strength in zip(unique, mean_strength):
+        if strength < threshold:
+            a, b = root(low), root(high)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    return reference_sequential(np.array([root(i) for i in range(parent.size)])[labels])
+
+
+def reference_seeded_watershed(probability, boundary=None, threshold=0.5, min_size=0):
+    mask = probability > threshold
+    if not mask.any():
+        return np.zeros(mask.shape, np.int32)
+    fragment_size = min_size if min_size > 0 else 8
+    if boundary is not None:
+        boundary = boundary.astype(np.float32, copy=False)
+        interior = ndi.binary_opening(mask & (boundary < 0.5), structure=ndi.generate_binary_structure(2, 1))
+        seeds = reference_remove_small_objects(measure.label(interior, connectivity=1), max(1, fragment_size // 2))
+        elevation = boundary
+    else:
+        distance = ndi.distance_transform_edt(mask)
+        peaks = morphology.h_maxima(ndi.gaussian_filter(distance, 1.0), 0.5)
+        seeds = measure.label(peaks & mask, connectivity=2)
+        elevation = -distance
+    labels = segmentation.watershed(elevation, seeds, mask=mask)
+    if boundary is not None:
+        labels = reference_merge_weak_borders(labels, boundary)
+    unseeded = measure.label(mask & (labels == 0), connectivity=2)
+    labels = np.where(unseeded > 0, unseeded + labels.max(), labels).astype(np.int32)
+    labels = reference_merge_small_fragments(labels, fragment_size)
+    return reference_remove_small_objects(labels, min_size)
+
+
+def network_like_maps(truth, noise, seed):
+    """Foreground and boundary probabilities a foreground+boundary U-Net might predict for ``truth``:
+    blurred, with noise (strong noise leaves hundreds of specks and fragments to merge)."""
+    rng = np.random.default_rng(seed)
+    ring = segmentation.find_boundaries(truth, mode="inner").astype(float)
+    probability = ndi.gaussian_filter((truth > 0).astype(float), 1.2) + rng.normal(0, noise, truth.shape)
+    boundary = 2.5 * ndi.gaussian_filter(ring, 0.8) + rng.normal(0, 1.5 * noise, truth.shape)
+    return np.clip(probability, 0, 1).astype(np.float32), np.clip(boundary, 0, 1).astype(np.float32)
+
+
+def assert_same_labels(new, reference):
+    assert new.dtype == reference.dtype == np.int32
+    np.testing.assert_array_equal(new, reference)
+
+
+def check_against_reference(truth, seed, noises=(0.05, 0.25, 0.45)):
+    for noise in noises:
+        probability, boundary = network_like_maps(truth, noise, seed)
+        for min_size in (0, 30):
+            assert_same_labels(seeded_watershed(probability, boundary, min_size=min_size),
+                               reference_seeded_watershed(probability, boundary, min_size=min_size))
+        assert_same_labels(seeded_watershed(probability, None), reference_seeded_watershed(probability, None))
+        basins = segmentation.watershed(boundary, measure.label(boundary < 0.3, connectivity=1), mask=probability > 0.5)
+        for threshold in (0.3, 0.7):
+            assert_same_labels(merge_weak_borders(basins, boundary, threshold),
+                               reference_merge_weak_borders(basins, boundary, threshold))
+        for min_size in (2, 8, 40):
+            assert_same_labels(merge_small_fragments(basins, min_size), reference_merge_small_fragments(basins, min_size))
+            assert_same_labels(remove_small_objects(basins, min_size), reference_remove_small_objects(basins, min_size))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_watershed_and_merges_equal_the_reference_loops_on_synthetic_nuclei(seed):
+    truth, _, _ = touching_nuclei(seed, n=20, shape=(160, 128))
+    check_against_reference(truth, seed)
+
+
+def test_merges_equal_the_reference_loops_on_random_partitions():
+    """Chains of fragments, ties between neighbours, objects at the image border, gaps in the ids."""
+    rng = np.random.default_rng(5)
+    for size, density in ((12, 0.3), (40, 0.05), (64, 0.02)):
+        seeds = np.where(rng.random((size, size)) < density, rng.integers(1, 4 * size, (size, size)), 0)
+        labels = segmentation.watershed(rng.random((size, size)), seeds, mask=rng.random((size, size)) < 0.8)
+        boundary = rng.random((size, size)).astype(np.float32)
+        for min_size in (2, 5, 20):
+            assert_same_labels(merge_small_fragments(labels, min_size), reference_merge_small_fragments(labels, min_size))
+        assert_same_labels(merge_weak_borders(labels, boundary, 0.5), reference_merge_weak_borders(labels, boundary, 0.5))
+    for labels in (np.zeros((9, 9), np.int32), np.full((9, 9), 3, np.int32), np.eye(9, dtype=np.int32) * 7):
+        assert_same_labels(merge_small_fragments(labels, 4), reference_merge_small_fragments(labels, 4))
+        assert_same_labels(merge_weak_borders(labels, np.zeros((9, 9))), reference_merge_weak_borders(labels, np.zeros((9, 9))))
+        assert_same_labels(remove_small_objects(labels, 4), reference_remove_small_objects(labels, 4))
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"real data not found at {SHARED_DATA}")
+@pytest.mark.parametrize("dataset", ["dsb2018_fluo_256", "dsb2018_fluo_520x696", "dsb2018_histo", "usiigaci_cells",
+                                     "ovules_mini"])
+def test_watershed_and_merges_equal_the_reference_loops_on_real_objects(dataset):
+    """Real object shapes and crowding (nuclei, dense nuclei, stained tissue, cells, tissue without background)."""
+    import tifffile
+
+    files = sorted((SHARED_DATA / dataset / "labels").glob("*.tif"))
+    if not files:
+        pytest.skip(f"no labels in {SHARED_DATA / dataset}")
+    truth = tifffile.imread(files[len(files) // 2]).astype(np.int32)[:192, :192]
+    check_against_reference(truth, 0, noises=(0.05, 0.3))

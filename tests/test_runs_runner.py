@@ -102,6 +102,29 @@ def test_each_image_is_predicted_clean_once_for_every_setting(target):
     assert calls == [("gamma:0.7", True), ("dropout:0.2", False)]
 
 
+def test_each_image_is_normalised_once_for_every_setting(target):
+    model = UNetModel.from_checkpoint(demo_checkpoint("near_target"))
+    prepared = []
+    original = model.prepare
+    model.prepare = lambda image, name="image": prepared.append(name) or original(image, name)
+    with ResultStore(":memory:") as store:
+        run([model], target, SETTINGS, store, progress=False)
+        alone = rows(store, *_keys(model, target), SETTINGS)
+    assert sorted(prepared) == sorted(target.names)
+    # the same values as each setting run on its own
+    for setting in SETTINGS:
+        with ResultStore(":memory:") as store:
+            run([UNetModel.from_checkpoint(demo_checkpoint("near_target"))], target, [setting], store, progress=False)
+            for row in rows(store, *_keys(model, target), [setting]):
+                match = [r for r in alone if (r["image"], r["consistency"], r["perturbation"]) ==
+                         (row["image"], row["consistency"], row["perturbation"])]
+                assert match[0]["cte"] == pytest.approx(row["cte"], nan_ok=True)
+
+
+def _keys(model, target):
+    return {model.name: model_identity(model)[0]}, dict(zip(target.names, target.keys()))
+
+
 def test_a_threshold_change_recomputes_that_model_only(tmp_path, target):
     store = ResultStore(tmp_path / "s.sqlite")
     first = run([_entry("near_target"), _entry("sharp_clean")], target, SETTINGS[:1], store, progress=False)

@@ -55,6 +55,11 @@ def test_clean_predictions_round_trip(tmp_path):
         assert back.dtype == np.int32 and np.array_equal(back, labels)
         assert store.clean_prediction("m@1", "missing#0") is None
         assert store.predicted("m@1") == {"a#1"}
+        # ids of every size (stored in the smallest type that holds them) come back as they went in, as int32
+        for key, offset in (("b#1", 250), ("c#1", 65_000), ("d#1", 2**31 - 20), ("e#1", -5)):
+            store.write(predictions={("m@1", key): (labels > 0, np.where(labels > 0, labels + offset, 0))})
+            assert np.array_equal(store.clean_prediction("m@1", key)[1], np.where(labels > 0, labels + offset, 0))
+            assert store.clean_prediction("m@1", key)[1].dtype == np.int32
 
 
 def test_a_corrupt_prediction_is_a_clear_error(tmp_path):

@@ -27,8 +27,13 @@ def training_data(n_images: int = 8, size: int = 96, seed: int = 0):
 
 
 def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs: int = 10, steps_per_epoch: int = 20,
-                        seed: int = 0) -> Path:
-    """Train a StarDist2D (16 rays, grid 2, depth-2 U-Net of width 8) and return its model folder."""
+                        seed: int = 0, data=None, n_rays: int = 16, depth: int = 2, width: int = 8,
+                        patch: int = 64) -> Path:
+    """Train a StarDist2D (16 rays, grid 2, depth-2 U-Net of width 8) and return its model folder.
+
+    ``data``: (raw images, instance labels) to train on instead of the synthetic nuclei (the last two
+    are the validation images); the benchmarks pass a real training split and a larger network.
+    """
     from cte_kit.models.stardist import _import_stardist, _quietly
 
     StarDist2D = _import_stardist()
@@ -36,10 +41,10 @@ def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs:
     from stardist.models import Config2D
 
     keras_import("utils", "set_random_seed")(seed)
-    images, labels = training_data(seed=seed)
+    images, labels = training_data(seed=seed) if data is None else data
     images = [normalize_percentile(image, 1.0, 99.8) for image in images]
-    config = Config2D(n_rays=16, grid=(2, 2), n_channel_in=1, unet_n_depth=2, unet_n_filter_base=8,
-                      train_patch_size=(64, 64), train_batch_size=4, train_epochs=epochs,
+    config = Config2D(n_rays=n_rays, grid=(2, 2), n_channel_in=1, unet_n_depth=depth, unet_n_filter_base=width,
+                      train_patch_size=(patch, patch), train_batch_size=4, train_epochs=epochs,
                       train_steps_per_epoch=steps_per_epoch, train_learning_rate=1e-3, train_tensorboard=False)
     model = _quietly(StarDist2D, config, name=name, basedir=str(folder))
     with warnings.catch_warnings():
@@ -49,18 +54,23 @@ def train_tiny_stardist(folder: str | Path, name: str = "tiny_stardist", epochs:
     return Path(folder) / name
 
 
-def train_tiny_cellpose(folder: str | Path, name: str = "tiny_cellpose", epochs: int = 40, seed: int = 0) -> Path:
-    """Train a Cellpose 3 CPnet from scratch (``cellpose.train.train_seg``) and return the model file."""
+def train_tiny_cellpose(folder: str | Path, name: str = "tiny_cellpose", epochs: int = 40, seed: int = 0, data=None,
+                        diameter: float = 17.0, patch: int = 64) -> Path:
+    """Train a Cellpose 3 CPnet from scratch (``cellpose.train.train_seg``) and return the model file.
+
+    ``data``: (raw images, instance labels) to train on instead of the synthetic nuclei, with their
+    typical object ``diameter`` (pixels); the benchmarks pass a real training split.
+    """
     import torch
     from cellpose import models, train
 
     torch.manual_seed(seed)
-    images, labels = training_data(seed=seed)
-    network = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=17.0)
+    images, labels = training_data(seed=seed) if data is None else data
+    network = models.CellposeModel(gpu=False, pretrained_model=False, diam_mean=diameter)
     Path(folder).mkdir(parents=True, exist_ok=True)
     path, _, _ = train.train_seg(
         network.net, train_data=[image.astype(np.float32) for image in images], train_labels=labels, channels=[0, 0],
-        n_epochs=epochs, batch_size=8, bsize=64, learning_rate=0.005, min_train_masks=1, save_path=str(folder),
+        n_epochs=epochs, batch_size=8, bsize=patch, learning_rate=0.005, min_train_masks=1, save_path=str(folder),
         model_name=name,
     )
     return Path(path)

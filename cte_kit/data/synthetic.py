@@ -337,7 +337,7 @@ def _mitochondria(domain: SyntheticTissueDomain, cells: np.ndarray, walls: np.nd
         if label >= n_target:
             break
         semi_major = rng.uniform(*domain.mito_radius)
-        semi_minor = max(2.0, semi_major / rng.uniform(1.0, domain.mito_elongation))
+        semi_minor = max(domain.mito_radius[0] / 2, semi_major / rng.uniform(1.0, domain.mito_elongation))
         angle = rng.uniform(0, np.pi)
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
         extent = int(np.ceil(semi_major)) + 2
@@ -413,13 +413,14 @@ def generate_tissue(domain: SyntheticTissueDomain, n_images: int, shape: tuple[i
     return SyntheticTissue(images, cells, membranes, mitochondria, names, domain)
 
 
-#: EM sections like a serial-section TEM of neurites: small cells, dark membranes, dark mitochondria.
-EM_SSTEM = SyntheticTissueDomain(name="em_sstem", cell_size=34.0, wall=2.0, wall_contrast=-0.7, mitochondria=5.0,
-                                 mito_radius=(6.0, 12.0), mito_elongation=2.5, mito_contrast=-0.4, grain=0.2,
+#: EM sections like a serial-section TEM of neurites at ~5 nm per pixel: dark membranes, dark mitochondria
+#: 0.1-0.2 um across (100 px and more, as :data:`cte_kit.estimators.tasks.TASKS` expects of mitochondria).
+EM_SSTEM = SyntheticTissueDomain(name="em_sstem", cell_size=60.0, wall=2.5, wall_contrast=-0.7, mitochondria=2.0,
+                                 mito_radius=(10.0, 20.0), mito_elongation=2.5, mito_contrast=-0.4, grain=0.2,
                                  snr=7.0, blur=1.0)
 #: EM sections like a FIB-SEM of neuropil: larger cells, thinner, fainter membranes, larger mitochondria.
-EM_FIBSEM = EM_SSTEM.with_(name="em_fibsem", cell_size=48.0, wall=1.5, wall_contrast=-0.45, mitochondria=3.5,
-                           mito_radius=(8.0, 15.0), mito_elongation=2.0, mito_contrast=-0.5, grain=0.1, snr=10.0,
+EM_FIBSEM = EM_SSTEM.with_(name="em_fibsem", cell_size=80.0, wall=2.0, wall_contrast=-0.45, mitochondria=1.5,
+                           mito_radius=(12.0, 24.0), mito_elongation=2.0, mito_contrast=-0.5, grain=0.1, snr=10.0,
                            blur=1.4)
 #: Dense tissue like a membrane-stained confocal of plant cells: bright walls, every pixel a cell.
 DENSE_TISSUE = SyntheticTissueDomain(name="dense_tissue", cell_size=22.0, wall=2.0, wall_contrast=0.8,

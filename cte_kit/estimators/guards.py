@@ -45,6 +45,7 @@ import numpy as np
 from skimage import measure
 
 from ..scoring.metrics import mask_overlap, match_instances
+from ..scoring.objects import convex_hull_areas
 from ..types import InputTypeError
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "compute_guards",
     "foreground_agreement",
     "guarded_order",
+    "image_flags",
     "image_statistics",
     "leave_one_out_consensus",
     "object_agreement",
@@ -112,6 +114,13 @@ class GuardConfig:
         compared with, so that a bank whose majority segments the wrong structure cannot flag the
         few models that segment the right one; a model outside it is flagged ``implausible``.
         None: every model without an absolute flag votes.
+    min_object_area : float or None
+        The smallest median object area (pixels; median over images) the task's objects have at the
+        resolution they are imaged at; a model whose objects are smaller segments specks (vesicles,
+        noise, texture), not the task's objects, and is flagged ``implausible`` (None: no such
+        check). Mitochondria at the 4-10 nm per pixel of EM sections are 0.1-1 um across, 100 px
+        and more (the tiles of vnc_mito and epfl_mito: median object area 174 px or more on 95 % of
+        256 px tiles); images at another resolution need resampling, or a config of their own.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -130,6 +139,7 @@ class GuardConfig:
     region_fraction: float = 0.25
     network_solidity: float | None = None
     foreground: tuple[float, float] | None = None
+    min_object_area: float | None = None
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -146,6 +156,8 @@ class GuardConfig:
                 raise ValueError(f"{name} must lie in (0, 1), got {value}")
         if not 0 <= self.region_foreground < 1:
             raise ValueError(f"region_foreground must lie in [0, 1), got {self.region_foreground}")
+        if self.min_object_area is not None and self.min_object_area <= 0:
+            raise ValueError(f"min_object_area must be > 0, got {self.min_object_area}")
         if self.foreground is not None:
             low, high = self.foreground
             if not 0 <= low < high <= 1:
@@ -161,6 +173,8 @@ class GuardConfig:
                      else "no flooding check (dense tissue may be all foreground)")
         parts.append("objects the size of the image" if self.region_foreground == 0 else
                      f"one region over {_percent(self.region_fraction)} of the image")
+        if self.min_object_area is not None:
+            parts.append(f"objects smaller than {self.min_object_area:g} px")
         if self.network_solidity is not None:
             parts.append("networks (membranes) instead of objects")
         return ", ".join(parts)
@@ -302,11 +316,49 @@ SOLIDITY_MIN_REGION = 1e-3
 def _solidity(foreground: np.ndarray) -> float:
     """Area over convex-hull area, summed over the 8-connected foreground regions of at least
     :data:`SOLIDITY_MIN_REGION` of the image; NaN without such a region."""
-    regions = [region for region in measure.regionprops(measure.label(foreground, connectivity=2))
-               if region.area >= SOLIDITY_MIN_REGION * foreground.size]
-    if not regions:
+    regions = measure.label(foreground, connectivity=2)
+    areas = np.bincount(regions.ravel())
+    large = np.flatnonzero(areas >= SOLIDITY_MIN_REGION * foreground.size)
+    large = large[large > 0]
+    if not large.size:
         return float("nan")
-    return float(sum(region.area for region in regions) / sum(region.area_convex for region in regions))
+    return float(areas[large].sum() / convex_hull_areas(regions, large).sum())
+
+
+def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), consensus_objects: float = float("nan"),
+                n_voters: int = 0, config: GuardConfig = GuardConfig()) -> tuple[Flag, ...]:
+    """The guards' checks on one image's prediction (quality control of one model, image by image).
+
+    Parameters
+    ----------
+    own : ImageStatistics
+        The model's prediction of the image (:func:`image_statistics`).
+    consensus_fraction, consensus_objects : float
+        The median foreground fraction and object count of the other models on the same image.
+    n_voters : int
+        How many models that median is over: the checks against the bank need
+        :attr:`GuardConfig.min_models` of them; with fewer only the absolute checks run.
+    config : GuardConfig
+
+    Returns
+    -------
+    tuple of Flag
+        ``floods`` / ``one-region`` whatever the bank says; against the bank ``floods``, ``empty``
+        (no foreground where the bank finds some), ``over-splits`` and ``merges``.
+    """
+    # one empty image is not degenerate in itself (the image may hold nothing): only against the bank
+    flags = list(_absolute_flags({**_own_values([own], config), "empty_images": 0.0}, config))
+    if n_voters < config.min_models or not np.isfinite(consensus_fraction):
+        return tuple(flags)
+    if own.foreground_fraction < config.empty_fraction <= consensus_fraction:
+        flags.append(Flag("empty", "all", f"predicts no foreground where the bank predicts {_percent(consensus_fraction)}"))
+    values = dict(foreground_fraction=own.foreground_fraction, consensus_fraction=consensus_fraction,
+                  agreement_iou=float("nan"), bank_agreement_iou=float("nan"), objects_per_image=float(own.n_objects),
+                  consensus_objects=consensus_objects)
+    known = {flag.code for flag in flags}
+    if "empty" in known:  # no objects at all is not a merge
+        known.add("merges")
+    return tuple(flags) + tuple(f for f in _relative_flags(values, float("nan"), n_voters, config) if f.code not in known)
 
 
 def leave_one_out_consensus(masks: np.ndarray) -> np.ndarray:
@@ -518,6 +570,11 @@ def _absolute_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[F
         low, high = config.foreground
         return (Flag("implausible", "all", f"predicts {_percent(fraction)} of the image as foreground where this "
                                            f"task's objects cover {_percent(low)} to {_percent(high)}"),)
+    size = values["object_size"]
+    if config.min_object_area is not None and np.isfinite(size) and size < config.min_object_area:
+        return (Flag("implausible", "all", f"finds objects of median area {size:.0f} px where this task's objects "
+                                           f"measure {config.min_object_area:g} px or more: it segments specks, not "
+                                           "the task's objects (images at another resolution need resampling)"),)
     return ()
 
 

@@ -45,6 +45,11 @@ class Task:
         When an output counts as degenerate for this task, and the task's expected foreground.
     paper_perturbation, paper_statistic : str
         Seed 001's setting for this task (no guards): the baseline the defaults must beat.
+    recommend_from : float
+        The consistency the most consistent unflagged model needs to be recommended: a model whose
+        prediction keeps less than this under a mild perturbation (IoU or Rand score) is too unstable
+        to be followed, however it ranks. Applied with the guards (the kit's ranking), not to the
+        raw CTE order.
     evidence : str
         Where the defaults were chosen (a benchmark of ``benchmarks/`` and its README section).
     """
@@ -58,6 +63,7 @@ class Task:
     paper_perturbation: str
     paper_statistic: str
     evidence: str
+    recommend_from: float = 0.5
 
     def __post_init__(self):
         missing = [kind for kind in CONSISTENCY_KINDS if kind not in self.perturbations]
@@ -69,6 +75,8 @@ class Task:
         if unknown or not self.consistencies:
             raise ValueError(f"task {self.name!r}: consistencies must be some of {CONSISTENCY_KINDS}, got "
                              f"{self.consistencies}")
+        if not 0 <= self.recommend_from < 1:
+            raise ValueError(f"task {self.name!r}: recommend_from must lie in [0, 1), got {self.recommend_from}")
         for statistic in (self.statistic, self.paper_statistic):
             if statistic not in STATISTICS:
                 raise ValueError(f"task {self.name!r}: unknown statistic {statistic!r}; choose from {STATISTICS}")
@@ -105,7 +113,8 @@ TASKS: dict[str, Task] = {
         Task("mitochondria", "mitochondria in electron microscopy: small sparse objects, a few % of the section",
              consistencies=("hard",),
              perturbations={"hard": "gamma:0.7", "soft": "gamma:0.7", "instance": "gamma:0.7"},
-             statistic="mean", guards=GuardConfig(foreground=(0.005, 0.35), flood_fraction=0.5, network_solidity=0.5),
+             statistic="mean", guards=GuardConfig(foreground=(0.005, 0.35), flood_fraction=0.5, network_solidity=0.5,
+                                                   min_object_area=100.0),
              paper_perturbation="dropout:0.05", paper_statistic="median",
              evidence="leave-one-target-out on vnc_mito and epfl_mito (benchmarks/bench_tasks.py mitochondria)"),
         Task("cells", "cells in light microscopy, dense tissue included: every pixel may belong to a cell",

@@ -14,9 +14,10 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..estimators.guards import GuardConfig, ModelGuards, bank_disagreement, bank_verdict, guarded_order
+from ..estimators.guards import ModelGuards, bank_disagreement, bank_verdict, guarded_order
+from ..estimators.tasks import Task, task_defaults
 from ..estimators.selection import DEFAULT_TOL, separation
-from ..scoring.consistency import DEFAULT_STATISTIC, nan_statistic, summarize
+from ..scoring.consistency import nan_statistic, summarize
 from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from ..types import CTEKitWarning
 from .performance import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, performance_metric_for
@@ -53,12 +54,12 @@ def regret(performance, pick: int | None) -> float:
 
 def summarize_results(
     rows: Sequence[dict],
-    statistic: str = DEFAULT_STATISTIC,
+    statistic: str | None = None,
     n_boot: int = 1000,
     seed: int = 0,
     models: Sequence[str] | None = None,
     guards: Mapping[str, ModelGuards] | None = None,
-    guard_config: GuardConfig = GuardConfig(),
+    task: str | Task | None = None,
 ) -> list[dict]:
     """Per-setting rankings from result rows.
 
@@ -66,8 +67,8 @@ def summarize_results(
     ----------
     rows : sequence of dict
         From :func:`read_results`.
-    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}
-        Aggregation of CTE_i over images (the kit's default: the mean; the paper: the median).
+    statistic : {'mean', 'median', 'trimmed', 'tie-aware'}, optional
+        Aggregation of CTE_i over images (default: the task's, the mean; the paper: the median).
     n_boot : int
         Bootstrap replicates over images for the score intervals (0 disables them).
     models : sequence of str, optional
@@ -75,8 +76,10 @@ def summarize_results(
     guards : mapping of str to ModelGuards, optional
         Label-free guards (:func:`sweep_guards`). A model with a flag that concerns the setting's
         consistency is ranked after every unflagged model; None ranks by CTE alone.
-    guard_config : GuardConfig
-        The configuration the guards were computed with (the task's): what a consensus needs.
+    task : str or Task, optional
+        The task ranked (:func:`cte_kit.estimators.tasks.task_defaults`; default: nuclei): its
+        statistic, its guards' configuration (what a consensus needs) and the consistency a model
+        needs to be recommended (``Task.recommend_from``, with the guards only).
 
     Returns
     -------
@@ -100,6 +103,8 @@ def summarize_results(
         ranking against true performance), ``kendall_unguarded`` (of CTE alone), ``pearson``
         (of the CTE values) and their p-values, and ``regret`` (:func:`regret` of the recommended model).
     """
+    task = task_defaults(task)
+    statistic = task.statistic if statistic is None else statistic
     settings = list(dict.fromkeys((row["perturbation"], row["consistency"], row["seed"], row["n_pert"]) for row in rows))
     summaries = []
     for perturbation, consistency, run_seed, n_pert in settings:
@@ -138,9 +143,15 @@ def summarize_results(
                 item.update(cte_low=float(boot.low[i]), cte_high=float(boot.high[i]), p_top=float(boot.p_top[i]))
             model_rows.append(item)
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
-        entry["recommended"] = names[recommended] if recommended is not None else None
         entry["verdict"] = bank_verdict(guards, consistency) if guards else None
-        entry["bank_note"] = bank_disagreement(guards, consistency, guard_config) if guards else None
+        if guards is not None and recommended is not None and cte[recommended] < task.recommend_from:
+            entry["verdict"] = (f"the most consistent unflagged model, {names[recommended]}, keeps only "
+                                f"{cte[recommended]:.2f} of its prediction under {perturbation} ({consistency} "
+                                f"consistency), less than the {task.recommend_from:g} a recommendation needs: none "
+                                "can be recommended")
+            recommended = None
+        entry["recommended"] = names[recommended] if recommended is not None else None
+        entry["bank_note"] = bank_disagreement(guards, consistency, task.guards) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"
         if n_boot and eligible.sum() > 1:

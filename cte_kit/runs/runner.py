@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
@@ -159,8 +160,6 @@ def _identities(bank: Sequence[BankEntry | SegmentationModel]) -> tuple[dict[str
 def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTarget], settings: Sequence[Setting],
          store: ResultStore, chunk: int = CHUNK) -> tuple[RunReport, list[Unit], dict]:
     """The units a run still has to compute, the report it starts from and the models' descriptions."""
-    if not settings:
-        raise ValueError("give at least one setting (perturbation)")
     models, descriptions = _identities(bank)
     report = RunReport(models=models, settings=tuple(settings))
     units = []
@@ -171,6 +170,8 @@ def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTar
             model_key = report.models[item.name]
             done = {seed: store.done(model_key, [k for s in settings if s.seed == seed for k in s.keys().values()], seed)
                     for seed in {s.seed for s in settings}}
+            objects = {seed: store.done(model_key, [s.objects_key() for s in settings if s.seed == seed], seed, "objects")
+                       for seed in {s.seed for s in settings}}
             predicted = store.predicted(model_key)
             for indices in _chunks(keys, chunk):
                 chunk_keys = [keys[i] for i in indices]
@@ -179,7 +180,7 @@ def plan(bank: Sequence[BankEntry | SegmentationModel], targets: Sequence[RunTar
                     have = done[setting.seed]
                     missing = [c for c, k in setting.keys().items() if any(ik not in have[k] for ik in chunk_keys)]
                     report.n_skipped += sum(ik in have[k] for k in setting.keys().values() for ik in chunk_keys)
-                    if missing:
+                    if missing or any(ik not in objects[setting.seed][setting.objects_key()] for ik in chunk_keys):
                         # the whole chunk again, every consistency of the setting: the same batches as the first time
                         todo.append(setting)
                 needs_predictions = any(ik not in predicted for ik in chunk_keys)
@@ -201,6 +202,8 @@ def run(bank: Sequence[BankEntry | SegmentationModel], targets: RunTarget | Sequ
         Entries are loaded by the backend (once per process), models used as given.
     targets : RunTarget or sequence of RunTarget
     settings : Setting or sequence of Setting
+        None (an empty sequence): only the clean predictions are computed and stored (what the guards,
+        the bank's agreement and the performance table read).
     store : ResultStore
         Rows already there (same model key, image key, estimator key and seed) are not recomputed.
     backend : SerialBackend or DaskBackend, optional
@@ -222,19 +225,32 @@ def run(bank: Sequence[BankEntry | SegmentationModel], targets: RunTarget | Sequ
 
 def _execute(units: Sequence[Unit | EstimateUnit], store: ResultStore, backend, descriptions: Mapping,
              targets: Sequence[RunTarget], report: RunReport | EstimateReport, progress: bool, description: str) -> None:
-    """The loop: compute units on the backend and write each one's results in one transaction as it completes."""
+    """The loop: compute units on the backend and write each one's results in one transaction as it completes.
+
+    A unit is compressed and written by one writer thread while the next unit computes (zlib and
+    SQLite release the GIL), one unit at a time in the order they complete; the loop waits for a
+    write before it hands over the next, so a crash loses at most the unit being written and the
+    one being computed, never half of one.
+    """
     backend = backend if backend is not None else SerialBackend()
     images = {key: (name, *np.shape(image)[:2]) for target in targets
               for name, image, key in zip(target.names, target.images, target.keys())}
     bar = tqdm(total=len(units), desc=description, disable=not progress or not units)
-    for unit, result in backend.map(units):
-        report.n_written += store.write(models={unit.model_key: descriptions[unit.model_key]},
-                                        images={k: images[k] for k in unit.image_keys}, scores=result.scores,
-                                        predictions={(unit.model_key, k): v for k, v in result.predictions.items()},
-                                        failures=result.failures, estimates=result.estimates,
-                                        traits={unit.model_key: result.traits} if result.traits else {})
-        report.failures.extend(result.failures)
-        bar.update(1)
+    writing = None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cte_kit-store") as writer:
+        for unit, result in backend.map(units):
+            if writing is not None:
+                report.n_written += writing.result()
+            writing = writer.submit(
+                store.write, models={unit.model_key: descriptions[unit.model_key]},
+                images={k: images[k] for k in unit.image_keys}, scores=result.scores,
+                predictions={(unit.model_key, k): v for k, v in result.predictions.items()}, failures=result.failures,
+                estimates=result.estimates, traits={unit.model_key: result.traits} if result.traits else {},
+                objects=result.objects)
+            report.failures.extend(result.failures)
+            bar.update(1)
+        if writing is not None:
+            report.n_written += writing.result()
     bar.close()
 
 

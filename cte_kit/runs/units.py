@@ -2,7 +2,9 @@
 
 * :class:`Unit` - one model, a chunk of images and the CTE settings still to compute on them.
   :func:`score_unit` predicts each image clean once and reuses that prediction for every setting,
-  scores every consistency and keeps the clean predictions for the guards and the performance table.
+  scores every consistency, measures how each object of the clean prediction survives the
+  perturbation (:meth:`Setting.objects_key`) and keeps the clean predictions for the guards, the
+  performance table and quality control.
 * :class:`EstimateUnit` - one model, a whole target and the model-scope estimators still to compute
   (many pool samples over every image of the target, so a target is not cut into chunks).
   :func:`estimate_unit` predicts the target once, hands each estimator only what it declares it
@@ -26,8 +28,9 @@ from ..models.base import SegmentationModel
 from ..models.instances import connected_components
 from ..perturb import Perturbation, parse_perturbation
 from ..scoring.consistency import CONSISTENCY_KINDS, prediction_foreground
+from ..scoring.objects import mean_best_iou
 from ..types import Prediction, image_id
-from .store import Estimate, Failure, Score
+from .store import Estimate, Failure, ObjectValues, Score
 
 __all__ = ["EstimateUnit", "FORWARD_KEY", "Setting", "Unit", "UnitResult", "compute_unit", "estimate_unit",
            "estimator_key", "parse_estimator_key", "score_unit", "stored_result"]
@@ -74,6 +77,11 @@ class Setting:
     def keys(self) -> dict[str, str]:
         """``{consistency: estimator key}``."""
         return {c: estimator_key(self.perturbation.label, c, self.n_pert, self.boundary) for c in self.consistencies}
+
+    def objects_key(self) -> str:
+        """Key of the per-object stability rows (store table ``objects``): for every object of the clean
+        prediction, its best IoU with an object of a perturbed prediction, averaged over the ``n_pert`` draws."""
+        return estimator_key(self.perturbation.label, "objects", self.n_pert)
 
 
 def estimator_key(perturbation: str, consistency: str, n_pert: int = 1, boundary: int = 1) -> str:
@@ -149,6 +157,7 @@ class UnitResult:
     failures: tuple[Failure, ...]
     estimates: tuple[Estimate, ...] = ()
     traits: Mapping[str, object] = field(default_factory=dict)
+    objects: tuple[ObjectValues, ...] = ()
 
 
 def _kept(model: SegmentationModel, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
@@ -157,24 +166,33 @@ def _kept(model: SegmentationModel, prediction: Prediction) -> tuple[np.ndarray,
     return foreground, np.asarray(labels, dtype=np.int32)
 
 
-def _score_batch(model: SegmentationModel, unit: Unit, indices: Sequence[int]) -> tuple[list[Score], dict]:
+def _score_batch(model: SegmentationModel, unit: Unit,
+                 indices: Sequence[int]) -> tuple[list[Score], dict, list[ObjectValues]]:
     images = [unit.images[i] for i in indices]
     names = [unit.names[i] for i in indices]
     ids = [image_id(name) for name in names]
     scores: list[Score] = []
-    clean = None
+    objects: list[ObjectValues] = []
+    clean = kept = None
+    # normalised once for every setting
+    prepared = [model.prepare(image, name) for image, name in zip(images, names)] if unit.settings else None
     for setting in unit.settings:
         pairs = model.predict_pairs(images, setting.perturbation, seed=setting.seed, n_pert=setting.n_pert,
-                                    image_ids=ids, names=names, clean=clean)
-        clean = [pair.clean for pair in pairs]  # every later setting reuses these clean predictions
+                                    image_ids=ids, names=names, clean=clean, prepared=prepared)
+        if clean is None:  # every later setting reuses these clean predictions
+            clean = [pair.clean for pair in pairs]
+            kept = [_kept(model, p) for p in clean]
         values = pair_scores(pairs, setting.consistencies, threshold=model.threshold, boundary=setting.boundary)
         for consistency, key in setting.keys().items():
             scores.extend(Score(unit.model_key, unit.image_keys[i], key, setting.seed, float(v))
                           for i, v in zip(indices, values[consistency]))
+        for i, (_, labels), pair in zip(indices, kept, pairs):
+            # the objects the store keeps, matched with the objects the perturbed predictions make of the same pixels
+            found = mean_best_iou(labels, [_kept(model, p)[1] for p in pair.perturbed])
+            objects.append(ObjectValues(unit.model_key, unit.image_keys[i], setting.objects_key(), setting.seed, *found))
     if clean is None and unit.predictions:
-        clean = model.predict(images, names)
-    kept = {unit.image_keys[i]: _kept(model, p) for i, p in zip(indices, clean)} if clean is not None else {}
-    return scores, kept
+        kept = [_kept(model, p) for p in model.predict(images, names)]
+    return scores, dict(zip((unit.image_keys[i] for i in indices), kept)) if kept is not None else {}, objects
 
 
 def _failure(unit: Unit | EstimateUnit, error: BaseException, index: int | None, setting: str | None = None) -> Failure:
@@ -196,21 +214,22 @@ def score_unit(unit: Unit, model: SegmentationModel | None) -> UnitResult:
             return UnitResult((), {}, (failure,))
     everything = list(range(len(unit.images)))
     try:
-        scores, kept = _score_batch(model, unit, everything)
-        return UnitResult(tuple(scores), kept, ())
+        scores, kept, objects = _score_batch(model, unit, everything)
+        return UnitResult(tuple(scores), kept, (), objects=tuple(objects))
     except Exception as error:
         if len(everything) == 1:
             return UnitResult((), {}, (_failure(unit, error, 0),))
-    scores, kept, failures = [], {}, []
+    scores, kept, failures, objects = [], {}, [], []
     for index in everything:
         try:
-            image_scores, image_kept = _score_batch(model, unit, [index])
+            image_scores, image_kept, image_objects = _score_batch(model, unit, [index])
         except Exception as error:
             failures.append(_failure(unit, error, index))
             continue
         scores.extend(image_scores)
         kept.update(image_kept)
-    return UnitResult(tuple(scores), kept, tuple(failures))
+        objects.extend(image_objects)
+    return UnitResult(tuple(scores), kept, tuple(failures), objects=tuple(objects))
 
 
 def stored_result(result: EstimatorResult, model_key: str, inputs_key: str, cost: float) -> Estimate:

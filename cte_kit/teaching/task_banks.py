@@ -51,15 +51,17 @@ class TaskBank:
     models: tuple[TaskBankModel, ...]
     labels: str
     description: str
+    shape: tuple[int, int] = (128, 128)  # of the training and target images
+    patch_size: int = 64
 
 
 #: Small networks trained briefly: the banks are for teaching, and retrain in minutes.
 TASK_BANK_ARCHITECTURE = dict(levels=3, width=8)
-TASK_BANK_TRAINING = TrainingConfig(steps=400, batch_size=8, patch_size=64)
+TASK_BANK_TRAINING = TrainingConfig(batch_size=8, patch_size=96)  # the steps are each model's, the patch at most the bank's
 TASK_BANK_TRAIN_IMAGES = 24
 
-_EM_TARGET = EM_SSTEM.with_(name="em_target", cell_size=42.0, wall_contrast=-0.55, mitochondria=4.0,
-                            mito_radius=(7.0, 13.0), mito_contrast=-0.45, snr=6.0, blur=1.2, gamma=1.2)
+_EM_TARGET = EM_SSTEM.with_(name="em_target", cell_size=70.0, wall_contrast=-0.55, mitochondria=2.0,
+                            mito_radius=(11.0, 21.0), mito_contrast=-0.45, snr=6.0, blur=1.2, gamma=1.2)
 _TISSUE_TARGET = DENSE_TISSUE.with_(name="tissue_target", cell_size=26.0, snr=5.0, blur=1.4, gamma=1.2)
 
 #: The two banks of notebook 10.
@@ -69,7 +71,8 @@ TASK_BANKS = {
         (TaskBankModel("mito_sstem", EM_SSTEM), TaskBankModel("mito_fibsem", EM_FIBSEM),
          TaskBankModel("mito_sstem_short", EM_SSTEM, steps=40), TaskBankModel("membranes", EM_SSTEM, "membranes"),
          TaskBankModel("nuclei", pretrained="demo/near_target")),
-        "mitochondria", "synthetic EM sections of an unseen modality (larger cells, fainter membranes, gamma 1.2)"),
+        "mitochondria", "synthetic EM sections of an unseen modality (larger cells, fainter membranes, gamma 1.2)",
+        shape=(192, 192), patch_size=96),
     "cells": TaskBank(
         "cells", _TISSUE_TARGET,
         (TaskBankModel("cells_small", DENSE_TISSUE, "cells"),
@@ -105,21 +108,23 @@ def task_bank_entries(task: str, folder: str | Path | None = None) -> list[BankE
     return entries
 
 
-def task_target(task: str, n_images: int = 8, shape: tuple[int, int] = (128, 128), seed: int = 11) -> DemoTarget:
-    """The unseen target of a task bank: images, the labels of the task's objects (kept aside to judge the
-    ranking), names."""
+def task_target(task: str, n_images: int = 8, shape: tuple[int, int] | None = None, seed: int = 11) -> DemoTarget:
+    """The unseen target of a task bank: images (default: of the bank's shape), the labels of the task's objects
+    (kept aside to judge the ranking), names."""
     bank = TASK_BANKS[task]
-    data = generate_tissue(bank.target, n_images, shape=shape, seed=seed)
+    data = generate_tissue(bank.target, n_images, shape=shape or bank.shape, seed=seed)
     labels = data.cells if bank.labels == "cells" else data.mitochondria
     return DemoTarget(f"{task}_target", data.images, labels, data.names, f"{n_images} {bank.description} (seed {seed})")
 
 
 def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_BANK_TRAINING,
-                    n_images: int = TASK_BANK_TRAIN_IMAGES, progress: bool = True) -> list[BankEntry]:
+                    n_images: int = TASK_BANK_TRAIN_IMAGES, scale: float = 1.0, progress: bool = True) -> list[BankEntry]:
     """Train the models of a task bank into ``out`` and write its ``bank.yaml`` (with ``task:``).
 
     Each model trains on its own domain's images (seed 100 + its position), never the target's;
-    its training seed is its position: the bank is reproducible bit for bit on one machine.
+    its training seed is its position: the bank is reproducible bit for bit on one machine. A model
+    whose checkpoint is already in ``out`` is kept, so an interrupted build resumes. ``scale``
+    multiplies every model's steps (a smoke run).
     """
     out = Path(out)
     bank = TASK_BANKS[task]
@@ -128,11 +133,15 @@ def build_task_bank(task: str, out: str | Path, training: TrainingConfig = TASK_
         if model.pretrained is not None:
             entries.append(BankEntry(model.name, "unet", pretrained=model.pretrained))
             continue
-        data = generate_tissue(model.domain, n_images, shape=(128, 128), seed=100 + index)
-        labels = {"mitochondria": data.mitochondria, "membranes": data.membranes, "cells": data.cells}[model.labels]
         path = out / f"{model.name}.pt"
+        if path.is_file():
+            entries.append(BankEntry(model.name, "unet", path.name))
+            continue
+        data = generate_tissue(model.domain, n_images, shape=bank.shape, seed=100 + index)
+        labels = {"mitochondria": data.mitochondria, "membranes": data.membranes, "cells": data.cells}[model.labels]
         train_unet(data.images, labels, UNetConfig(**TASK_BANK_ARCHITECTURE, output=model.output),
-                   TrainingConfig(**{**training.__dict__, "steps": model.steps, "seed": index}), out=path,
+                   TrainingConfig(**{**training.__dict__, "steps": max(1, round(model.steps * scale)), "seed": index,
+                                     "patch_size": min(training.patch_size, bank.patch_size)}), out=path,
                    name=model.name, source=f"synthetic {model.labels} of {model.domain}", progress=progress)
         entries.append(BankEntry(model.name, "unet", path.name))
     write_bank(entries, out / "bank.yaml", task=task)
