@@ -232,7 +232,7 @@ def run_demo(args) -> dict:
                            [parse_perturbation(label) for label in settings], settings, labels=data.labels,
                            progress=False)
         f1 = {r["name"]: r["f1"] for r in summarize_results(read_results(result), task.statistic, n_boot=0,
-                                                              guard_config=task.guards)[0]["models"]}
+                                                              task=task)[0]["models"]}
     worst, best = min(f1, key=f1.get), max(f1, key=f1.get)
     results = {"true_f1_before": f1}
     for name in (list(entries) if args.all_models else (worst, best)):
@@ -317,7 +317,7 @@ def run_protocol(args) -> dict:
             sweep = run_sweep(others, images, names, store, [parse_perturbation(p) for p in settings],
                               settings, progress=False, target=domain)
             summary = summarize_results(read_results(sweep), task.statistic, n_boot=0,
-                                        guards=sweep_guards(sweep, config=task.guards), guard_config=task.guards)[0]
+                                        guards=sweep_guards(sweep, config=task.guards), task=task)[0]
         order = sorted(summary["models"], key=lambda m: m["rank"])
         for rank in args.ranks:
             if rank > len(order):
