@@ -18,7 +18,10 @@ each choice rests on one target: the report says so, and the kit keeps a default
 held-out targets show another option better on both.
 
     python benchmarks/bench_tasks.py mitochondria [--bank results/mito_bank] [--out results/tasks/mitochondria]
-        [--max-images 24] [--side 256] [--n-boot 200] [--fast]
+        [--max-images 24] [--side 256] [--n-boot 200] [--fast] [--keep-own]
+
+``--keep-own`` keeps each target's own models (trained on its training split) in the bank, so that a
+usable model of the target's modality competes with the rest (out: ``results/tasks/<task>_own``).
 
 Writes ``OUT/table.md`` and ``OUT/summary.json``; rows are kept in ``OUT/<target>_n<N>_s<S>.sqlite``
 (a rerun computes only what is missing).
@@ -147,10 +150,14 @@ def option_row(option: Option, entry: dict, tables, truth: dict, kind: str) -> d
 def write_report(protocol: Protocol, options, per_target, truths, tables_by_target, out: Path, args) -> dict:
     kind, metric = protocol.kind, METRIC_FOR[protocol.kind]
     name = {"f1": "F1", "map": "mAP"}[metric]
-    lines = [f"# {protocol.task}: leave-one-domain-out ranking", "",
+    lines = [f"# {protocol.task}: " + ("each domain's held-out split ranked by the whole bank" if args.keep_own
+                                         else "leave-one-domain-out ranking"), "",
              f"Targets: the held-out test split of each domain ({', '.join(per_target)}), "
              + (f"tiled into {args.side} x {args.side} tiles" if protocol.tile else f"centre-cropped to {args.side} px")
-             + f", a seeded subset of at most {args.max_images}; the target's own models are left out. Ranked by {kind} "
+             + f", a seeded subset of at most {args.max_images}; "
+             + ("the target's own models (trained on its training split) stay in the bank" if args.keep_own
+                else "the target's own models are left out")
+             + f". Ranked by {kind} "
              f"consistency, judged against the true {name} (median over the target's images). Usable: true "
              f"{protocol.usable_metric.upper() if protocol.usable_metric == 'f1' else 'mAP'} >= {protocol.usable_from}. "
              f"Intervals: 95 % bootstrap over the target's images ({args.n_boot} resamples). Regret: the best model's true "
@@ -216,6 +223,10 @@ def main(argv=None) -> int:
     parser.add_argument("--n-boot", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fast", action="store_true", help="smoke run: 4 images per target, 2 settings")
+    parser.add_argument("--keep-own", action="store_true",
+                        help="keep the target's own models (trained on its training split): a bank that holds a "
+                             "model of the target's modality, so that usable models compete (default out: "
+                             "results/tasks/<task>_own)")
     args = parser.parse_args(argv)
 
     import torch
@@ -227,7 +238,7 @@ def main(argv=None) -> int:
     protocol = PROTOCOLS[args.task]
     task = task_defaults(protocol.task)
     bank_dir = Path(args.bank) if args.bank else REPO / "results" / protocol.default_bank
-    out = Path(args.out) if args.out else REPO / "results" / "tasks" / protocol.task
+    out = Path(args.out) if args.out else REPO / "results" / "tasks" / (protocol.task + ("_own" if args.keep_own else ""))
     if not (bank_dir / "bank.yaml").exists():
         print(f"no bank in {bank_dir}: train it first (benchmarks/{protocol.bank_module}.py)", file=sys.stderr)
         return 2
@@ -239,7 +250,7 @@ def main(argv=None) -> int:
     per_target, truths, tables_by_target = {}, {}, {}
     options = [o for o in build_options(protocol) if all(c.perturbation in settings for c in o.components)]
     for target in protocol.targets:
-        entries = target_bank(bank_dir, target, protocol.own(target))
+        entries = target_bank(bank_dir, target, set() if args.keep_own else protocol.own(target))
         images, labels, names = load_target(bank_dir, target, args.max_images, args.side, tile=protocol.tile)
         store = out / f"{target}_n{args.max_images}_s{args.side}.sqlite"
         for line in sweep_target(entries, images, labels, names, store, target, False, (), args.threads,

@@ -360,30 +360,12 @@ def _plot_summaries(summaries: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from .reports.plots import save_figure, scatter_cte
+    from .reports.plots import save_figure, summary_scatters
 
-    labelled = [s for s in summaries if "kendall" in s]
-    if not labelled:
-        return
-    columns = min(2, len(labelled))
-    rows = -(-len(labelled) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.8 * rows), constrained_layout=True, squeeze=False)
-    for ax in axes.ravel()[len(labelled):]:
-        ax.remove()
-    for ax, summary in zip(axes.ravel(), labelled):
-        models = summary["models"]
-        scatter_cte([m["cte"] for m in models], [m["performance"] for m in models], [m["name"] for m in models], ax=ax,
-                    title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
-                    cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
-                    performance_label=f"true {_METRIC_NAMES[summary['performance_metric']]} "
-                                      f"({summary['performance_statistic']} over images)",
-                    stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models], [m.get("cte_high", m["cte"]) for m in models]),
-                    flagged=[bool(m.get("flags")) for m in models])
-    save_figure(figure, path)
-    plt.close(figure)
-
-
-_METRIC_NAMES = {"f1": "F1", "map": "mAP"}
+    figure = summary_scatters(summaries, title)
+    if figure is not None:
+        save_figure(figure, path)
+        plt.close(figure)
 
 
 def _task_choice(task: str | None, bank=None):
@@ -447,7 +429,8 @@ def _run_demo(args) -> int:
     from .estimators.cte import default_settings
     from .estimators.tasks import resolve_task
     from .perturb import parse_perturbation
-    from .teaching.demo import DEMO_TASK, build_demo_bank, demo_bank_entries, demo_targets, format_table
+    from .teaching.demo import (DEMO_TASK, READING_GUIDE, build_demo_bank, demo_bank_entries, demo_targets,
+                                format_table, recommendation_note)
 
     started = time.perf_counter()
     out = Path(args.out)
@@ -465,7 +448,8 @@ def _run_demo(args) -> int:
     targets = demo_targets(args.n_images, include_real=not args.no_real)
     failures = []
     if not args.no_real and len(targets) == 1:
-        print("(The real DSB2018 target comes with the `stardist` package: pip install 'cte_kit[adapters]'.)")
+        print("Only the synthetic target: the real DSB2018 image ships with the `stardist` package, which is not "
+              "installed (pip install 'cte_kit[adapters]', or `make test` once, adds it).")
     for target in targets:
         print(f"\nTarget {target.name}: {target.description}. Labels are used only to score the ranking.")
         store = out / f"results_{target.name}.sqlite"
@@ -481,8 +465,12 @@ def _run_demo(args) -> int:
             print(f"\n[{target.name}] perturbation {summary['perturbation']}, {summary['consistency']} consistency, "
                   f"{summary['statistic']} over images")
             print(format_table(summary))
+        note = recommendation_note(summaries)
+        if note:
+            print(f"\n{note}")
         _plot_summaries(summaries, out / f"scatter_{target.name}.png", target.name)
         _write_summary(summaries, out / f"summary_{target.name}.json", {"target": target.name})
+    print(f"\n{READING_GUIDE}")
     print(f"\nResult stores, summaries and scatter plots are in {out}/ ({time.perf_counter() - started:.0f} s)")
     _print_failures(failures)
     return 1 if failures else 0

@@ -356,6 +356,9 @@ def test_format_table_lists_names_sizes_licences_and_checksum_status(monkeypatch
     ovules = next(line for line in table.splitlines() if line.startswith("ovules"))
     assert ovules.endswith("none")
     assert str(tmp_path) in table
+    # a terminal's and a notebook's width: long modalities lose their details in brackets, short ones keep them
+    assert max(len(line) for line in table.splitlines() if str(tmp_path) not in line) <= 100
+    assert "fluorescence (widefield)" in table
 
 
 @pytest.mark.parametrize("change, message", [

@@ -149,3 +149,36 @@ def test_label_based_estimators_score_kit_unets(demo_models, target):
     first, second = (run_estimator(Topology(n_pixels=16), demo_models[:1], images, names, labels=labels)[0].score
                      for _ in range(2))
     assert first == second  # seeded by the estimator key and the image names
+
+
+def test_sinkhorn_that_stops_early_warns_once_per_model_with_the_count(demo_models, target, monkeypatch):
+    """A notebook scoring OTCE on a bank printed one identical warning per draw, each with a file and a line."""
+    import warnings
+
+    from cte_kit import CTEKitWarning
+    from cte_kit.estimators.label_based import SinkhornWarning
+
+    rng = np.random.default_rng(0)
+    with pytest.warns(SinkhornWarning, match="Sinkhorn stopped"):
+        transport_plan(rng.normal(size=(30, 2)) * 50, rng.normal(size=(30, 2)) * 50, epsilon=1e-3, max_iter=2)
+    assert issubclass(SinkhornWarning, CTEKitWarning)  # printed as a sentence in notebooks and on the command line
+
+    import ot
+
+    original = ot.sinkhorn
+
+    def stops_early(*args, **kwargs):  # POT's own warning when it runs out of iterations
+        warnings.warn("Sinkhorn did not converge. You might want to increase the number of iterations `numItermax` "
+                      "or the regularization parameter `reg`.", UserWarning)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ot, "sinkhorn", stops_early)
+    images, labels, names = target
+    source = SourceData(tuple(images), tuple(labels), tuple(names))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_estimator(OTCE(n_pixels=100, repeats=3), demo_models[:2], images, names, labels=labels,
+                      sources=[source] * 2)
+    stopped = [str(w.message) for w in caught if issubclass(w.category, SinkhornWarning)]
+    assert len(stopped) == 2 and all("in 3 of 3 draw(s)" in message for message in stopped), stopped
+    assert not [w for w in caught if "did not converge" in str(w.message)]  # POT's own are folded in

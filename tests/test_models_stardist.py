@@ -218,3 +218,24 @@ def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path
     # through a bank entry, whose `name` must not collide with the pretrained name
     with pytest.raises(PretrainedDownloadError, match="2D_versatile_fluo.zip"):
         load_model(BankEntry("versatile", "stardist", pretrained="2D_versatile_fluo"))
+
+
+def test_without_tensorflow_the_error_says_what_to_install(monkeypatch):
+    """csbdeep's bare "RuntimeError: Please install TensorFlow" becomes the kit's ImportError naming the extra."""
+    import builtins
+    import sys
+
+    from cte_kit.models.stardist import _import_stardist
+
+    for name in [name for name in sys.modules if name.split(".")[0] in ("tensorflow", "stardist", "csbdeep", "keras")]:
+        monkeypatch.delitem(sys.modules, name)
+    real_import = builtins.__import__
+
+    def no_tensorflow(name, *args, **kwargs):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_tensorflow)
+    with pytest.raises(ImportError, match=r"cte_kit\[tensorflow\]"):
+        _import_stardist()

@@ -57,8 +57,12 @@ def test_users_get_ranges_and_keep_their_torch_and_tensorflow():
     assert not pinned, f"exact pins belong in constraints-cpu.txt, not in the package metadata: {pinned}"
     torch = [r for r in requirements if _name(r) == "torch"]
     assert torch and all(">=" in r and "<" in r for r in torch), torch
-    # naming tensorflow or tensorflow-cpu would install one on top of the other (same package, two names)
-    assert not [r for r in requirements if _name(r).startswith("tensorflow")]
+    # naming tensorflow or tensorflow-cpu would install one on top of the other (same package, two names):
+    # only the opt-in extra for installs without any TensorFlow names it, as a range
+    extras = project["optional-dependencies"]
+    assert not [r for r in project["dependencies"] + [r for name, extra in extras.items() if name != "tensorflow"
+                                                      for r in extra] if _name(r).startswith("tensorflow")]
+    assert [_name(r) for r in extras["tensorflow"]] == ["tensorflow"] and "<" in extras["tensorflow"][0]
 
 
 def test_ci_installs_the_cpu_builds_through_the_constraints():

@@ -16,12 +16,13 @@ pytest.importorskip("ipywidgets")
 from cte_kit.scoring.consistency import hard_consistency, instance_consistency, soft_consistency
 from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.teaching.demo import demo_bank_entries
-from cte_kit.estimators.cte import estimate
+from cte_kit.estimators.cte import default_perturbation, estimate
 from cte_kit.models import load_model
 from cte_kit.types import Prediction
 from cte_kit.models.base import SegmentationModel
 from cte_kit.perturb import FeatureDropout, InputPerturbation
 from cte_kit.evaluation.strength import model_performance, perturbation_for, sweep_strengths
+from cte_kit.reports.figure_check import figure_problems
 from cte_kit.teaching.widgets import SLIDER_RANGES, perturbation_explorer, strength_sweep_panel
 
 
@@ -139,6 +140,7 @@ def test_explorer_draws_a_labelled_figure(bank, target):
     assert all(ax.get_title() and ax.get_xlabel() and ax.get_ylabel() for ax in axes)
     assert explorer.figure.get_suptitle()
     assert "hard consistency" in explorer.readout.value
+    assert figure_problems(explorer.figure) == []
 
 
 def test_black_box_has_no_dropout_row(target):
@@ -179,6 +181,7 @@ def test_button_click_runs_the_sweep(bank, target):
     assert "mean over images" in panel.figure.axes[0].get_xlabel()
     assert "median over images" in panel.figure.axes[0].get_ylabel()
     assert panel.kind.style.description_width == "initial"  # "perturbation" is not cut
+    assert figure_problems(panel.figure) == []  # no squeezed legend, overlapping ticks or hidden point
 
 
 def test_panel_shows_that_it_is_busy_while_it_sweeps(bank, target, monkeypatch):
@@ -218,8 +221,12 @@ def test_panel_reuses_computed_strengths_and_switches_kind(bank, target, monkeyp
     assert panel.result.performance is None and "kendall" not in panel.rows[0]
     expected = estimate(bank[2], target.images, InputPerturbation("noise", 0.1)).score
     assert panel.result.cte(0.1)[2] == pytest.approx(expected, abs=1e-12)
-    panel.kind.value = "gamma"  # the drop-down offers that kind's default strengths
-    assert all(value > 1 for value in panel.strengths.value)
+    panel.kind.value = "gamma"  # the drop-down offers that kind's strengths, the kit's default among them
+    default = default_perturbation("hard")
+    assert default.kind == "gamma" and default.strength in panel.strengths.value
+    labels = dict((value, label) for label, value in panel.strengths.options)
+    assert labels[default.strength].endswith("(kit default)")
+    assert sum(label.endswith("(kit default)") for label in labels.values()) == 1
 
 
 def test_sweep_strengths_leaves_black_boxes_out_of_dropout(target):

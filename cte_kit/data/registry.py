@@ -243,22 +243,27 @@ def _entry(name: str) -> DatasetEntry:
     return registry[name]
 
 
+_MODALITY_WIDTH = 26
+
+
 def format_table(entries) -> str:
     """Plain-text table of datasets for ``cte-kit datasets``.
 
-    Columns: name, task, structure, modality, download size in MB (``?`` when not published),
-    licence (``?`` when not verified) and checksum status (``sha256``, ``partial`` or ``none``:
-    downloads without a published checksum are not verified).
+    Columns: name, task, structure, modality (a long one without its details in brackets, so that
+    the table fits 100 columns; the entry's ``modality`` has them), download size in MB (``?`` when not
+    published), licence (``?`` when not verified) and checksum status (``sha256``, ``partial`` or
+    ``none``: downloads without a published checksum are not verified).
     """
     rows = [("name", "task", "structure", "modality", "size MB", "licence", "checksum")]
     for e in entries:
         size = "?" if e.size is None else f"{e.size / 1e6:.1f}"
-        rows.append((e.name, e.task, e.structure, e.modality, size, e.licence or "?", e.hash_status))
+        modality = e.modality if len(e.modality) <= _MODALITY_WIDTH else e.modality.split(" (")[0]
+        rows.append((e.name, e.task, e.structure, modality, size, e.licence or "?", e.hash_status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "-" * len(lines[0]))
     mirror = os.environ.get(MIRROR_ENV) or "none (original hosts)"
-    lines.append(f"\n{len(rows) - 1} datasets. Cache: {data_dir()}  Mirror ({MIRROR_ENV}): {mirror}")
+    lines.append(f"\n{len(rows) - 1} datasets.\nCache: {data_dir()}\nMirror ({MIRROR_ENV}): {mirror}")
     return "\n".join(lines)
 
 

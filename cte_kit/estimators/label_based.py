@@ -30,10 +30,11 @@ from skimage.segmentation import find_boundaries
 
 from ..models.base import SegmentationModel
 from .base import Estimator, EstimatorInput, EstimatorResult
-from ..types import name_seed
+from ..types import CTEKitWarning, name_seed
 from .sampling import default_feature_layer, pixel_probabilities, sample_pixels, sampled_features
 
 __all__ = [
+    "SinkhornWarning",
     "transport_plan",
     "conditional_entropy",
     "otce_score",
@@ -63,6 +64,10 @@ def _features_labels(features, labels, name: str) -> tuple[np.ndarray, np.ndarra
 
 
 # -- OTCE -------------------------------------------------------------------------------------------
+class SinkhornWarning(CTEKitWarning):
+    """Sinkhorn stopped before its transport plan met the marginals: the plan, and OTCE, are approximate."""
+
+
 def transport_plan(source_features, target_features, solver: str = "sinkhorn", epsilon: float = 0.1,
                    max_iter: int = 1000) -> np.ndarray:
     """Optimal coupling of two uniformly weighted point clouds under the squared Euclidean cost.
@@ -102,7 +107,8 @@ def transport_plan(source_features, target_features, solver: str = "sinkhorn", e
             plan = ot.sinkhorn(a, b, cost, reg=epsilon, method="sinkhorn_log", numItermax=max_iter, stopThr=1e-4)
         if any("converge" in str(w.message) for w in caught):
             warnings.warn(f"Sinkhorn stopped after {max_iter} iterations before meeting the marginals to 1e-4; the "
-                          "transport plan is approximate (raise max_iter or epsilon, or use solver='emd').", stacklevel=2)
+                          "transport plan is approximate (raise max_iter or epsilon, or use solver='emd').",
+                          SinkhornWarning, stacklevel=2)
         return plan
     raise ValueError(f"unknown solver {solver!r}; choose 'sinkhorn' or 'emd'")
 
@@ -414,13 +420,24 @@ class OTCE(Estimator):
         target_maps = model.layer_features(data.images, layer, data.names)
         source_maps = model.layer_features(source.images, layer, source.names)
         values = []
-        for repeat in range(self.repeats):
-            key = f"{self.key}#{repeat}"
-            per_target = -(-self.n_pixels // len(data.images))
-            per_source = -(-self.n_pixels // len(source.images))
-            xt, yt = _label_sample(model, data.images, data.names, labels, layer, per_target, key, features=target_maps)
-            xs, ys = _label_sample(model, source.images, source.names, source.labels, layer, per_source, key, features=source_maps)
-            values.append(otce_score(xs, ys, xt, yt, self.solver, self.epsilon))
+        # one warning per model that says in how many draws Sinkhorn stopped early, not one per draw
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", SinkhornWarning)
+            for repeat in range(self.repeats):
+                key = f"{self.key}#{repeat}"
+                per_target = -(-self.n_pixels // len(data.images))
+                per_source = -(-self.n_pixels // len(source.images))
+                xt, yt = _label_sample(model, data.images, data.names, labels, layer, per_target, key, features=target_maps)
+                xs, ys = _label_sample(model, source.images, source.names, source.labels, layer, per_source, key,
+                                       features=source_maps)
+                values.append(otce_score(xs, ys, xt, yt, self.solver, self.epsilon))
+        early = sum(issubclass(w.category, SinkhornWarning) for w in caught)
+        for other in (w for w in caught if not issubclass(w.category, SinkhornWarning)):
+            warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+        if early:
+            warnings.warn(f"OTCE of {model.name!r}: Sinkhorn stopped before meeting the marginals in {early} of "
+                          f"{self.repeats} draw(s); the score is approximate (raise epsilon, or use solver='emd').",
+                          SinkhornWarning, stacklevel=2)
         return self.result(model, np.full(len(data.images), np.nan), float(np.mean(values)))
 
 

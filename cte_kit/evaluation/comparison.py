@@ -4,8 +4,8 @@
 (:func:`cte_kit.runs.runner.estimate`), judges each estimator's ranking against the models' true
 performance (labels enter here and, through the runner, in the label-based estimators that
 declare them only), and returns one row per (estimator, target): Kendall / Spearman / Pearson over
-all models and over the usable ones, a bootstrap interval of Kendall over images, what the
-estimator needed and its cost relative to one forward pass. Results are written to the result
+all models and over the usable ones, an interval of Kendall (+- 1.96 bootstrap standard errors over
+images), what the estimator needed and its cost relative to one forward pass. Results are written to the result
 store ``comparison.sqlite`` in the output folder as they are computed, so a rerun skips the work
 already done.
 """
@@ -124,10 +124,17 @@ def _source(entry, max_images, crop) -> SourceData | None:
     return SourceData(tuple(loaded.images), tuple(loaded.labels), tuple(loaded.names))
 
 
-def _bootstrap_kendall(per_image: np.ndarray, truth: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    """95 % percentile interval of Kendall's tau when target images are resampled (paired)."""
+def _bootstrap_kendall(estimate: float, per_image: np.ndarray, truth: np.ndarray, n_boot: int,
+                       seed: int) -> tuple[float, float]:
+    """Kendall's tau +- 1.96 bootstrap standard errors over target images (paired resamples), within [-1, 1].
+
+    The interval is centred on the estimate on purpose: resampling images with replacement repeats
+    some of them, which ties models and pulls every resampled tau below the estimate, so the
+    percentile interval can miss the estimate altogether. The standard error still says how much
+    tau moves with the choice of images.
+    """
     defined = np.isfinite(per_image).any(axis=1) & np.isfinite(truth).any(axis=1)
-    if n_boot < 1 or defined.sum() < 3:
+    if n_boot < 1 or defined.sum() < 3 or not np.isfinite(estimate):
         return math.nan, math.nan
     x, y = per_image[defined], truth[defined]
     rng = np.random.default_rng(seed)
@@ -140,9 +147,10 @@ def _bootstrap_kendall(per_image: np.ndarray, truth: np.ndarray, n_boot: int, se
             keep = np.isfinite(a) & np.isfinite(b)
             if keep.sum() >= 3 and np.ptp(a[keep]) > 0 and np.ptp(b[keep]) > 0:
                 values.append(stats.kendalltau(a[keep], b[keep]).statistic)
-    if not values:
+    if len(values) < 2:
         return math.nan, math.nan
-    return float(np.quantile(values, 0.025)), float(np.quantile(values, 0.975))
+    error = 1.96 * float(np.std(values, ddof=1))
+    return max(-1.0, estimate - error), min(1.0, estimate + error)
 
 
 def compare(
@@ -249,7 +257,7 @@ def _row(label, estimator, target, names, scores, per_image, truth, truth_images
     everything = correlations(scores, truth, n_resamples=200, seed=seed)
     keep = truth >= usable
     among = correlations(scores[keep], truth[keep], n_resamples=200, seed=seed)
-    low, high = _bootstrap_kendall(per_image, truth_images, n_boot, seed)
+    low, high = _bootstrap_kendall(everything.kendall, per_image, truth_images, n_boot, seed)
     costs = [record.cost for record in records.values()]
     pick = int(np.nanargmax(scores)) if np.isfinite(scores).any() else None
     return {

@@ -66,10 +66,11 @@ def _import_stardist():
     try:
         import tensorflow as tf
         from stardist.models import StarDist2D
-    except ImportError as error:
+    except (ImportError, RuntimeError) as error:  # csbdeep says "RuntimeError: Please install TensorFlow"
         raise ImportError(
             f"the StarDist adapter needs stardist>=0.9.1 and TensorFlow 2.16-2.21: pip install 'cte_kit[adapters]' "
-            f"and, if you have no TensorFlow yet, pip install tensorflow ({error})"
+            f"and, where no TensorFlow is installed yet, pip install 'cte_kit[tensorflow]' (keep the TensorFlow you "
+            f"have, e.g. on Colab) ({type(error).__name__}: {error})"
         ) from None
     finally:
         if quiet:

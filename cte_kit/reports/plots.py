@@ -6,11 +6,16 @@ returns the Axes so notebooks can adjust it.
 
 from __future__ import annotations
 
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["scatter_cte", "sweep_lines", "separation_sweep", "show_prediction_pair", "save_figure", "series_style"]
+__all__ = ["METRIC_NAMES", "scatter_cte", "summary_scatters", "sweep_lines", "separation_sweep", "show_prediction_pair",
+           "save_figure", "series_style"]
+
+#: How figures and tables name the true-performance metrics.
+METRIC_NAMES = {"f1": "F1", "iou": "IoU", "map": "mAP", "ap50": "AP50"}
 
 
 def series_style(index: int) -> tuple[str, str, str]:
@@ -34,8 +39,9 @@ def _legend_outside(ax, **options):
 
 
 #: Where a point's name may go, in order of preference: (dx, dy) directions, at growing distances (points).
-_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
-_LABEL_DISTANCES = (4, 9, 15, 22, 30)
+_LABEL_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1),
+                     (1, 2), (-1, 2), (1, -2), (-1, -2), (2, 1), (-2, 1), (2, -1), (-2, -1))
+_LABEL_DISTANCES = (4, 9, 15, 22, 30, 40, 52, 66)
 
 
 def _label_points(ax, x: np.ndarray, y: np.ndarray, names: Sequence[str], colors: Sequence, fontsize: float = 8,
@@ -61,15 +67,19 @@ def _label_points(ax, x: np.ndarray, y: np.ndarray, names: Sequence[str], colors
     inside = ax.get_window_extent(renderer)
     radius = 4.5 * figure.dpi / 72  # a scatter marker of size 50 is about 7 points across
     centres = ax.transData.transform(np.column_stack([x[finite], y[finite]]))
-    taken = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
-    taken += [artist.get_window_extent(renderer) for artist in avoid]
+    points = [Bbox.from_extents(cx - radius, cy - radius, cx + radius, cy + radius) for cx, cy in centres]
+    taken = [artist.get_window_extent(renderer) for artist in avoid]
 
     def overlap(box) -> float:
-        area = 0.0
-        for other in taken:
-            width = min(box.x1, other.x1) - max(box.x0, other.x0)
-            height = min(box.y1, other.y1) - max(box.y0, other.y0)
-            area += max(width, 0.0) * max(height, 0.0)
+        """Area shared with other names and boxes; touching a point counts a hundredfold and covering a point's
+        centre outweighs everything else (it hides data)."""
+        covered = sum(box.x0 < cx < box.x1 and box.y0 < cy < box.y1 for cx, cy in centres)
+        area = 1e9 * covered
+        for weight, others in ((100.0, points), (1.0, taken)):
+            for other in others:
+                width = min(box.x1, other.x1) - max(box.x0, other.x0)
+                height = min(box.y1, other.y1) - max(box.y0, other.y0)
+                area += weight * max(width, 0.0) * max(height, 0.0)
         return area
 
     texts = []
@@ -79,15 +89,16 @@ def _label_points(ax, x: np.ndarray, y: np.ndarray, names: Sequence[str], colors
         best = None
         for distance in _LABEL_DISTANCES:
             for dx, dy in _LABEL_DIRECTIONS:
-                text.set_position((dx * distance, dy * distance))
-                text.set_horizontalalignment({1: "left", -1: "right", 0: "center"}[dx])
-                text.set_verticalalignment({1: "bottom", -1: "top", 0: "center"}[dy])
+                scale = distance / max(abs(dx), abs(dy))
+                text.set_position((dx * scale, dy * scale))
+                text.set_horizontalalignment("left" if dx > 0 else "right" if dx < 0 else "center")
+                text.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
                 box = text.get_window_extent(renderer)
                 if not (inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1):
                     continue
                 cost = overlap(box)
                 if best is None or cost < best[0]:
-                    best = (cost, (dx * distance, dy * distance), text.get_horizontalalignment(),
+                    best = (cost, text.get_position(), text.get_horizontalalignment(),
                             text.get_verticalalignment(), box)
                 if cost == 0.0:
                     break
@@ -150,13 +161,17 @@ def scatter_cte(
     ax = _axes(ax)
     x, y = np.asarray(cte, float), np.asarray(performance, float)
     flagged = np.zeros(len(x), bool) if flagged is None else np.asarray(flagged, bool)
+    drawn = np.isfinite(x) & np.isfinite(y)
     if errors is not None:
         low, high = np.asarray(errors[0], float), np.asarray(errors[1], float)
-        ax.errorbar(x, y, xerr=[np.clip(x - low, 0, None), np.clip(high - x, 0, None)], fmt="none",
-                    ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
+        ax.errorbar(x[drawn], y[drawn], xerr=[np.clip((x - low)[drawn], 0, None), np.clip((high - x)[drawn], 0, None)],
+                    fmt="none", ecolor="0.6", elinewidth=1, capsize=2, zorder=1)
     colors = []
     for index, (xi, yi) in enumerate(zip(x, y)):
         color, marker, _ = series_style(index)
+        if not drawn[index]:
+            colors.append(color)
+            continue
         if flagged[index]:
             color = "0.55"
             ax.scatter([xi], [yi], facecolors="none", marker=marker, s=50, zorder=2, edgecolors=color, linewidths=1.2)
@@ -173,7 +188,7 @@ def scatter_cte(
             text += "\n(flagged models ranked last)"
         avoid.append(ax.text(0.03, 0.97, text, transform=ax.transAxes, va="top", fontsize=9,
                              bbox=dict(boxstyle="round", facecolor="white", alpha=0.8)))
-    ax.set_xlabel(cte_label)
+    ax.set_xlabel(cte_label + _missing_note(names, x, y))
     ax.set_ylabel(performance_label)
     if title:
         ax.set_title(title)
@@ -181,6 +196,43 @@ def scatter_cte(
     names = [f"{name} (flagged)" if flag else name for name, flag in zip(names, flagged)]
     _label_points(ax, x, y, names, colors, fontsize=8, avoid=avoid)
     return ax
+
+
+def _missing_note(names: Sequence[str], x: np.ndarray, y: np.ndarray) -> str:
+    """A line for the axis label naming the models without a value (a figure hides no model silently)."""
+    missing = [name for name, xi, yi in zip(names, x, y) if not (np.isfinite(xi) and np.isfinite(yi))]
+    if not missing:
+        return ""
+    from .figure_check import MISSING_NOTE
+
+    return f"\n{MISSING_NOTE} (no value): {', '.join(missing)}"
+
+
+def summary_scatters(summaries: Sequence[Mapping], title: str):
+    """CTE against true performance for each labelled summary of :func:`cte_kit.evaluation.summary.summarize_results`,
+    side by side (two per row), with bootstrap intervals, correlations and flagged models; None without labels."""
+    import matplotlib.pyplot as plt
+
+    labelled = [s for s in summaries if "kendall" in s]
+    if not labelled:
+        return None
+    columns = min(2, len(labelled))
+    rows = -(-len(labelled) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(6.5 * columns, 5.2 * rows), constrained_layout=True,
+                                squeeze=False)
+    for ax in axes.ravel()[len(labelled):]:
+        ax.remove()
+    for ax, summary in zip(axes.ravel(), labelled):
+        models = summary["models"]
+        metric = METRIC_NAMES.get(summary["performance_metric"], summary["performance_metric"])
+        scatter_cte([m["cte"] for m in models], [m["performance"] for m in models], [m["name"] for m in models], ax=ax,
+                    title=f"{title}: {summary['perturbation']}, {summary['consistency']}",
+                    cte_label=f"CTE ({summary['consistency']}, {summary['statistic']} over images)",
+                    performance_label=f"true {metric} ({summary['performance_statistic']} over images)",
+                    stats=summary, errors=([m.get("cte_low", m["cte"]) for m in models],
+                                           [m.get("cte_high", m["cte"]) for m in models]),
+                    flagged=[bool(m.get("flags")) for m in models])
+    return figure
 
 
 def sweep_lines(
@@ -258,8 +310,9 @@ def separation_sweep(
     settings = [s.setting for s in choice.settings]
     x = np.arange(len(settings))
     scores = np.array([s.scores for s in choice.settings], dtype=float)  # (n_settings, n_models)
-    for model in range(scores.shape[1]):
-        label = names[model] if names is not None and model < len(names) else f"model {model}"
+    labels = [names[model] if names is not None and model < len(names) else f"model {model}"
+              for model in range(scores.shape[1])]
+    for model, label in enumerate(labels):
         color, marker, linestyle = series_style(model)
         left.plot(x, scores[:, model], linestyle=linestyle, marker=marker, markersize=4, color=color, label=label)
     left.axhline(choice.floor, color="0.4", linestyle="--", linewidth=1, label=f"floor {choice.floor:g}")
@@ -268,6 +321,8 @@ def separation_sweep(
             ax.axvspan(settings.index(choice.setting) - 0.4, settings.index(choice.setting) + 0.4,
                        color="gold", alpha=0.3, zorder=0)
     left.set_ylabel("CTE of each model")
+    missing = [f"{label} at {setting}" for model, label in enumerate(labels) for setting, value
+               in zip(settings, scores[:, model]) if not np.isfinite(value)]
     _legend_outside(left, fontsize=7)
     right.plot(x, [s.resolved for s in choice.settings], "-o", color="C0", label="model pairs resolved")
     tied = [s.tied_at_top for s in choice.settings]
@@ -279,14 +334,20 @@ def separation_sweep(
         right.plot(x, kendall, "-^", color="C2", label="Kendall vs true performance (labels)")
         if np.isfinite(kendall).any():
             lowest = min(lowest, float(np.nanmin(kendall)))
+        missing += [f"Kendall at {setting}" for setting, value in zip(settings, kendall) if not np.isfinite(value)]
     right.set_ylabel("fraction (Kendall: tau)")
     right.set_ylim(lowest - 0.05, 1.05)
     _legend_outside(right, fontsize=8)
     for ax in axes:
         ax.set_xticks(x)
-        ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=8)
+        ax.set_xticklabels(settings, rotation=90, fontsize=8)  # upright: long setting names never overlap
         ax.set_xlabel("perturbation setting (weakest first)")
         ax.grid(alpha=0.3)
+    if missing:
+        from .figure_check import MISSING_NOTE
+
+        left.set_xlabel("\n".join(textwrap.wrap(f"perturbation setting (weakest first); {MISSING_NOTE} (no value): "
+                                                 + ", ".join(missing), 45)))
     if title:
         left.set_title(title)
         right.set_title(f"chosen: {choice.setting}")
@@ -449,8 +510,8 @@ def image_grid(images: Sequence, titles: Sequence[str] | None = None, ncols: int
         ax.set_xlabel("x (pixels)", fontsize=7)
         ax.set_ylabel("y (pixels)", fontsize=7)
         ax.tick_params(labelsize=6)
-    if suptitle:
-        figure.suptitle(suptitle)
+    if suptitle:  # wrapped to the grid's width: a narrow grid would cut a long title at both edges
+        figure.suptitle("\n".join(textwrap.wrap(suptitle, max(24, int(9 * size * ncols)))))
     return figure
 
 

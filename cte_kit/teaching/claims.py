@@ -8,7 +8,10 @@ by a code cell tagged ``claim`` (folded away in the rendered notebook: cell meta
     claim("the real DSB2018 tiles get the higher Kendall", tau["dsb2018_real"] > tau["synthetic_target"])
 
 When the check fails, the notebook stops at that cell and the error quotes the sentence, so CI
-says which sentence of the course became false.
+says which sentence of the course became false. ``tests/test_notebooks.py`` runs every claim on
+each ``make test`` (fast mode) and with ``--runslow`` in full mode too, checks that claim cells are
+tagged and folded, and refuses numbers in the prose (or in code comments) that read as results:
+a number a sentence needs is printed by the code from the result instead.
 """
 
 from __future__ import annotations

@@ -2,12 +2,16 @@
 
 **Fast mode** shrinks data, banks and sweeps so that every notebook runs headless in CI (and on
 Binder's 2 GB machines) in a minute or two. It is on when the environment variable
-``CTE_KIT_FAST`` is ``1`` (also ``true``, ``yes``, ``on``); a notebook reads it in its first code
-cell and chooses its sizes with :func:`pick`::
+``CTE_KIT_FAST`` is ``1`` (also ``true``, ``yes``, ``on``); a notebook reads it once, in its cell
+tagged ``parameters``, into the variable ``FAST``, and chooses its sizes with :func:`pick`::
 
     from cte_kit.teaching.notebook_env import fast_mode, pick
-    FAST = fast_mode()
+    FAST = fast_mode()          # the parameters cell: a student or papermill may set FAST = True here
     N_IMAGES = pick(fast=4, full=16)
+
+From then on the notebook's ``FAST`` governs: :func:`pick` and :func:`environment_summary` read it
+from the kernel's namespace (:func:`notebook_fast`), so ``FAST = True`` typed into the parameters
+cell shrinks everything even when ``CTE_KIT_FAST`` is not set, and ``FAST = False`` wins over it.
 
 Containers (Binder, CI runners) often report the host's CPU count while granting one or two
 CPUs; PyTorch then starts one thread per host CPU and runs many times slower than with one.
@@ -31,7 +35,9 @@ import platform
 import sys
 from typing import TypeVar
 
-__all__ = ["FAST_ENV", "fast_mode", "pick", "on_colab", "on_binder", "available_cpus", "limit_threads",
+import numpy as np
+
+__all__ = ["FAST_ENV", "dashboard_url", "fast_mode", "notebook_fast", "pick", "quiet_frameworks", "show_dashboard", "on_colab", "on_binder", "available_cpus", "limit_threads",
            "environment_summary", "plain_warnings", "strip_outputs"]
 
 #: Environment variable that switches the notebooks to fast mode.
@@ -67,9 +73,33 @@ def fast_mode(default: bool = False) -> bool:
     raise ValueError(f"{FAST_ENV}={os.environ[FAST_ENV]!r}: use 1 (fast) or 0 (full)")
 
 
+def notebook_fast() -> bool:
+    """The running notebook's ``FAST`` variable when it has one, else :func:`fast_mode`.
+
+    The variable is the one the cell tagged ``parameters`` sets (``FAST = fast_mode()``, or ``FAST =
+    True`` typed by a student, or papermill's ``-p FAST True``). Outside an IPython kernel, or
+    before that cell ran, the environment decides.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:  # IPython is a dependency of ipywidgets, but the kit's core does not need it
+        return fast_mode()
+    shell = get_ipython()
+    value = shell.user_ns.get("FAST") if shell is not None else None
+    if value is None:
+        return fast_mode()
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"FAST = {value!r} in the notebook: set it to True (fast mode) or False (full mode)")
+    return bool(value)
+
+
 def pick(fast: T, full: T, is_fast: bool | None = None) -> T:
-    """``fast`` in fast mode, ``full`` otherwise (``is_fast`` overrides the environment)."""
-    return fast if (fast_mode() if is_fast is None else is_fast) else full
+    """``fast`` in fast mode, ``full`` otherwise.
+
+    Fast mode is ``is_fast`` when given, else the notebook's ``FAST`` (:func:`notebook_fast`), else
+    the ``CTE_KIT_FAST`` environment variable.
+    """
+    return fast if (notebook_fast() if is_fast is None else is_fast) else full
 
 
 def on_colab() -> bool:
@@ -126,15 +156,67 @@ def limit_threads(max_threads: int | None = None) -> int:
     return threads
 
 
+def dashboard_url(link: str) -> str:
+    """The Dask dashboard's address as the student's browser can reach it.
+
+    Dask gives ``http://127.0.0.1:PORT/status``: right where the browser runs on the same machine
+    as the kernel. On a JupyterHub such as Binder the kernel runs elsewhere; the hub sets
+    ``JUPYTERHUB_SERVICE_PREFIX`` and ``jupyter-server-proxy`` (in ``binder/environment.yml``)
+    forwards ``<prefix>proxy/PORT/`` to the kernel's machine, so that is the address.
+    """
+    from urllib.parse import urlsplit
+
+    prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX")
+    if not prefix:
+        return link
+    parts = urlsplit(link)
+    return f"{prefix.rstrip('/')}/proxy/{parts.port}{parts.path or '/status'}"
+
+
+def show_dashboard(link: str) -> None:
+    """A clickable link to the Dask dashboard (:func:`dashboard_url`), opening in a new browser tab."""
+    from html import escape
+
+    from IPython.display import HTML, display
+
+    url = dashboard_url(link)
+    display(HTML(f'Dask dashboard: <a href="{escape(url)}" target="_blank">{escape(url)}</a> '
+                 "(opens in a new tab; it shows the workers while they compute)"))
+
+
 def environment_summary(fast: bool | None = None) -> str:
-    """One line: mode (``fast`` overrides the environment), where the kernel runs, versions, CPUs."""
+    """One line: mode (``fast`` overrides :func:`notebook_fast`), where the kernel runs, versions, CPUs."""
     from .. import __version__
 
-    fast = fast_mode() if fast is None else fast
+    fast = notebook_fast() if fast is None else fast
     where = "Colab" if on_colab() else "Binder" if on_binder() else "local"
     mode = "fast mode (small data)" if fast else f"full mode (set {FAST_ENV}=1 for a quick run)"
     return (f"cte_kit {__version__} | {mode} | {where} | Python {platform.python_version()} | "
             f"{available_cpus()} CPU(s) | {sys.platform}")
+
+
+#: Lines TensorFlow would print on import and on first use (oneDNN notices, CPU-feature advice, absl's
+#: "before InitializeLog" note): read before TensorFlow is imported, so set first.
+_QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "3", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def quiet_frameworks() -> None:
+    """Silence what TensorFlow, absl and PyTorch print that a student can do nothing about.
+
+    Call it before StarDist (TensorFlow) is imported: it sets ``TF_CPP_MIN_LOG_LEVEL=3`` and
+    ``TF_ENABLE_ONEDNN_OPTS=0`` where you have not set them (oneDNN's notices are printed even at
+    the quietest log level; without oneDNN, TensorFlow's CPU results differ from the default only
+    in the last bits), lowers absl's Python logging to errors, and hides PyTorch's notice about
+    sparse invariant checks that Cellpose's mask dynamics trigger. The kit's own warnings and
+    every other warning still show.
+    """
+    import logging
+    import warnings
+
+    for name, value in _QUIET_TENSORFLOW.items():
+        os.environ.setdefault(name, value)
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
 
 
 def plain_warnings() -> None:

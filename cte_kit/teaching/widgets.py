@@ -28,7 +28,8 @@ from ..models.base import SegmentationModel
 from ..perturb import image_seed
 from ..perturb import NEUTRAL_STRENGTH, FeatureDropout, InputPerturbation
 
-__all__ = ["SLIDER_RANGES", "PerturbationExplorer", "perturbation_explorer", "StrengthSweepPanel", "strength_sweep_panel"]
+__all__ = ["DEFAULT_STRENGTHS", "SLIDER_RANGES", "PerturbationExplorer", "StrengthSweepPanel", "kit_default",
+           "perturbation_explorer", "strength_options", "strength_sweep_panel"]
 
 #: (min, max, step) of each slider; the neutral strength of each lies inside its range.
 SLIDER_RANGES: Mapping[str, tuple[float, float, float]] = {
@@ -272,14 +273,32 @@ def perturbation_explorer(model: SegmentationModel, image, seed: int = 0, initia
     return PerturbationExplorer(model, image, seed=seed, initial=initial, draw=draw)
 
 
-#: Default strengths offered per kind (the paper sweeps dropout from 0.05 to 0.5).
+#: Strengths offered per kind (the paper sweeps dropout from 0.05 to 0.5); the panel adds the kit's default
+#: (:func:`kit_default`) to its kind's options, so that it can always be compared with the others.
 DEFAULT_STRENGTHS: Mapping[str, tuple[float, ...]] = {
     "dropout": (0.05, 0.1, 0.2, 0.3, 0.5, 0.7),
     "noise": (0.02, 0.05, 0.1, 0.2, 0.4),
     "brightness": (0.05, 0.1, 0.2, 0.4),
     "contrast": (0.9, 0.7, 0.5, 0.3),
-    "gamma": (1.2, 1.5, 2.0, 3.0),
+    "gamma": (0.4, 0.5, 0.6, 0.8, 0.9, 1.25, 1.5, 2.0),
 }
+
+
+def kit_default(consistency: str = "hard") -> tuple[str, float]:
+    """(kind, strength) of the kit's default perturbation for ``consistency``
+    (:func:`cte_kit.estimators.cte.default_perturbation`)."""
+    from ..estimators.cte import default_perturbation
+
+    default = default_perturbation(consistency)
+    if isinstance(default, FeatureDropout):
+        return "dropout", float(default.rate)
+    return default.kind, float(default.strength)
+
+
+def strength_options(kind: str, consistency: str = "hard") -> list[float]:
+    """The strengths the panel offers for ``kind``: :data:`DEFAULT_STRENGTHS`, with the kit's default of that kind."""
+    default_kind, default_strength = kit_default(consistency)
+    return sorted(set(DEFAULT_STRENGTHS[kind]) | ({default_strength} if kind == default_kind else set()))
 
 
 class StrengthSweepPanel:
@@ -351,9 +370,11 @@ class StrengthSweepPanel:
                                     self.output])
 
     def _set_options(self, kind: str, chosen: Sequence[float] | None = None) -> None:
-        options = sorted(set(DEFAULT_STRENGTHS[kind]) | set(float(s) for s in (chosen or ())))
-        self.strengths.options = [(f"{s:g}", s) for s in options]
-        self.strengths.value = tuple(float(s) for s in (chosen or DEFAULT_STRENGTHS[kind]))
+        options = sorted(set(strength_options(kind, self.consistency)) | set(float(s) for s in (chosen or ())))
+        default_kind, default_strength = kit_default(self.consistency)
+        self.strengths.options = [(f"{s:g} (kit default)" if (kind, s) == (default_kind, default_strength) else f"{s:g}", s)
+                                  for s in options]
+        self.strengths.value = tuple(float(s) for s in (chosen or options))
 
     def run(self, kind: str | None = None, strengths: Sequence[float] | None = None):
         """Sweep (reusing strengths already computed for this kind), update table and figure.
@@ -409,12 +430,14 @@ class StrengthSweepPanel:
     def _table_html(self) -> str:
         choice, rows = self.choice, self.rows
         labelled = self.result.performance is not None
+        default = kit_default(self.consistency)
         columns = ["strength", "top model", "top CTE", "spread", "pairs resolved", "tied at top", "label-free choice"]
         if labelled:
             columns += ["Kendall", "Spearman", "Pearson"]
         body = []
         for row in rows:
-            cells = [f"{row['strength']:g}", str(row["top_model"]), _fmt(row["top_cte"]), _fmt(row["spread"]),
+            strength = f"{row['strength']:g}" + (" (kit default)" if (self.result.kind, row["strength"]) == default else "")
+            cells = [strength, str(row["top_model"]), _fmt(row["top_cte"]), _fmt(row["spread"]),
                      _fmt(row["resolved"]), str(row["tied_at_top"]), "&#9733;" if row["chosen"] else ""]
             if labelled:
                 cells += [_fmt(row["kendall"]), _fmt(row["spearman"]), _fmt(row["pearson"])]
@@ -430,7 +453,8 @@ class StrengthSweepPanel:
 
         result = self.result
         labelled = result.performance is not None
-        figure, axes = plt.subplots(1, 2 if labelled else 1, figsize=(15 if labelled else 7.5, 4.8),
+        # one panel above the other: side by side they squeeze to unreadable ticks and legends in a notebook
+        figure, axes = plt.subplots(2 if labelled else 1, 1, figsize=(9.5, 9.6 if labelled else 4.8),
                                     constrained_layout=True, squeeze=False)
         name = "dropout p" if result.kind == "dropout" else f"{result.kind} strength"
         if labelled:
@@ -440,7 +464,7 @@ class StrengthSweepPanel:
                         performance_label=f"true {result.metric.upper()} ({PERFORMANCE_STATISTIC} over images)",
                         kendall_by_strength=kendall, title=f"CTE vs true {result.metric.upper()} per {name}",
                         all_strengths=[value for _, value in self.strengths.options])
-        strength_curves(self.rows, ax=axes[0][-1], strength_name=name,
+        strength_curves(self.rows, ax=axes[-1][0], strength_name=name,
                         title=f"{result.consistency} CTE: how each {name} ranks the bank")
         self.figure = figure
         _show(self.output, figure)
