@@ -392,9 +392,11 @@ def rules_table(args) -> dict:
                            "mean_recovered_share": float(np.mean(shares)) if shares else float("nan"),
                            "worst_vs_start": float(drops[worst]) if drops else float("nan"),
                            "worst_pair": list(reports)[worst] if drops else None}
-        print(f"{metric}: the kit's choice recovers {summary[metric]['mean_recovered_share']:.0%} of the best "
-              f"checkpoint's gain on average over the {len(shares)} of {len(reports)} pairs where the best checkpoint "
-              f"gains more than {GAIN}; worst kit choice vs start {summary[metric]['worst_vs_start']:+.3f} "
+        recovered = (f"the kit's choice recovers {summary[metric]['mean_recovered_share']:.0%} of the best "
+                     f"checkpoint's gain on average over the {len(shares)} of {len(reports)} pairs where the best "
+                     f"checkpoint gains more than {GAIN}" if shares else
+                     f"in none of the {len(reports)} pairs does the best checkpoint gain more than {GAIN}")
+        print(f"{metric}: {recovered}; worst kit choice vs start {summary[metric]['worst_vs_start']:+.3f} "
               f"({summary[metric]['worst_pair']})")
     # why the score alone is weak evidence: self-training raises the consistency it is judged by
     fooled = [f"{key} (score {r['curve'][-1]['kit_score'] - r['curve'][0]['kit_score']:+.3f}, "

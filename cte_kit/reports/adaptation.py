@@ -28,7 +28,7 @@ def _marks(ax, choice, run) -> None:
 
 
 def _legend_below(ax) -> None:
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, ncol=1, borderaxespad=0.0)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, ncol=2, borderaxespad=0.0)
 
 
 def plot_choice(choice, run=None, truth: Mapping[int, Mapping[str, float]] | None = None, axes=None,
@@ -55,7 +55,7 @@ def plot_choice(choice, run=None, truth: Mapping[int, Mapping[str, float]] | Non
 
     panels = (["stops"] if run is not None else []) + ["choice"] + (["truth"] if truth is not None else [])
     if axes is None:
-        figure, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.6), constrained_layout=True,
+        figure, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.6), constrained_layout=True,
                                     squeeze=False)
         axes = list(axes[0])
     else:
