@@ -405,7 +405,7 @@ def rules_table(args) -> dict:
               and r["truth"]["last"]["f1"] < r["truth"]["start"]["f1"] - GAIN / 2]
     summary["score_rose_while_f1_fell"] = fooled
     print(f"the last checkpoint's score rose while its true F1 fell by more than {GAIN / 2} in {len(fooled)} of "
-          f"{len(reports)} pairs: " + ", ".join(fooled))
+          f"{len(reports)} pairs" + (": " + ", ".join(fooled) if fooled else ""))
     return summary
 
 
