@@ -46,9 +46,9 @@ def output_maps(model, images) -> list[tuple[np.ndarray, np.ndarray]]:
     """(foreground, boundary) probability maps of a foreground+boundary kit U-Net, one image at a time."""
     maps = []
     for array in model._prepare_all(images, None):
-        tensor, (height, width) = model._to_tensor([array])
+        tensor, size = model._to_tensor([array])
         with torch.inference_mode():
-            sample = torch.sigmoid(model.network(tensor))[0, :, :height, :width].numpy()
+            sample = model.probability_maps(model.network(tensor), size)[0]
         maps.append((sample[0], sample[1]))
     return maps
 

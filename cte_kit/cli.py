@@ -107,6 +107,8 @@ def _add_rank(subparsers):
 
 
 def _add_train(subparsers):
+    from .models.instances import INSTANCE_METHODS
+
     parser = subparsers.add_parser("train", help="train one U-Net of a bank on a folder pair",
                                    description="Train a 2D U-Net (BCE+Dice, augmentations, dropout) on images and labels "
                                                "with matching file stems; the checkpoint reloads by path.")
@@ -124,6 +126,15 @@ def _add_train(subparsers):
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"))
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="train (and later predict) on images shrunk by this factor in (0, 1], e.g. 0.5 for objects larger "
+                             "than the network's field of view; stored with the model (default: 1)")
+    parser.add_argument("--boundary-weight", type=float, default=1.0,
+                        help="weight of the boundary output's loss against the foreground's (--task instance; default: 1)")
+    parser.add_argument("--instances", choices=INSTANCE_METHODS,
+                        help="instance method stored with the model (default: dt_watershed when the labels are dense "
+                             "tissue with no background, watershed for other --task instance models, components for "
+                             "--task semantic)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device to train on, e.g. cuda (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
@@ -692,12 +703,13 @@ def _run_train(args) -> int:
                         output="foreground" if args.task == "semantic" else "foreground+boundary")
     training = TrainingConfig(steps=steps, batch_size=args.batch_size, patch_size=args.patch_size,
                               learning_rate=args.learning_rate, percentiles=tuple(args.percentiles), seed=args.seed,
-                              device=args.device)
+                              scale=args.scale, boundary_weight=args.boundary_weight, device=args.device)
     print(f"Training a {args.levels}-level U-Net (width {args.width}, {args.task}) on {len(data.images)} images "
           f"for {steps} steps on {args.device}")
-    train_unet(data.images, data.labels, config, training, out=args.out, name=Path(args.out).stem,
-               source=str(Path(args.images).resolve().parent.name), progress=not args.no_progress)
-    print(f"Saved {args.out}")
+    model = train_unet(data.images, data.labels, config, training, out=args.out, name=Path(args.out).stem,
+                       source=str(Path(args.images).resolve().parent.name), instances=args.instances,
+                       progress=not args.no_progress)
+    print(f"Saved {args.out} (instance method: {model.instances})")
     return 0
 
 

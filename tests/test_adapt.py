@@ -170,6 +170,24 @@ def test_unsupported_kinds_fail_clearly():
         adapt_target(_BlackBox(name="box"))
 
 
+def test_a_model_trained_at_a_scale_adapts_at_that_scale(tmp_path):
+    from cte_kit.models.unet import UNetConfig, load_checkpoint
+
+    torch.manual_seed(0)
+    config = UNetConfig(width=4, output="foreground+boundary")
+    model = UNetModel(name="half", network=config.build(), config=config, scale=0.5, percentiles=None)
+    target = adapt_target(model)
+    image = torch.rand(1, 1, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        outputs = target.outputs(target.network.eval(), image)
+    # what the adapter predicts: the network at half size, resized back to the image
+    assert outputs.shape == (1, 2, 64, 64)
+    predicted = model.predict([image[0, 0].numpy()])[0].probability
+    np.testing.assert_allclose(torch.sigmoid(outputs[0, 0]).numpy(), predicted, atol=1e-5)
+    target.writer(target.network, tmp_path / "adapted.pt", {})
+    assert load_checkpoint(tmp_path / "adapted.pt")[2]["scale"] == 0.5
+
+
 @pytest.mark.adapters
 def test_cellpose_cpnet_runs_through_the_loop(tiny_cellpose_file, target_data, tmp_path):
     from cte_kit.models.cellpose import CellposeModel

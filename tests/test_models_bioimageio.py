@@ -211,3 +211,12 @@ def test_cli_ranks_a_mixed_bank(tmp_path, tiny_unet_checkpoint, tiny_stardist_fo
         assert sum(m["rank_cte"] for m in models.values()) == 1 + 2 + 3 + 4
         # the exported package is the same network: same CTE, tied rank
         assert models["bioimageio"]["cte"] == pytest.approx(models["unet"]["cte"], abs=1e-3)
+
+
+def test_a_model_trained_at_a_scale_is_not_exported(tiny_unet_checkpoint, tmp_path):
+    from cte_kit.models.bioimageio import export_unet
+
+    model = UNetModel.from_checkpoint(tiny_unet_checkpoint, scale=0.5)
+    with pytest.raises(ValueError, match="scale 0.5"):
+        export_unet(model, tmp_path / "scaled.zip")
+    assert not (tmp_path / "scaled.zip").exists()

@@ -1,13 +1,13 @@
-"""Instance extraction: small-object removal, fragment merging and the boundary watershed."""
+"""Instance extraction: small-object removal, fragment merging and the boundary watersheds."""
 
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
-from skimage import draw, measure, morphology, segmentation
+from skimage import draw, measure, metrics, morphology, segmentation
 
 from cte_kit.scoring.metrics import average_precision
-from cte_kit.models.instances import (connected_components, merge_small_fragments, merge_weak_borders,
-                                      remove_small_objects,
+from cte_kit.models.instances import (connected_components, default_instance_method, instances_from_probability,
+                                      merge_small_fragments, merge_weak_borders, remove_small_objects,
                                       seeded_watershed)
 from conftest import SHARED_DATA
 
@@ -136,6 +136,95 @@ def test_watershed_does_not_split_a_nucleus_along_a_faint_ridge():
     assert seeded_watershed(probability, boundary).max() == 1
     boundary[:, 15] = 0.95  # a confident border: two objects
     assert seeded_watershed(probability, boundary).max() == 2
+
+
+def test_merge_weak_borders_is_transitive():
+    labels = np.zeros((4, 17), np.int32)
+    for index in range(4):
+        labels[:, 1 + 4 * index: 5 + 4 * index] = index + 1  # four objects in a row, 1|2|3|4
+    boundary = np.zeros((4, 17), np.float32)
+    boundary[:, 8:10] = 0.9  # only the border between 2 and 3 is predicted
+    merged = merge_weak_borders(labels, boundary, threshold=0.7)
+    # 1-2 and 3-4 merge, 2-3 stays: two objects, as a union-find over the weak borders gives
+    assert merged.max() == 2
+    assert merged[0, 1] == merged[0, 5] != merged[0, 9] == merged[0, 13]
+    boundary[:, 8:10] = 0.1  # no border predicted: a chain of weak borders joins all four
+    assert merge_weak_borders(labels, boundary, threshold=0.7).max() == 1
+
+
+def dense_tissue(seed: int, gaps: int = 3, grid: int = 5, shape=(128, 128)):
+    """Truth labels of dense tissue with no background, and a foreground+boundary network's outputs on it.
+
+    The cells are the Voronoi regions of a jittered grid of points (every pixel belongs to a cell,
+    ~650 pixels each, as the ``ovules_mini`` crops). The boundary map is the cells' inner rims (two
+    pixels between two cells, as a U-Net trained on ``find_boundaries(mode='inner')`` predicts them),
+    blurred and noisy, with ``gaps`` discs of radius 3 where the network misses the boundary; the
+    foreground probability is high everywhere.
+    """
+    rng = np.random.default_rng(seed)
+    step = np.array(shape) / grid
+    centres = (np.stack(np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij"), -1).reshape(-1, 2) + 0.5) * step
+    points = np.round(centres + rng.uniform(-0.3, 0.3, centres.shape) * step).astype(int)
+    markers = np.zeros(shape, np.int32)
+    markers[points[:, 0], points[:, 1]] = np.arange(1, len(points) + 1)
+    _, (rows, cols) = ndi.distance_transform_edt(markers == 0, return_indices=True)
+    labels = markers[rows, cols]
+    rims = segmentation.find_boundaries(labels, mode="inner")
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for y, x in rng.choice(np.argwhere(rims), gaps, replace=False):
+        rims[(yy - y) ** 2 + (xx - x) ** 2 <= 9] = False
+    boundary = np.clip(1.6 * ndi.gaussian_filter(rims.astype(float), 0.8) + rng.normal(0, 0.05, shape), 0, 1)
+    probability = np.clip(1 - np.abs(rng.normal(0, 0.05, shape)), 0, 1)
+    return labels, probability.astype(np.float32), boundary.astype(np.float32)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dt_watershed_counts_dense_cells(seed):
+    truth, probability, boundary = dense_tissue(seed)
+    n_true = len(np.unique(truth))  # no background: every value is a cell
+    assert measure.label(probability > 0.5).max() == 1  # dense tissue: the foreground is one region
+    assert connected_components(probability).max() == 1
+    labels = instances_from_probability(probability, boundary, "dt_watershed")
+    assert abs(labels.max() - n_true) <= 0.1 * n_true
+    assert (labels > 0).all()  # every pixel belongs to a cell
+    assert average_precision(truth, labels).mean > 0.7
+
+
+def test_dt_watershed_agrees_with_flooding_from_interiors_on_closed_boundaries():
+    # without gaps every cell's interior is its own region: scikit-image's watershed seeded with the
+    # connected interiors is the reference partition
+    truth, probability, boundary = dense_tissue(11, gaps=0)
+    reference = segmentation.watershed(boundary, measure.label(boundary < 0.5, connectivity=1))
+    labels = seeded_watershed(probability, boundary, seeds="distance")
+    assert labels.max() == reference.max() == len(np.unique(truth))
+    error, _, _ = metrics.adapted_rand_error(reference, labels)
+    assert error < 0.01
+
+
+def test_distance_seeds_split_cells_joined_by_a_boundary_gap():
+    # two square cells side by side; the predicted wall between them has a 4-pixel gap
+    boundary = np.zeros((24, 48), np.float32)
+    boundary[:, 23:25] = 0.9
+    boundary[10:14, 23:25] = 0.0
+    probability = np.ones_like(boundary)
+    # interior seeds: the gap joins the two interiors into one seed, so one object
+    assert seeded_watershed(probability, boundary, seeds="interiors").max() == 1
+    labels = seeded_watershed(probability, boundary, seeds="distance")
+    assert labels.max() == 2
+    assert len(np.unique(labels[:, :23])) == 1 and len(np.unique(labels[:, 25:])) == 1
+    assert labels[0, 0] != labels[0, -1]
+
+
+def test_instance_method_dispatch_and_default():
+    probability = np.zeros((20, 20), np.float32)
+    probability[5:15, 5:15] = 0.9
+    with pytest.raises(ValueError, match="unknown instance method"):
+        instances_from_probability(probability, method="plantseg")
+    with pytest.raises(ValueError, match="unknown seeding"):
+        seeded_watershed(probability, seeds="peaks")
+    assert default_instance_method("foreground", 1.0) == "components"
+    assert default_instance_method("foreground+boundary", 0.2) == "watershed"
+    assert default_instance_method("foreground+boundary", 0.999) == "dt_watershed"
 
 
 # -- identity with the implementation before the speed-up (issue 23) ----------------------------------------------

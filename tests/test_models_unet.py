@@ -294,3 +294,120 @@ def test_training_input_errors():
     with pytest.raises(ValueError, match="does not match"):
         train_unet([np.zeros((64, 64))], [np.zeros((32, 32), int)], training=TrainingConfig(steps=1, patch_size=32),
                    progress=False)
+
+
+def _unet_seeing(probability, boundary, **settings):
+    """A foreground+boundary kit U-Net whose network outputs exactly these maps, whatever the image."""
+    model = _random_unet(output="foreground+boundary")
+    logits = torch.logit(torch.from_numpy(np.stack([probability, boundary])).clamp(1e-4, 1 - 1e-4))[None]
+    model.network.register_forward_hook(lambda _module, inputs, _output: logits.expand(inputs[0].shape[0], -1, -1, -1))
+    for key, value in settings.items():
+        setattr(model, key, value)
+    return model
+
+
+def test_declared_instance_method_is_used(tmp_path):
+    from test_models_instances import dense_tissue
+
+    truth, probability, boundary = dense_tissue(3)
+    n_true = len(np.unique(truth))
+    image = np.zeros((128, 128), np.float32)
+    assert _unet_seeing(probability, boundary, instances="components").predict([image])[0].labels.max() == 1
+    labels = _unet_seeing(probability, boundary, instances="dt_watershed").predict([image])[0].labels
+    assert abs(labels.max() - n_true) <= 0.1 * n_true and (labels > 0).all()
+    # the method travels in the checkpoint and a bank entry overrides it
+    model = _unet_seeing(probability, boundary)
+    path = save_checkpoint(model.network, model.config, tmp_path / "m.pt", settings={"instances": "dt_watershed"})
+    assert UNetModel.from_checkpoint(path).instances == "dt_watershed"
+    bank = tmp_path / "bank.yaml"
+    bank.write_text("models:\n  - {name: a, kind: unet, path: m.pt}\n  - {name: b, kind: unet, path: m.pt, instances: components}\n")
+    assert [m.instances for m in load_bank(bank)] == ["dt_watershed", "components"]
+    with pytest.raises(ValueError, match="unknown instance method"):
+        UNetModel.from_checkpoint(path, instances="plantseg")
+
+
+def test_training_declares_dt_watershed_for_dense_tissue(tmp_path):
+    from test_models_instances import dense_tissue
+
+    dense = [dense_tissue(seed)[0] for seed in range(2)]
+    sparse = [np.where(labels % 3 == 0, labels, 0) for labels in dense]  # a third of the cells on a background
+    images = [np.random.default_rng(seed).normal(size=(128, 128)).astype(np.float32) for seed in range(2)]
+    config, training = UNetConfig(width=4, output="foreground+boundary"), TrainingConfig(steps=1, batch_size=1, patch_size=32)
+    assert train_unet(images, dense, config, training, out=tmp_path / "d.pt", progress=False).instances == "dt_watershed"
+    assert load_checkpoint(tmp_path / "d.pt")[2]["instances"] == "dt_watershed"
+    assert train_unet(images, sparse, config, training, progress=False).instances == "watershed"
+    assert train_unet(images, dense, UNetConfig(width=4), training, progress=False).instances == "components"
+    assert train_unet(images, dense, config, training, instances="watershed", progress=False).instances == "watershed"
+    with pytest.raises(ValueError, match="unknown instance method"):
+        train_unet(images, dense, config, training, instances="plantseg", progress=False)
+
+
+def test_boundary_weight_weighs_the_boundary_loss():
+    from cte_kit.models.training import _loss
+
+    logits = torch.zeros(1, 2, 4, 4)
+    target = torch.zeros(1, 2, 4, 4)
+    target[:, 1, 0, 0] = 1  # only the boundary channel is wrong somewhere
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none").mean((0, 2, 3))
+    dice = 1 - (2 * (0.5 * target).sum((0, 2, 3)) + 1) / (0.5 * 16 + target.sum((0, 2, 3)) + 1)
+    for weight in (1.0, 3.0):
+        weights = torch.tensor([1.0, weight]) / (1 + weight)
+        expected = ((bce + dice) * weights).sum()
+        assert torch.isclose(_loss(logits, target, weights), expected)
+    with pytest.raises(ValueError, match="boundary_weight"):
+        TrainingConfig(boundary_weight=0)
+
+
+def test_scaled_model_predicts_at_its_scale_and_returns_the_image_size(images):
+    from skimage.transform import resize as sk_resize
+
+    half = _random_unet(output="foreground+boundary")
+    half.scale, half.percentiles = 0.5, None
+    full = UNetModel(name="full", network=half.network, config=half.config, percentiles=None)
+    image = np.random.default_rng(1).random((64, 96)).astype(np.float32)
+    image = ndi_smooth(image)
+    prediction = half.predict([image])[0]
+    assert prediction.probability.shape == prediction.labels.shape == (64, 96)
+    # reference: scikit-image shrinks the image, the unscaled model predicts it, scikit-image enlarges the result
+    small = full.predict([sk_resize(image, (32, 48), order=1, anti_aliasing=True).astype(np.float32)])[0].probability
+    reference = sk_resize(small, (64, 96), order=1)
+    assert np.abs(prediction.probability - reference).mean() < 0.02
+    assert np.corrcoef(prediction.probability.ravel(), reference.ravel())[0, 1] > 0.95
+    with pytest.raises(ValueError, match="scale"):
+        UNetModel(name="bad", network=half.network, config=half.config, scale=0)
+
+
+def ndi_smooth(image):
+    from scipy import ndimage as ndi
+
+    return ndi.gaussian_filter(image, 2.0)
+
+
+def test_training_at_a_scale_is_stored_and_used(tmp_path):
+    domain = SyntheticDomain(radius=(8, 10), density=15, snr=20, blur=0.5)
+    data = generate(domain, 2, shape=(96, 96), seed=0)
+    model = train_unet(data.images, data.labels, UNetConfig(width=4, output="foreground+boundary"),
+                       TrainingConfig(steps=2, batch_size=2, patch_size=32, scale=0.5), out=tmp_path / "m.pt", progress=False)
+    reloaded = UNetModel.from_checkpoint(tmp_path / "m.pt")
+    assert model.scale == reloaded.scale == 0.5
+    probability = reloaded.predict(data.images[:1])[0].probability
+    assert probability.shape == (96, 96)
+    assert np.array_equal(probability, model.predict(data.images[:1])[0].probability)
+    with pytest.raises(ValueError, match="scale"):
+        TrainingConfig(scale=-1)
+
+
+def test_training_resizes_labels_by_nearest_neighbour():
+    from cte_kit.models.training import _rescale
+
+    labels = np.zeros((40, 40), np.int64)
+    labels[4:20, 4:20], labels[20:36, 10:30] = 70000, 3  # an id beyond float32's exact integers
+    image = np.linspace(0, 1, 1600, dtype=np.float32).reshape(40, 40)
+    small_image, small_labels = _rescale(image, labels, 0.5)
+    assert small_image.shape == small_labels.shape == (20, 20) and small_labels.dtype == labels.dtype
+    assert set(np.unique(small_labels)) == {0, 3, 70000}
+    # the same pixels as scikit-image's nearest-neighbour rescale of the label image
+    from skimage.transform import rescale
+
+    expected = rescale(labels, 0.5, order=0, preserve_range=True, anti_aliasing=False).astype(labels.dtype)
+    assert (small_labels == expected).mean() > 0.95

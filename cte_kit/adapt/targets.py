@@ -8,6 +8,7 @@ black boxes) are refused with the reason.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,16 +111,20 @@ def _unet_outputs(network, images):
 def _unet_settings(model) -> dict:
     settings = {"percentiles": None if model.percentiles is None else list(model.percentiles),
                 "threshold": model.threshold}
-    for key in ("instances", "min_size"):
+    for key in ("instances", "min_size", "scale"):
         if hasattr(model, key):
             settings[key] = getattr(model, key)
     return settings
 
 
 def _unet_target(model) -> AdaptTarget:
+    from ..models.unet import forward_at_scale
+
     roles = ("class",) * model.config.out_channels
+    # a model trained at another scale is adapted at that scale, as it predicts
+    outputs = _unet_outputs if model.scale == 1 else functools.partial(forward_at_scale, scale=model.scale)
     return AdaptTarget(model, model.network, roles, "encoders.%d" % (model.network.levels - 1), model.network.divisor,
-                       _unet_outputs, _unet_writer(model.config, _unet_settings(model)))
+                       outputs, _unet_writer(model.config, _unet_settings(model)))
 
 
 def _bioimageio_target(model) -> AdaptTarget:

@@ -106,11 +106,13 @@ class BioImageIOModel(PerImageDropout, SegmentationModel):
     probability_channel : int
         Channel of that output holding the foreground probability.
     boundary_channel : int, optional
-        Channel holding a boundary probability, used by ``instances: watershed``.
+        Channel holding a boundary probability, used by ``instances: watershed`` and
+        ``instances: dt_watershed``.
     activation : {'none', 'sigmoid'}
         Applied to the output channels when the model returns logits.
-    instances : {'components', 'watershed'}
-        How instance labels are derived from the probability (see :mod:`cte_kit.models.instances`).
+    instances : {'components', 'watershed', 'dt_watershed'}
+        How instance labels are derived from the probability (see :mod:`cte_kit.models.instances`;
+        ``dt_watershed`` for boundary models of dense tissue, e.g. PlantSeg's).
     min_size : int
         Smallest object kept in instance labels (pixels).
     bottleneck_layer : str, optional
@@ -488,6 +490,9 @@ def export_unet(
     from .unet import UNetModel
 
     model = checkpoint_or_model if isinstance(checkpoint_or_model, UNetModel) else UNetModel.from_checkpoint(checkpoint_or_model)
+    if model.scale != 1:
+        raise ValueError(f"model {model.name!r} predicts at scale {model.scale}: a bioimage.io package has no step that "
+                         "resizes its input, so only U-Nets trained at scale 1 can be exported")
     config, network = model.config, model.network
     if test_image is None:
         test_image = generate(SyntheticDomain(), 1, shape=(64, 64), seed=0).images[0]

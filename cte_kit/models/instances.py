@@ -1,18 +1,30 @@
-"""Instance labels from semantic outputs: connected components or seeded watershed.
+"""Instance labels from semantic outputs: connected components or a seeded watershed.
 
 * :func:`connected_components` - every connected foreground region is one object (the CTE
   reference code's choice); touching objects merge.
-* :func:`seeded_watershed` - touching objects are split. With a boundary channel (a kit U-Net
-  trained with ``--task instance``) the seeds are the object interiors the network predicts,
-  cleaned of the thin rims and specks that a blurred boundary ring leaves, and the flooding runs
-  on the boundary map; without one, the seeds are the h-maxima of the distance transform.
-  Two touching objects stay apart only where the network predicts their border: objects whose
-  shared border has a mean boundary probability below :data:`WATERSHED_SPLIT` are merged again
-  (:func:`merge_weak_borders`). Fragments smaller than ``min_size`` are merged into the
-  neighbour they share the longest border with, so no object is ever cut into pieces smaller
-  than that, and a foreground region that received no seed is kept whole rather than dropped:
-  on every region the result is either the connected component itself or a split of it into
-  objects of at least ``min_size`` pixels along a predicted boundary.
+* :func:`seeded_watershed` - touching objects are split by flooding the boundary map (a kit U-Net
+  trained with ``--task instance``) from seeds, inside the foreground mask. Two seedings:
+
+  - ``seeds='interiors'`` (instance method ``'watershed'``, for nuclei and cells on a background):
+    the seeds are the object interiors the network predicts, cleaned of the thin rims and specks
+    that a blurred boundary ring leaves;
+  - ``seeds='distance'`` (instance method ``'dt_watershed'``, for dense tissue with no background,
+    as PlantSeg's distance-transform watershed): the seeds are the maxima of the distance to the
+    nearest predicted boundary pixel. A boundary with a gap joins the interiors of two cells into
+    one region, whose distance map still has one peak per cell, so the cells stay apart where
+    interior seeds would merge them.
+
+  Without a boundary channel the seeds are the h-maxima of the distance transform of the
+  foreground. Two touching objects stay apart only where the network predicts their border:
+  objects whose shared border has a mean boundary probability below :data:`WATERSHED_SPLIT` are
+  merged again (:func:`merge_weak_borders`). Fragments smaller than ``min_size`` are merged into
+  the neighbour they share the longest border with, so no object is ever cut into pieces smaller
+  than that, and a foreground region that received no seed is kept whole rather than dropped: on
+  every region the result is either the connected component itself or a split of it into objects
+  of at least ``min_size`` pixels along a predicted boundary.
+
+Which method a model uses is its ``instances`` setting (stored in a kit U-Net's checkpoint, or set
+in a bank entry); :func:`default_instance_method` is what ``cte-kit train`` stores.
 """
 
 from __future__ import annotations
@@ -28,9 +40,13 @@ from skimage import measure, morphology, segmentation
 from ..types import InputTypeError
 
 __all__ = [
+    "DENSE_FOREGROUND",
+    "DT_WATERSHED_SPLIT",
     "INSTANCE_METHODS",
+    "SEEDINGS",
     "WATERSHED_MIN_SIZE",
     "connected_components",
+    "default_instance_method",
     "instances_from_probability",
     "merge_small_fragments",
     "merge_weak_borders",
@@ -38,7 +54,17 @@ __all__ = [
     "seeded_watershed",
 ]
 
-INSTANCE_METHODS = ("components", "watershed")
+#: Instance methods a model can declare (its ``instances`` setting): connected components, the
+#: boundary watershed seeded by predicted interiors, and the one seeded by distance maxima.
+INSTANCE_METHODS = ("components", "watershed", "dt_watershed")
+
+#: Seedings of :func:`seeded_watershed`, and the instance method that uses each.
+SEEDINGS = {"interiors": "watershed", "distance": "dt_watershed"}
+
+#: Mean foreground fraction of the training labels from which a boundary model counts as trained
+#: on dense tissue (every pixel belongs to an object; ``ovules_mini``: 0.9998, DSB2018 nuclei
+#: 0.03-0.35, ``usiigaci_cells`` 0.18) and gets ``'dt_watershed'`` by default.
+DENSE_FOREGROUND = 0.9
 
 #: Smallest object (pixels) that :func:`seeded_watershed` creates by splitting a region when the
 #: caller sets no ``min_size``: a quarter of the smallest DSB2018 nuclei (median area ~150 px on
@@ -52,6 +78,13 @@ WATERSHED_MIN_SIZE = 8
 #: fluo_520x696 targets; ``benchmarks/bench_instances.py`` reports the others): at 0.7 the
 #: watershed's mAP was at least that of connected components for every model, at 0.5 for 9 of 14.
 WATERSHED_SPLIT = 0.7
+
+#: :data:`WATERSHED_SPLIT` for distance seeds (``'dt_watershed'``). Those seeds exist to keep apart
+#: two cells whose predicted wall has a gap; at 0.7 a gap over a third of the wall merged them again.
+#: On the 5 validation slices of ``ovules_mini`` (never its test slices), a ``cte-kit train --task
+#: instance`` model of its other slices reached mAP 0.50, 0.51, 0.52, 0.53, 0.44, 0.34 at 0.3 ... 0.8:
+#: 0.5 lies inside the plateau, away from the drop above 0.6.
+DT_WATERSHED_SPLIT = 0.5
 
 
 def _check_map(array: np.ndarray, name: str) -> np.ndarray:
@@ -287,34 +320,61 @@ def _interior_seeds(mask: np.ndarray, boundary: np.ndarray, min_seed_size: int) 
     return _without_small(measure.label(interior, connectivity=1), min_seed_size)
 
 
+def _distance_seeds(region: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Seeds at the h-maxima of the smoothed distance transform of ``region``, and that distance.
+
+    h-maxima rather than plain peaks: the plateau of an elongated object gives one seed, not many.
+    """
+    distance = ndi.distance_transform_edt(region)
+    peaks = morphology.h_maxima(ndi.gaussian_filter(distance, 1.0), 0.5)
+    return measure.label(peaks & region, connectivity=2), distance
+
+
 def seeded_watershed(
     probability: np.ndarray,
     boundary: np.ndarray | None = None,
     threshold: float = 0.5,
     min_size: int = 0,
+    seeds: str = "interiors",
+    split: float | None = None,
 ) -> np.ndarray:
     """Split touching objects with a seeded watershed inside the foreground mask.
 
     Parameters
     ----------
     probability : (H, W) float ndarray
-        Foreground probability.
+        Foreground probability. On dense tissue (no background) it is high everywhere and the
+        mask is the whole image.
     boundary : (H, W) float ndarray, optional
-        Boundary probability (a foreground+boundary U-Net). Seeds are the connected interiors
-        ``foreground & (boundary < 0.5)`` after a 4-connected opening, with at least
-        ``max(1, min_size // 2)`` pixels; the flooding runs on the boundary map. Without it,
-        seeds are the h-maxima of the distance transform of the foreground.
+        Boundary probability (a foreground+boundary U-Net); the flooding runs on it. Without it,
+        seeds are the h-maxima of the distance transform of the foreground and the flooding runs
+        on the negated distance.
     threshold : float
         Foreground is ``probability > threshold``.
     min_size : int
         Smallest object (pixels). Fragments below it are merged into a touching object, and
         isolated objects below it are removed, as :func:`connected_components` does. 0 uses
         :data:`WATERSHED_MIN_SIZE` for the merging and removes nothing.
+    seeds : {'interiors', 'distance'}
+        With a boundary map: ``'interiors'`` seeds the connected interiors ``foreground &
+        (boundary < 0.5)`` after a 4-connected opening, with at least ``max(1, min_size // 2)``
+        pixels, and floods the boundary map; ``'distance'`` seeds the h-maxima (h = 0.5 pixel) of
+        the distance, smoothed with a Gaussian of 1 pixel, from each interior pixel to the
+        nearest boundary or background pixel (PlantSeg's distance-transform watershed), and floods
+        the boundary map smoothed with a Gaussian of 1 pixel minus a tenth of the normalised
+        distance. Over-seeded cells are joined again by :func:`merge_weak_borders`, since no
+        predicted boundary separates their seeds.
+    split : float, optional
+        Mean boundary probability a border needs for its two objects to stay apart
+        (:func:`merge_weak_borders`); default :data:`WATERSHED_SPLIT` for interior seeds,
+        :data:`DT_WATERSHED_SPLIT` for distance seeds.
 
     Returns
     -------
     (H, W) int32 ndarray, 0 = background, objects numbered 1..N
     """
+    if seeds not in SEEDINGS:
+        raise ValueError(f"unknown seeding {seeds!r}; choose from {tuple(SEEDINGS)}")
     probability = _check_map(probability, "probability")
     mask = probability > threshold
     if not mask.any():
@@ -324,22 +384,52 @@ def seeded_watershed(
         boundary = _check_map(boundary, "boundary").astype(np.float32, copy=False)
         if boundary.shape != mask.shape:
             raise ValueError(f"boundary shape {boundary.shape} differs from probability shape {mask.shape}")
-        seeds = _interior_seeds(mask, boundary, max(1, fragment_size // 2))
-        elevation = boundary
+        if seeds == "interiors":
+            markers = _interior_seeds(mask, boundary, max(1, fragment_size // 2))
+            elevation = boundary
+        else:
+            markers, distance = _distance_seeds(mask & (boundary < 0.5))
+            # In a cell's flat interior the noise of the boundary map decides the flooding order:
+            # a neighbour's flood, entering through a gap in the wall, ran along the lowest noise
+            # pixels around a seed before the seed's own flood did, leaving it a one-pixel basin.
+            # Smoothing and a slope towards each seed (PlantSeg blends the distance in as well)
+            # let each seed flood its own cell first.
+            elevation = ndi.gaussian_filter(boundary, 1.0) - 0.1 * distance / max(float(distance.max()), 1.0)
     else:
-        distance = ndi.distance_transform_edt(mask)
-        # h-maxima rather than plain peaks: plateaus of elongated nuclei give one seed, not many
-        peaks = morphology.h_maxima(ndi.gaussian_filter(distance, 1.0), 0.5)
-        seeds = measure.label(peaks & mask, connectivity=2)
+        markers, distance = _distance_seeds(mask)
         elevation = -distance
-    labels = segmentation.watershed(elevation, seeds, mask=mask)
+    labels = segmentation.watershed(elevation, markers, mask=mask)
     if boundary is not None:
-        labels = merge_weak_borders(labels, boundary)
+        if split is None:
+            split = WATERSHED_SPLIT if seeds == "interiors" else DT_WATERSHED_SPLIT
+        labels = merge_weak_borders(labels, boundary, split)
     # A region the seeds never reached (no interior predicted) is one object, not background.
     unseeded = measure.label(mask & (labels == 0), connectivity=2)
     labels = np.where(unseeded > 0, unseeded + labels.max(), labels).astype(np.int32)
     labels = merge_small_fragments(labels, fragment_size)
     return remove_small_objects(labels, min_size) if min_size > 1 else labels
+
+
+def default_instance_method(output: str, foreground_fraction: float) -> str:
+    """The instance method a model trained on some labels declares unless told otherwise.
+
+    Parameters
+    ----------
+    output : {'foreground', 'foreground+boundary'}
+        The model's outputs.
+    foreground_fraction : float
+        Mean fraction of foreground pixels in its training labels.
+
+    Returns
+    -------
+    str
+        ``'components'`` without a boundary channel; with one, ``'dt_watershed'`` for dense
+        tissue (foreground fraction at least :data:`DENSE_FOREGROUND`), where the foreground mask
+        is the whole image and only the boundary map separates cells, else ``'watershed'``.
+    """
+    if output != "foreground+boundary":
+        return "components"
+    return "dt_watershed" if foreground_fraction >= DENSE_FOREGROUND else "watershed"
 
 
 def instances_from_probability(
@@ -349,9 +439,14 @@ def instances_from_probability(
     threshold: float = 0.5,
     min_size: int = 0,
 ) -> np.ndarray:
-    """Dispatch to :func:`connected_components` or :func:`seeded_watershed` by name."""
+    """Instance labels by the method a model declares (one of :data:`INSTANCE_METHODS`).
+
+    ``'components'``: :func:`connected_components`; ``'watershed'`` and ``'dt_watershed'``:
+    :func:`seeded_watershed` with interior or distance seeds.
+    """
     if method == "components":
         return connected_components(probability, threshold, min_size)
-    if method == "watershed":
-        return seeded_watershed(probability, boundary, threshold, min_size)
+    seeding = {name: seeding for seeding, name in SEEDINGS.items()}
+    if method in seeding:
+        return seeded_watershed(probability, boundary, threshold, min_size, seeding[method])
     raise ValueError(f"unknown instance method {method!r}; choose from {INSTANCE_METHODS}")

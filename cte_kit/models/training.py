@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from ..data.images import check_image, check_labels, normalize_percentile, to_grey
 from ..perturb import InputPerturbation
-from .unet import UNetConfig, UNetModel, save_checkpoint
+from .instances import INSTANCE_METHODS, default_instance_method
+from .unet import UNetConfig, UNetModel, resize, save_checkpoint, scaled_size
 
 __all__ = ["TrainingConfig", "train_unet", "training_targets"]
 
@@ -41,6 +42,15 @@ class TrainingConfig:
     percentiles : (float, float)
         Per-image normalisation, stored with the model so that prediction uses the same.
     seed : int
+    scale : float
+        In (0, 1]: train on the images shrunk by this factor (labels by nearest neighbour);
+        stored with the model, which then shrinks every image it predicts the same way. Below 1
+        for objects larger than the network's receptive field (a patch then covers
+        ``patch_size / scale`` pixels of the image) and for cheaper training and prediction.
+    boundary_weight : float
+        Weight of the boundary channel's loss (BCE + Dice) against the foreground's, for
+        foreground+boundary models. On dense tissue the foreground is the whole image and the
+        boundary map alone separates the cells.
     device : str
         Torch device of the optimisation, e.g. ``'cpu'`` or ``'cuda'``. Patches are sampled on
         the CPU either way; the checkpoint is always written with CPU tensors.
@@ -53,7 +63,15 @@ class TrainingConfig:
     augment: bool = True
     percentiles: tuple[float, float] = (1.0, 99.8)
     seed: int = 0
+    scale: float = 1.0
+    boundary_weight: float = 1.0
     device: str = "cpu"
+
+    def __post_init__(self):
+        if not 0 < self.scale <= 1:
+            raise ValueError(f"scale must be in (0, 1], got {self.scale!r}")
+        if not self.boundary_weight > 0:
+            raise ValueError(f"boundary_weight must be > 0, got {self.boundary_weight!r}")
 
 
 def training_targets(labels: np.ndarray, output: str) -> np.ndarray:
@@ -65,11 +83,15 @@ def training_targets(labels: np.ndarray, output: str) -> np.ndarray:
     return np.stack([foreground, boundary])
 
 
-def _dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    probability = torch.sigmoid(logits)
+def _loss(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """BCE + Dice per output channel, averaged over channels with ``weights`` (summing to 1)."""
+    eps = 1.0
     dims = (0, 2, 3)
+    probability = torch.sigmoid(logits)
     intersection = (probability * target).sum(dims)
-    return (1 - (2 * intersection + eps) / (probability.sum(dims) + target.sum(dims) + eps)).mean()
+    dice = 1 - (2 * intersection + eps) / (probability.sum(dims) + target.sum(dims) + eps)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").mean(dims)
+    return ((bce + dice) * weights).sum()
 
 
 _AUGMENTATIONS = (
@@ -118,6 +140,19 @@ def _sample_batch(images, targets, size, batch_size, augment, rng):
     return torch.from_numpy(np.stack(inputs)), torch.from_numpy(np.stack(outputs))
 
 
+def _rescale(image: np.ndarray, labels: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised image (bilinear) and its labels (nearest) resized by ``scale``, as the model resizes its input."""
+    if scale == 1:
+        return image, labels
+    size = scaled_size(image.shape[:2], scale)
+    layout = image[None, None] if image.ndim == 2 else np.moveaxis(image, -1, 0)[None]
+    resized = resize(torch.from_numpy(np.ascontiguousarray(layout, dtype=np.float32)), size)[0].numpy()
+    resized = resized[0] if image.ndim == 2 else np.moveaxis(resized, 0, -1)
+    # float64 holds every label id exactly (float32 only up to 2**24)
+    label_layout = torch.from_numpy(labels.astype(np.float64))[None, None]
+    return resized, resize(label_layout, size, labels=True)[0, 0].numpy().astype(labels.dtype)
+
+
 def _prepare_training_data(images, labels, config: UNetConfig, training: TrainingConfig):
     if len(images) == 0:
         raise ValueError("no training images")
@@ -129,11 +164,13 @@ def _prepare_training_data(images, labels, config: UNetConfig, training: Trainin
         if array.ndim == 3 and config.in_channels == 1:
             array = to_grey(array)
         label = check_labels(label, array.shape, name=f"training labels {index}")
+        # normalised at the image's own size, then resized: the order in which the model predicts
+        array, label = _rescale(normalize_percentile(array, *training.percentiles), label, training.scale)
         if min(array.shape[:2]) < training.patch_size:
             pad = [(0, max(0, training.patch_size - s)) for s in array.shape[:2]]
             array = np.pad(array, pad + [(0, 0)] * (array.ndim - 2), mode="reflect")
             label = np.pad(label, pad, mode="constant")
-        prepared.append(normalize_percentile(array, *training.percentiles))
+        prepared.append(array)
         targets.append(training_targets(label, config.output))
     return prepared, targets
 
@@ -164,8 +201,11 @@ def train_unet(
         Where to write the checkpoint.
     name, source : str, optional
         Model name and a free-text source description stored in the checkpoint.
-    instances : {'components', 'watershed'}, optional
-        Instance method stored with the model (default: watershed for boundary models).
+    instances : {'components', 'watershed', 'dt_watershed'}, optional
+        Instance method stored with the model; default
+        :func:`~cte_kit.models.instances.default_instance_method` of the training labels
+        (``'dt_watershed'`` for a boundary model trained on dense tissue, ``'watershed'`` for
+        other boundary models, ``'components'`` for foreground models).
     progress : bool
         Show a tqdm progress bar.
 
@@ -180,7 +220,13 @@ def train_unet(
     torch.manual_seed(training.seed)
     rng = np.random.default_rng(training.seed)
     prepared, targets = _prepare_training_data(images, labels, config, training)
+    method = instances or default_instance_method(config.output, float(np.mean([t[0].mean() for t in targets])))
+    if method not in INSTANCE_METHODS:
+        raise ValueError(f"unknown instance method {method!r}; choose from {INSTANCE_METHODS}")
     network = config.build().to(device)
+    weights = torch.ones(config.out_channels, device=device)
+    weights[1:] = training.boundary_weight
+    weights = weights / weights.sum()
     network.train()
     optimiser = torch.optim.Adam(network.parameters(), lr=training.learning_rate)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=training.learning_rate, total_steps=training.steps)
@@ -190,7 +236,7 @@ def train_unet(
         inputs, target = _sample_batch(prepared, targets, training.patch_size, training.batch_size, training.augment, rng)
         inputs, target = inputs.to(device, non_blocking=True), target.to(device, non_blocking=True)
         logits = network(inputs)
-        loss = F.binary_cross_entropy_with_logits(logits, target) + _dice_loss(logits, target)
+        loss = _loss(logits, target, weights)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -199,10 +245,10 @@ def train_unet(
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
     network.eval()
-    method = instances or ("watershed" if config.output == "foreground+boundary" else "components")
-    settings = {"percentiles": list(training.percentiles), "instances": method}
+    settings = {"percentiles": list(training.percentiles), "instances": method, "scale": training.scale}
     history = {"source": source, "training": asdict(training), "loss": losses[-50:], "n_images": len(prepared)}
     if out is not None:
         save_checkpoint(network, config, out, settings=settings, history=history)
     return UNetModel(name=name or (Path(out).stem if out else "unet"), network=network, config=config,
-                     percentiles=tuple(training.percentiles), instances=method, device=training.device)
+                     percentiles=tuple(training.percentiles), instances=method, scale=training.scale,
+                     device=training.device)

@@ -31,7 +31,7 @@ from .layers import LayerMap
 from .unet_arch import UNet
 
 __all__ = ["UNetConfig", "UNetModel", "save_checkpoint", "load_checkpoint", "from_bank_entry", "demo_bank_dir",
-           "demo_checkpoint", "CHECKPOINT_FORMAT"]
+           "demo_checkpoint", "CHECKPOINT_FORMAT", "forward_at_scale", "resize", "scaled_size"]
 
 CHECKPOINT_FORMAT = "cte_kit.unet/1"
 
@@ -70,6 +70,44 @@ class UNetConfig:
 
     def build(self) -> UNet:
         return UNet(self.in_channels, self.out_channels, self.levels, self.width, self.dropout)
+
+
+def resize(tensor: torch.Tensor, size: tuple[int, int], labels: bool = False) -> torch.Tensor:
+    """Resize (N, C, H, W) maps to ``size``: bilinear, anti-aliased when shrinking; nearest for labels."""
+    if tuple(tensor.shape[-2:]) == tuple(size):
+        return tensor
+    if labels:
+        return F.interpolate(tensor, size=size, mode="nearest-exact")
+    shrinking = size[0] < tensor.shape[-2] or size[1] < tensor.shape[-1]
+    return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+
+
+def scaled_size(size: tuple[int, int], scale: float) -> tuple[int, int]:
+    """The (H, W) an image of ``size`` has at the network's scale (at least one pixel a side)."""
+    return max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+
+
+def _to_network(tensor: torch.Tensor, scale: float, divisor: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Images (N, C, H, W) resized by ``scale`` and padded at the bottom and right to the divisor."""
+    size = scaled_size(tuple(tensor.shape[-2:]), scale)
+    tensor = resize(tensor, size)
+    pad_h, pad_w = (-size[0]) % divisor, (-size[1]) % divisor
+    if pad_h or pad_w:
+        # reflect keeps image statistics at the border; pad only bottom/right so crops are trivial
+        mode = "reflect" if pad_h < size[0] and pad_w < size[1] else "replicate"
+        tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
+    return tensor, size
+
+
+def _from_network(logits: torch.Tensor, size: tuple[int, int], network_size: tuple[int, int]) -> torch.Tensor:
+    """Network outputs cropped to the images' extent at the network's scale and resized to ``size``."""
+    return resize(logits[..., : network_size[0], : network_size[1]], size)
+
+
+def forward_at_scale(network: UNet, images: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Logits (N, C_out, H, W) of normalised images (N, C, H, W) at any size, as a model with ``scale`` predicts them."""
+    tensor, network_size = _to_network(images, scale, network.divisor)
+    return _from_network(network(tensor), tuple(images.shape[-2:]), network_size)
 
 
 def save_checkpoint(network: UNet, config: UNetConfig, path: str | Path, settings: dict | None = None, history: dict | None = None) -> Path:
@@ -135,10 +173,16 @@ class UNetModel(SegmentationModel):
     ----------
     network : UNet
     config : UNetConfig
-    instances : {'components', 'watershed'}
-        How instance labels are derived from the semantic output.
+    instances : {'components', 'watershed', 'dt_watershed'}
+        How instance labels are derived from the semantic output
+        (:func:`~cte_kit.models.instances.instances_from_probability`).
     min_size : int
         Smallest object kept in instance labels (pixels).
+    scale : float
+        In (0, 1]: the network sees each image shrunk by this factor (the scale it was trained
+        at, e.g. 0.5 for cells twice as large as its receptive field suits); its outputs are
+        resized back, so predictions always have the image's size. Feature maps
+        (:meth:`layer_features`) are at the network's scale.
     device : str
         Torch device.
     """
@@ -147,6 +191,7 @@ class UNetModel(SegmentationModel):
     config: UNetConfig = field(default_factory=UNetConfig)
     instances: str = "components"
     min_size: int = 0
+    scale: float = 1.0
     device: str = "cpu"
 
     def __post_init__(self):
@@ -154,6 +199,9 @@ class UNetModel(SegmentationModel):
             raise ValueError("UNetModel needs a network; use UNetModel.from_checkpoint(path)")
         if self.instances not in INSTANCE_METHODS:
             raise ValueError(f"unknown instance method {self.instances!r}; choose from {INSTANCE_METHODS}")
+        if not (isinstance(self.scale, (int, float)) and 0 < self.scale <= 1):
+            raise ValueError(f"scale must be a number in (0, 1], got {self.scale!r}")
+        self.scale = float(self.scale)
         self.channels = self.config.in_channels
         # channels-last memory halves the CPU time of these small convolutions (oneDNN's blocked kernels)
         self.network = self.network.to(self.device, memory_format=torch.channels_last).eval()
@@ -180,25 +228,24 @@ class UNetModel(SegmentationModel):
         return [self.network.layer(name)]
 
     def _to_tensor(self, batch: Sequence[np.ndarray]) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The network's input for a batch of equally shaped images, and the images' (H, W)."""
         stack = np.stack(batch)
         if stack.ndim == 3:
             stack = stack[:, None]
         else:
             stack = np.moveaxis(stack, -1, 1)
-        height, width = stack.shape[-2:]
-        divisor = self.network.divisor
-        pad_h, pad_w = (-height) % divisor, (-width) % divisor
         tensor = torch.from_numpy(np.ascontiguousarray(stack, dtype=np.float32)).to(self.device)
-        if pad_h or pad_w:
-            # reflect keeps image statistics at the border; pad only bottom/right so crops are trivial
-            mode = "reflect" if pad_h < height and pad_w < width else "replicate"
-            tensor = F.pad(tensor, (0, pad_w, 0, pad_h), mode=mode)
-        return tensor.contiguous(memory_format=torch.channels_last), (height, width)
+        tensor, _ = _to_network(tensor, self.scale, self.network.divisor)
+        return tensor.contiguous(memory_format=torch.channels_last), tuple(stack.shape[-2:])
+
+    def probability_maps(self, logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+        """Per-channel probabilities (N, C_out, H, W) float32 at the images' size, from the network's logits."""
+        logits = _from_network(logits, size, scaled_size(size, self.scale))
+        return torch.sigmoid(logits).cpu().numpy().astype(np.float32)
 
     def _to_predictions(self, logits: torch.Tensor, size: tuple[int, int]) -> list[Prediction]:
-        maps = torch.sigmoid(logits[..., : size[0], : size[1]]).cpu().numpy().astype(np.float32)
         predictions = []
-        for sample in maps:
+        for sample in self.probability_maps(logits, size):
             boundary = sample[1] if sample.shape[0] > 1 else None
             labels = instances_from_probability(sample[0], boundary, self.instances, self.threshold, self.min_size)
             predictions.append(Prediction(probability=sample[0], labels=labels))
