@@ -142,16 +142,34 @@ def _add_train(subparsers):
 
 
 def _add_adapt(subparsers):
-    parser = subparsers.add_parser("adapt", help="adapt a bank model to unlabelled images (SelfAdapt, no labels)",
+    parser = subparsers.add_parser("adapt", help="adapt a bank model to unlabelled images, then keep the best checkpoint "
+                                                 "by the kit's ranking (no labels)",
                                    description="Adapt one model of a bank (kit U-Net, Cellpose 3, bioimage.io export of a "
-                                               "kit U-Net) to a folder of unlabelled images with an EMA teacher, L2-SP "
-                                               "and label-free stopping; settings: cte_kit.adapt.AdaptConfig.")
+                                               "kit U-Net) to a folder of unlabelled images with an EMA teacher and L2-SP "
+                                               "(settings: cte_kit.adapt.AdaptConfig), keeping a checkpoint at every "
+                                               "evaluation. Every checkpoint, the starting weights included, is then "
+                                               "ranked on the images with the kit's default estimator and guards, and "
+                                               "the chosen one is written to --out; when no adapted checkpoint beats the "
+                                               "starting weights, they are written and the report says so.")
     parser.add_argument("--bank", required=True, help="bank YAML")
     parser.add_argument("--model", required=True, help="name of the model in the bank")
     parser.add_argument("--images", required=True, help="folder of unlabelled target images")
-    parser.add_argument("--out", required=True, help="weights of the adapted model; provenance goes to OUT.adapt.json "
-                                                     "and every checkpoint to OUT_STEM_checkpoints/")
+    parser.add_argument("--out", required=True, help="weights of the chosen checkpoint; its report (which step and why, "
+                                                     "the stopping curve) goes to OUT.adapt.json, every checkpoint and "
+                                                     "the ranking's result store to OUT_STEM_checkpoints/")
     parser.add_argument("--steps", type=int, default=200, help="optimiser steps (default: 200)")
+    parser.add_argument("--eval-every", type=int,
+                        help="steps between checkpoints (default: cte_kit.adapt.AdaptConfig.eval_every)")
+    parser.add_argument("--margin", type=float,
+                        help="an adapted checkpoint replaces the starting weights only when its score beats theirs by "
+                             "more than this (default: cte_kit.runs.checkpoints.ChoiceRule.margin)")
+    parser.add_argument("--no-guards", action="store_true",
+                        help="rank the checkpoints by CTE alone (flagged checkpoints can then be chosen)")
+    _add_task_option(parser)
+    parser.add_argument("--no-bank-agreement", action="store_true",
+                        help="do not compare the checkpoints with the consensus of the bank's other models (by "
+                             "default an adapted checkpoint must agree with it at least as well as the starting "
+                             "weights; each other model predicts the images once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default: cpu)")
     parser.add_argument("--no-progress", action="store_true")
@@ -747,11 +765,13 @@ def _run_train(args) -> int:
 
 
 def _run_adapt(args) -> int:
-    from .adapt import AdaptConfig, adapt, adapt_target, save_adapted
+    from .adapt import AdaptConfig
     from .data.folder import load_folder
     from .data.outputs import check_outputs
     from .models.bank import read_bank
     from .models.training import _training_device
+    from .adapt.targets import provenance_path
+    from .runs.checkpoints import ChoiceRule, adapt_and_choose
 
     _training_device(args.device)  # a missing GPU is refused with advice before anything is loaded
     entries = {entry.name: entry for entry in read_bank(args.bank)}
@@ -759,21 +779,37 @@ def _run_adapt(args) -> int:
         raise ValueError(f"no model {args.model!r} in {args.bank}; models: {sorted(entries)}")
     check_outputs({"the bank file": args.bank, "the images folder": args.images, **_bank_inputs(entries.values())},
                   files={"--out (the adapted weights)": args.out})
-    target = adapt_target(entries[args.model], device=args.device)
+    every = AdaptConfig.eval_every if args.eval_every is None else args.eval_every
+    config = AdaptConfig(steps=args.steps, seed=args.seed, eval_every=max(1, min(every, args.steps)))
+    task = _task_choice(args.task, args.bank).task
+    rule = ChoiceRule(task, margin=ChoiceRule.margin if args.margin is None else args.margin,
+                      guards=not args.no_guards, seed=args.seed)
     data = load_folder(args.images, progress=not args.no_progress)
-    config = AdaptConfig(steps=args.steps, seed=args.seed, eval_every=max(1, min(AdaptConfig.eval_every, args.steps)))
-    print(f"Adapting {args.model} to {len(data.images)} unlabelled images for {args.steps} steps on {args.device}")
-    run = adapt(target, data.images, config, names=data.names, progress=not args.no_progress)
-    kind, path = save_adapted(target, run, args.out, {"source_model": args.model, "bank": str(Path(args.bank).resolve()),
-                                                      "target_images": str(Path(args.images).resolve())})
-    for point in run.curve:
-        print(f"  step {point.step:5d}  FN rate {point.fn_rate:.3f}  embedding distance {point.embedding:.3f}  "
-              f"weight distance {point.weight_distance:.4f}")
-    for stop in run.stops.values():
-        print(f"  {stop.criterion} <= {stop.threshold}: step {stop.step}" + ("" if stop.crossed else " (never crossed)"))
-    print(f"Saved step {run.chosen.step} ({run.chosen.criterion} criterion) to {path}; bank entry: "
-          f"{{name: {args.model}_adapted, kind: {kind}, path: {path}}}")
-    return 0
+    print(f"Adapting {args.model} to {len(data.images)} unlabelled images for {args.steps} steps on {args.device}, "
+          f"a checkpoint every {config.eval_every} steps")
+    reference = [] if args.no_bank_agreement else [e for name, e in entries.items() if name != args.model]
+    result = adapt_and_choose(entries[args.model], data.images, data.names, config, args.out, rule, reference,
+                              provenance={"bank": str(Path(args.bank).resolve()),
+                                          "target_images": str(Path(args.images).resolve())},
+                              target_name=Path(args.images).name, progress=not args.no_progress, device=args.device)
+    print(f"\nCheckpoints ranked by {rule.describe()}" + ("" if rule.guards else " (no guards)")
+          + (f"; bank IoU: foreground IoU with the consensus of {len(result.choice.reference)} other models of the bank"
+             if result.choice.reference else "") + ":")
+    for point, score in zip(result.run.curve, result.choice.scores):
+        marks = [f"{s.criterion} stop" for s in result.run.stops.values() if s.step == point.step]
+        marks += ["chosen"] if point.step == result.choice.step else []
+        agreement = f"  bank IoU {score.agreement:.3f}" if result.choice.reference else ""
+        print(f"  step {point.step:5d}  CTE {score.score:.4f}{agreement}  FN rate {point.fn_rate:.3f}  embedding "
+              f"distance {point.embedding:.3f}" + (f"  [{', '.join(marks)}]" if marks else "")
+              + (f"  flagged: {'; '.join(score.flags)}" if score.flags else ""))
+    for name, why in result.choice.left_out.items():
+        print(f"  not in the bank's consensus: {name} ({why})")
+    print(f"\n{result.choice.reason}")
+    entry = result.entry()
+    print(f"Saved step {result.choice.step} to {result.path} (report: {provenance_path(result.path)}); bank entry: "
+          + ", ".join(f"{key}: {value}" for key, value in entry.to_dict().items()))
+    _print_failures(result.choice.report.failures)
+    return 1 if result.choice.report.failures else 0
 
 
 def _run_datasets(args) -> int:

@@ -196,14 +196,17 @@ def test_cellpose_cpnet_runs_through_the_loop(tiny_cellpose_file, target_data, t
     assert target.roles == ("flow_y", "flow_x", "class")
     run = adapt(target, target_data.images[:3], replace(QUICK, steps=2, eval_every=1), progress=False)
     assert len(run.curve) == 3 and run.curve[-1].weight_distance > 0
-    kind, path = save_adapted(target, run, tmp_path / "cp_adapted", {"source_model": "tiny"}, all_checkpoints=False)
+    kind, path = save_adapted(target, run, tmp_path / "cp_adapted", {"source_model": "tiny"}, step=1)
     reloaded = load_model(BankEntry("cp_adapted", kind, str(path)))
     state = reloaded.cellpose.net.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in run.checkpoints[run.chosen.step].items())
+    assert all(torch.equal(state[k], v) for k, v in run.checkpoints[1].items())
 
 
 # -- the command line -----------------------------------------------------------------------------------
-def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_path, monkeypatch, target_data):
+def test_cli_adapts_without_reading_labels_writes_the_chosen_checkpoint_and_joins_the_bank(tmp_path, monkeypatch,
+                                                                                           target_data, capsys):
+    import json
+
     import cte_kit.data.folder as folder
     from cte_kit.cli import main
     from cte_kit.evaluation.sweep import read_results, run_sweep
@@ -213,19 +216,24 @@ def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_pat
     for name, image, labels in zip(target_data.names, target_data.images, target_data.labels):
         tifffile.imwrite(tmp_path / "images" / f"{name}.tif", image)
         tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", labels.astype(np.uint16))
-    bank = write_bank([BankEntry("near", "unet", demo_checkpoint("near_target").as_posix()),
-                       BankEntry("sd", "stardist", pretrained="2D_versatile_fluo")], tmp_path / "bank.yaml")
+    bank = write_bank([BankEntry("near", "unet", demo_checkpoint("near_target").as_posix())]
+                      + [BankEntry(name, "unet", demo_checkpoint(name).as_posix())
+                         for name in ("sharp_clean", "large_nuclei", "very_noisy")], tmp_path / "bank.yaml")
+    stardist = write_bank([BankEntry("sd", "stardist", pretrained="2D_versatile_fluo")], tmp_path / "sd.yaml")
     read = []
     original = folder.read_array
     monkeypatch.setattr(folder, "read_array", lambda path: read.append(path) or original(path))
     monkeypatch.setattr(folder, "_read_labels", lambda *a: pytest.fail("adapt read a label file"))
     out = tmp_path / "adapted" / "near_adapted.pt"
     assert main(["adapt", "--bank", str(bank), "--model", "near", "--images", str(tmp_path / "images"),
-                 "--out", str(out), "--steps", "4", "--no-progress"]) == 0
+                 "--out", str(out), "--steps", "4", "--eval-every", "2", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
     assert read and all(path.parent == tmp_path / "images" for path in read)
     assert out.is_file() and provenance_path(out).is_file()
-    assert (out.parent / "near_adapted_checkpoints" / "step_00004.pt").is_file()
-    assert main(["adapt", "--bank", str(bank), "--model", "sd", "--images", str(tmp_path / "images"),
+    checkpoints = out.parent / "near_adapted_checkpoints"
+    assert sorted(p.name for p in checkpoints.glob("step_*.pt")) == ["step_00000.pt", "step_00002.pt", "step_00004.pt"]
+    assert (checkpoints / "ranking.sqlite").is_file()
+    assert main(["adapt", "--bank", str(stardist), "--model", "sd", "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "x.pt")]) == 2
     assert main(["adapt", "--bank", str(bank), "--model", "nope", "--images", str(tmp_path / "images"),
                  "--out", str(tmp_path / "x.pt")]) == 2
@@ -233,11 +241,23 @@ def test_cli_adapts_without_reading_labels_and_the_result_joins_the_bank(tmp_pat
         assert main(["adapt", "--bank", str(bank), "--model", "near", "--images", str(tmp_path / "images"),
                      "--out", str(tmp_path / "x.pt"), "--device", "cuda"]) == 2
     monkeypatch.undo()
-    import json
 
-    provenance = json.loads(provenance_path(out).read_text())
-    assert provenance["source_model"] == "near" and provenance["settings"]["steps"] == 4
-    assert [p["step"] for p in provenance["curve"]] == [0, 4]
+    report = json.loads(provenance_path(out).read_text())
+    assert report["source_model"] == "near" and report["settings"]["steps"] == 4
+    assert [p["step"] for p in report["curve"]] == [0, 2, 4]
+    choice = report["choice"]
+    assert [c["step"] for c in choice["checkpoints"]] == [0, 2, 4] and choice["estimator"].startswith("hard CTE")
+    # the rest of the bank is the consensus the checkpoints are compared with (the guards may leave one out)
+    assert set(choice["reference_models"]) | set(choice["left_out_of_the_reference"]) == {
+        "sharp_clean", "large_nuclei", "very_noisy"}
+    assert len(choice["reference_models"]) >= 2 and all(0 <= c["agreement"] <= 1 for c in choice["checkpoints"])
+    # --out holds the chosen checkpoint, and the report and the console say which and why
+    chosen = UNetModel.from_checkpoint(checkpoints / f"step_{choice['chosen_step']:05d}.pt").network.state_dict()
+    written = UNetModel.from_checkpoint(out).network.state_dict()
+    assert all(torch.equal(written[k], v) for k, v in chosen.items())
+    assert report["step"] == choice["chosen_step"] and choice["reason"] in printed
+    if choice["chosen_step"] == 0:
+        assert choice["reason"].startswith("adaptation did not help here")
     entries = [read_bank(bank)[0], BankEntry("near_adapted", "unet", str(out))]
     run_sweep(entries, target_data.images[:2], target_data.names[:2], tmp_path / "rank.csv", [FeatureDropout(0.2)],
               labels=target_data.labels[:2], progress=False)
@@ -251,11 +271,11 @@ def test_bioimageio_export_of_a_kit_unet_adapts_into_a_kit_checkpoint(tiny_bioim
     exported = BioImageIOModel.from_source(tiny_bioimageio_zip)
     target = adapt_target(exported)
     run = adapt(target, target_data.images[:3], replace(QUICK, steps=2, eval_every=2), progress=False)
-    kind, path = save_adapted(target, run, tmp_path / "adapted.pt", {"source_model": "tiny"}, all_checkpoints=False)
+    kind, path = save_adapted(target, run, tmp_path / "adapted.pt", {"source_model": "tiny"}, step=2)
     reloaded = load_model(BankEntry("adapted", kind, str(path)))
     assert kind == "unet" and reloaded.percentiles == (1.0, 99.8)
     state = reloaded.network.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in run.checkpoints[run.chosen.step].items())
+    assert all(torch.equal(state[k], v) for k, v in run.checkpoints[2].items())
     # the kit checkpoint predicts what the adapted export predicts
     np.testing.assert_allclose(reloaded.predict(target_data.images[:1])[0].probability,
                                exported.predict(target_data.images[:1])[0].probability, atol=1e-4)

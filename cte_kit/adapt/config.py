@@ -1,11 +1,13 @@
 """Every setting of SelfAdapt-style adaptation in one place.
 
-The seed paper (SelfAdapt) fixes the recipe - EMA teacher, flip/rotation pseudo-labels,
-confidence masking at a moving 80th percentile, strongly augmented student, MSE + BCE, L2-SP,
-AdamW with warm-up and cosine decay, two label-free stopping criteria - but its text omits most
-numbers. The values below are this kit's choices for its small U-Nets and CPnets on 2 CPU cores;
+The SelfAdapt paper fixes the recipe - EMA teacher, flip/rotation pseudo-labels, confidence
+masking at a moving 80th percentile, strongly augmented student, MSE + BCE, L2-SP, AdamW with
+warm-up and cosine decay, two label-free stopping criteria - but its text omits most numbers. The
+values below are this kit's choices for its small U-Nets and CPnets on 2 CPU cores;
 ``benchmarks/bench_adapt.py`` shows what changing the EMA decay, the L2-SP weight and the
-stopping thresholds does.
+stopping thresholds does. The stopping criteria are recorded for every run; the checkpoint the
+kit keeps is chosen afterwards by ranking every checkpoint with the kit's estimator
+(:mod:`cte_kit.runs.checkpoints`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from dataclasses import dataclass
 
 __all__ = ["AdaptConfig", "CRITERIA"]
 
-#: The label-free stopping criteria: false-negative rate against the initial model, and the
-#: relative distance of the bottleneck embeddings to the initial ones.
+#: The label-free stopping rules of the SelfAdapt paper: false-negative rate against the initial
+#: model, and the relative distance of the bottleneck embeddings to the initial ones.
 CRITERIA = ("fn_rate", "embedding")
 
 
@@ -36,21 +38,21 @@ class AdaptConfig:
         Peak AdamW learning rate (CRank's mean-teacher recipe uses 1e-4 for larger networks;
         the kit's small networks need a larger step to move within a few hundred steps).
     weight_decay : float
-        AdamW's decoupled weight decay (the seed's 0.001).
+        AdamW's decoupled weight decay (the paper's 0.001).
     warmup : float
         Fraction of ``steps`` of linear warm-up before the cosine decay to zero.
     ema_decay : float
         Teacher = ``ema_decay * teacher + (1 - ema_decay) * student`` after each step (omitted
-        by the seed; 0.99 lets a teacher follow a run of a few hundred steps).
+        by the paper; 0.99 lets a teacher follow a run of a few hundred steps).
     l2sp : float
         Weight ``alpha`` of the L2-SP term ``alpha / 2 * ||w - w0||^2`` (sum over parameters)
         pulling the student towards the pre-trained weights ``w0``; 0 switches it off.
     regression_weight : float
-        ``lambda`` of the loss ``BCE(classification) + lambda * MSE(regression)`` (the seed's
+        ``lambda`` of the loss ``BCE(classification) + lambda * MSE(regression)`` (the paper's
         balancing weight; only Cellpose flows are regression targets).
     percentile : float
         Pixels whose teacher uncertainty is above the moving average of this percentile are
-        masked out of the loss (the seed's 80).
+        masked out of the loss (the paper's 80).
     threshold_momentum : float
         Momentum of that moving average.
     noise : float
@@ -66,13 +68,11 @@ class AdaptConfig:
     n_eval : int
         Target images (the first ones, in name order) on which the stopping signals are measured.
     fn_threshold : float
-        Stop at the last checkpoint whose false-negative rate against the initial model is at
-        most this (omitted by the seed).
+        The FN-rate stopping rule picks the last checkpoint whose false-negative rate against the
+        initial model is at most this (omitted by the paper).
     embedding_threshold : float
-        Stop at the last checkpoint whose bottleneck embeddings moved at most this far from the
-        initial ones, relative to their norm (omitted by the seed).
-    criterion : {'fn_rate', 'embedding'}
-        Which criterion picks the checkpoint that is written as the adapted model.
+        The embedding stopping rule picks the last checkpoint whose bottleneck embeddings moved
+        at most this far from the initial ones, relative to their norm (omitted by the paper).
     match_iou : float
         IoU at which an object of the initial model counts as still found.
     seed : int
@@ -98,7 +98,6 @@ class AdaptConfig:
     n_eval: int = 8
     fn_threshold: float = 0.1
     embedding_threshold: float = 0.15
-    criterion: str = "embedding"
     match_iou: float = 0.5
     seed: int = 0
 
@@ -116,5 +115,3 @@ class AdaptConfig:
             raise ValueError("l2sp, regression_weight and weight_decay must be >= 0")
         if not 0.0 < self.percentile <= 100.0:
             raise ValueError(f"percentile must be in (0, 100], got {self.percentile}")
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"criterion must be one of {CRITERIA}, got {self.criterion!r}")

@@ -6,10 +6,12 @@
     run = adapt(target, images, AdaptConfig(steps=200))
     run.curve            # stopping signals at every evaluation
     run.stops["embedding"].step
-    save_adapted(target, run, "adapted.pt", source="near", images="target/")
+    kind, paths = save_checkpoints(target, run, "adapted_checkpoints", {"source_model": "near"})
+    save_adapted(target, run, "adapted.pt", {"source_model": "near"}, step=run.stops["embedding"].step)
 
 Only images enter here: the loop reads no label file, and the stopping signals compare the
-model with its own initial self.
+model with its own initial self. Which checkpoint to keep is the runs floor's choice
+(:func:`cte_kit.runs.checkpoints.choose_checkpoint` ranks them all with the kit's estimator).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .config import AdaptConfig
-from .stopping import StopPoint, choose_stop, embedding_distance, fn_rate
+from .stopping import choose_stop, embedding_distance, fn_rate
 from .targets import AdaptTarget
 from .views import MovingPercentile, strong_augment, teacher_views, uncertainty
 
-__all__ = ["EvalPoint", "Adaptation", "adapt", "load_step", "weight_distance", "save_adapted"]
+__all__ = ["EvalPoint", "Adaptation", "adapt", "load_step", "weight_distance", "save_adapted", "save_checkpoints"]
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,11 @@ class Adaptation:
     config : AdaptConfig
     curve : tuple of EvalPoint
     stops : dict
-        ``{criterion: StopPoint}`` for ``'fn_rate'`` and ``'embedding'``.
+        ``{criterion: StopPoint}``: the checkpoint each stopping rule of the SelfAdapt paper
+        picks (``'fn_rate'`` and ``'embedding'``).
     checkpoints : dict
-        ``{step: state_dict}`` of the teacher (CPU tensors) at every evaluation.
+        ``{step: state_dict}`` of the teacher (CPU tensors) at every evaluation; step 0 holds
+        the starting weights.
     seconds_per_step : float
         Mean wall time of one optimiser step (teacher views + student step), evaluations excluded.
     """
@@ -84,16 +88,10 @@ class Adaptation:
     checkpoints: dict
     seconds_per_step: float
 
-    @property
-    def chosen(self) -> StopPoint:
-        """The stop picked by the configured criterion."""
-        return self.stops[self.config.criterion]
-
     def record(self) -> dict:
         """JSON-ready settings, stopping curve and stops."""
         return {"settings": asdict(self.config), "curve": [asdict(p) for p in self.curve],
-                "stops": {k: asdict(v) for k, v in self.stops.items()}, "chosen_step": self.chosen.step,
-                "seconds_per_step": self.seconds_per_step}
+                "stops": {k: asdict(v) for k, v in self.stops.items()}, "seconds_per_step": self.seconds_per_step}
 
 
 def weight_distance(network: torch.nn.Module, reference: dict) -> float:
@@ -275,32 +273,54 @@ def load_step(target: AdaptTarget, run: Adaptation, step: int) -> None:
     target.network.load_state_dict(run.checkpoints[step])
 
 
+def save_checkpoints(target: AdaptTarget, run: Adaptation, folder: str | Path, provenance: dict,
+                     suffix: str = ".pt") -> tuple[str, dict[int, Path]]:
+    """Write every checkpoint of a run (the starting weights as step 0) as weights a bank entry loads.
+
+    Parameters
+    ----------
+    target : AdaptTarget
+    run : Adaptation
+    folder : path
+        Receives ``step_<n><suffix>`` (``n`` zero-padded to 5 digits) and its ``.adapt.json``.
+    provenance : dict
+        What to record besides the run (source model, target folder, ...).
+    suffix : str
+
+    Returns
+    -------
+    (kind, {step: path}) : the bank kind that loads the weights, and each checkpoint's path.
+    """
+    folder = Path(folder)
+    record = {**provenance, **run.record()}
+    paths, kind = {}, None
+    for step in sorted(run.checkpoints):
+        load_step(target, run, step)
+        paths[step] = folder / f"step_{step:05d}{suffix}"
+        kind = target.writer(target.network, paths[step], {**record, "step": step})
+    return kind, paths
+
+
 def save_adapted(target: AdaptTarget, run: Adaptation, path: str | Path, provenance: dict,
-                 all_checkpoints: bool = True) -> tuple[str, Path]:
-    """Write the chosen checkpoint at ``path`` (and every checkpoint beside it), with provenance.
+                 step: int) -> tuple[str, Path]:
+    """Write checkpoint ``step`` at ``path``, with provenance in ``<path>.adapt.json``.
 
     Parameters
     ----------
     target : AdaptTarget
     run : Adaptation
     path : path
-        Weights file of the adapted model; ``<path>.adapt.json`` holds the provenance.
+        Weights file of the adapted model.
     provenance : dict
-        What to record besides the run (source model, target folder, ...).
-    all_checkpoints : bool
-        Also write ``<stem>_checkpoints/step_<n><suffix>`` for every evaluation.
+        What to record besides the run (source model, target folder, why this step, ...).
+    step : int
+        The checkpoint to write (0: the starting weights).
 
     Returns
     -------
     (kind, path) : the bank kind that loads the weights, and their path.
     """
     path = Path(path)
-    record = {**provenance, **run.record()}
-    if all_checkpoints:
-        folder = path.with_name(path.stem + "_checkpoints")
-        for step in sorted(run.checkpoints):
-            load_step(target, run, step)
-            target.writer(target.network, folder / f"step_{step:05d}{path.suffix}", {**record, "step": step})
-    load_step(target, run, run.chosen.step)
-    kind = target.writer(target.network, path, {**record, "step": run.chosen.step})
+    load_step(target, run, step)
+    kind = target.writer(target.network, path, {**provenance, **run.record(), "step": step})
     return kind, path

@@ -1,11 +1,11 @@
-"""The two label-free stopping signals of SelfAdapt, and the checkpoint each threshold picks.
+"""The two label-free stopping signals of the SelfAdapt paper, and the checkpoint each threshold picks.
 
 Both compare the model being adapted with the model it started from, never with labels:
 
 * :func:`fn_rate` - the fraction of objects found by the initial model that the current model
-  no longer finds (eq. 3 of the seed);
+  no longer finds (eq. 3 of the SelfAdapt paper);
 * :func:`embedding_distance` - how far the bottleneck embeddings of the target images moved from
-  the initial ones (eq. 4 of the seed), relative to the initial embeddings' norm so that one
+  the initial ones (eq. 4 of the paper), relative to the initial embeddings' norm so that one
   threshold serves networks of different widths.
 
 Both start at 0 and grow as the model drifts; a threshold on either stops before the drift

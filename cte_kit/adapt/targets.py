@@ -21,7 +21,7 @@ from ..models.base import SegmentationModel
 from .views import check_roles
 from ..types import InputTypeError
 
-__all__ = ["AdaptTarget", "adapt_target", "ADAPTABLE_KINDS", "provenance_path"]
+__all__ = ["AdaptTarget", "adapt_target", "ADAPTABLE_KINDS", "checkpoint_entry", "provenance_path"]
 
 #: Bank kinds with a PyTorch network this kit can train (bioimage.io only for exported kit U-Nets).
 ADAPTABLE_KINDS = ("unet", "cellpose", "bioimageio")
@@ -66,6 +66,27 @@ def provenance_path(path: str | Path) -> Path:
     """Where the provenance of adapted weights at ``path`` is written (``<path>.adapt.json``)."""
     path = Path(path)
     return path.with_name(path.name + ".adapt.json")
+
+
+def checkpoint_entry(source: BankEntry, kind: str, path: str | Path, step: int) -> BankEntry:
+    """The bank entry of one written checkpoint of ``source``, named ``<source name>@step<step>``.
+
+    The entry keeps the source's settings (normalisation, colour handling, instance method, a
+    Cellpose diameter), so that checkpoint 0 predicts what the source predicts; a bioimage.io
+    export adapts into a kit U-Net checkpoint, which keeps only the settings every adapter takes.
+
+    Parameters
+    ----------
+    source : BankEntry
+        The entry that was adapted.
+    kind : str
+        The bank kind the writer returned (:attr:`AdaptTarget.writer`).
+    path : path
+        The checkpoint's weights.
+    step : int
+    """
+    settings = dict(source.settings) if kind == source.kind else source.common_settings()
+    return BankEntry(f"{source.name}@step{step}", kind, str(path), None, settings, source.source)
 
 
 def _write_json(path: Path, provenance: dict) -> None:

@@ -123,7 +123,7 @@ def uncertainty(views: torch.Tensor, roles: Sequence[str]) -> torch.Tensor:
     """Per-pixel uncertainty of the averaged pseudo-label, (B, C, H, W).
 
     Classification: ``min(p, 1 - p)`` of the mean probability (one minus the confidence);
-    regression: the standard deviation across the views, as the seed prescribes.
+    regression: the standard deviation across the views, as the SelfAdapt paper prescribes.
     """
     mean = views.mean(0)
     spread = views.std(0, unbiased=False)

@@ -6,7 +6,7 @@ store, fill the performance table when labels arrive, without recomputing any CT
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -14,12 +14,15 @@ from ..data.images import check_labels
 from ..runs.runner import rows
 from ..runs.store import ResultStore, array_digest
 from ..runs.units import Setting
-from ..scoring.consistency import prediction_foreground
+from ..scoring.consistency import nan_statistic, prediction_foreground
 from ..scoring.metrics import average_precision, f1_score, iou_score, match_instances
 from ..types import Prediction
 
-__all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "fill_performance", "labels_key", "performance",
-           "performance_metric_for", "scored_rows"]
+if TYPE_CHECKING:
+    from ..runs.checkpoints import CheckpointChoice
+
+__all__ = ["PERFORMANCE_METRICS", "PERFORMANCE_STATISTIC", "checkpoint_performance", "fill_performance", "labels_key",
+           "performance", "performance_metric_for", "scored_rows"]
 
 #: Per-image performance metrics: foreground F1 (Dice) and IoU at the model threshold, mean
 #: average precision over IoU 0.5:0.05:0.95 and average precision at IoU 0.5 (DSB2018 definition).
@@ -141,4 +144,39 @@ def scored_rows(store: ResultStore, models: Mapping[str, str], images: Mapping[s
     found = rows(store, models, images, settings)
     for row in found:
         row.update(truth.get((row.pop("model_key"), row.pop("image_key")), missing))
+    return found
+
+
+def checkpoint_performance(store: ResultStore, choice: "CheckpointChoice", labels: Mapping[str, np.ndarray],
+                           statistic: str = PERFORMANCE_STATISTIC) -> dict[int, dict[str, float]]:
+    """True performance of every checkpoint an adaptation's choice ranked, to judge the choice.
+
+    The checkpoints' clean predictions are already in the store (the ranking kept them), so this
+    only scores them against the labels (:func:`fill_performance`), after the choice was made.
+
+    Parameters
+    ----------
+    store : ResultStore
+        The store the choice ran on.
+    choice : CheckpointChoice
+        From :func:`cte_kit.runs.checkpoints.choose_checkpoint`.
+    labels : mapping of image name -> (H, W) int ndarray
+    statistic : str
+        Aggregation over images (default: :data:`PERFORMANCE_STATISTIC`, as every ranking is judged).
+
+    Returns
+    -------
+    dict of int -> dict of str -> float
+        ``{step: {metric: value}}`` for the :data:`PERFORMANCE_METRICS` (NaN where undefined).
+    """
+    report = choice.report
+    (images,) = report.images.values()
+    truth = store.performance(fill_performance(store, report.models, images, labels))
+    found = {}
+    for score in choice.scores:
+        key = report.models[score.model]
+        values = {metric: [truth.get((key, image), {}).get(metric, np.nan) for image in images.values()]
+                  for metric in PERFORMANCE_METRICS}
+        found[score.step] = {metric: float(nan_statistic(np.asarray(v, dtype=float), statistic))
+                             if np.isfinite(v).any() else float("nan") for metric, v in values.items()}
     return found
