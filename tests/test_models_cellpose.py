@@ -215,7 +215,13 @@ def test_offline_pretrained_error_says_what_to_place_where(monkeypatch, tmp_path
 
 
 @pytest.mark.slow  # nine Cellpose evaluations per prediction: about 5 minutes on 2 loaded cores
-def test_a_large_image_in_tiles_is_stitched_from_cellposes_own_tiles(model, tiny_cellpose_file):
+@pytest.mark.parametrize("perturbation", [
+    InputPerturbation("gamma", 0.7),
+    # Cellpose cuts each kit tile again into its own network tiles, so a feature-dropout mask does not fall on
+    # the same image positions tiled and whole (measured: hard CTE 0.67 tiled, 0.80 whole)
+    pytest.param(FeatureDropout(0.3), marks=pytest.mark.xfail(strict=True, reason="dropout masks follow Cellpose's own tiles")),
+])
+def test_a_large_image_in_tiles_is_stitched_from_cellposes_own_tiles(model, tiny_cellpose_file, perturbation):
     """The kit's tiles (each a whole Cellpose eval: network, flows, masks) stitch to the whole image's prediction."""
     from dataclasses import replace
 
@@ -225,11 +231,10 @@ def test_a_large_image_in_tiles_is_stitched_from_cellposes_own_tiles(model, tiny
     whole = replace(model, tile_size=None)
     tiled = replace(model, tile_size=128, tile_overlap=32)
     assert tiled._tiling().core == 64
-    for perturbation in (InputPerturbation("gamma", 0.7), FeatureDropout(0.3)):
-        (expected,), (found,) = (m.predict_pairs([image], perturbation, seed=2, image_ids=[4]) for m in (whole, tiled))
-        for a, b in ((expected.clean, found.clean), (expected.perturbed[0], found.perturbed[0])):
-            assert np.abs(a.probability - b.probability).mean() < 0.02
-            assert ((a.labels > 0) != (b.labels > 0)).mean() < 0.05
-            assert abs(len(np.unique(a.labels)) - len(np.unique(b.labels))) <= 0.2 * len(np.unique(a.labels))
-        values = [pair_scores([pair], ("hard",))["hard"][0] for pair in (expected, found)]
-        assert values[0] == pytest.approx(values[1], abs=0.05), perturbation
+    (expected,), (found,) = (m.predict_pairs([image], perturbation, seed=2, image_ids=[4]) for m in (whole, tiled))
+    for a, b in ((expected.clean, found.clean), (expected.perturbed[0], found.perturbed[0])):
+        assert np.abs(a.probability - b.probability).mean() < 0.02
+        assert ((a.labels > 0) != (b.labels > 0)).mean() < 0.05
+        assert abs(len(np.unique(a.labels)) - len(np.unique(b.labels))) <= 0.2 * len(np.unique(a.labels))
+    values = [pair_scores([pair], ("hard",))["hard"][0] for pair in (expected, found)]
+    assert values[0] == pytest.approx(values[1], abs=0.05), perturbation
