@@ -205,19 +205,24 @@ def _add_compare(subparsers):
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _bank_option(bank: str) -> tuple[list, str | None]:
+    """The entries of ``--bank`` (a bank YAML, or `demo` for the embedded demo bank) and its file (None for `demo`)."""
+    if bank == "demo":
+        from .teaching.demo import demo_bank_entries
+
+        return demo_bank_entries(), None
+    from .models.bank import read_bank
+
+    return read_bank(bank), bank
+
+
 def _run_compare(args) -> int:
     from .data.outputs import check_outputs
     from .evaluation.comparison import compare
-    from .models.bank import read_bank
     from .reports.comparison import format_comparison, write_comparison
 
-    if args.bank == "demo":
-        from .teaching.demo import demo_bank_entries
-
-        bank = demo_bank_entries()
-    else:
-        bank = read_bank(args.bank)
-    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
+    bank, bank_file = _bank_option(args.bank)
+    choice = _task_choice(args.task, bank_file)
     targets, folders = [], {}
     for target in args.targets:
         if target == "demo":
@@ -227,8 +232,7 @@ def _run_compare(args) -> int:
         else:
             targets.append(target)
             folders.update({f"the {part} folder of target {target}": Path(target) / part for part in ("images", "labels")})
-    check_outputs({"the bank file": None if args.bank == "demo" else args.bank, **folders, **_bank_inputs(bank)},
-                  folders={"compare --out": args.out})
+    check_outputs({"the bank file": bank_file, **folders, **_bank_inputs(bank)}, folders={"compare --out": args.out})
     backend = _backend(args)
     try:
         comparison = compare(bank, targets, args.estimators, out=args.out, max_images=args.max_images, crop=args.crop,
@@ -272,16 +276,15 @@ def _run_qc(args) -> int:
     from .data.folder import load_folder
     from .data.outputs import check_outputs
     from .evaluation.quality import judge_quality
-    from .models.bank import read_bank
     from .reports.quality import write_napari, write_report, write_tables
     from .runs.quality import perturbed_foregrounds, quality
     from .runs.runner import RunTarget
     from .runs.store import ResultStore
-    from .teaching.demo import demo_bank_entries, demo_targets
+    from .teaching.demo import demo_targets
 
-    choice = _task_choice(args.task, None if args.bank == "demo" else args.bank)
-    bank = demo_bank_entries() if args.bank == "demo" else read_bank(args.bank)
-    check_outputs({"the bank file": None if args.bank == "demo" else args.bank,
+    bank, bank_file = _bank_option(args.bank)
+    choice = _task_choice(args.task, bank_file)
+    check_outputs({"the bank file": bank_file,
                    "the images folder": None if args.images == "demo" else args.images,
                    "the labels folder": None if args.labels in (None, "demo") else args.labels, **_bank_inputs(bank)},
                   files={"--store (the result store)": args.store}, folders={"qc --out": args.out})
