@@ -17,7 +17,7 @@ import numpy as np
 from ..estimators.guards import ModelGuards, bank_disagreement, bank_verdict, guarded_order
 from ..estimators.tasks import Task, task_defaults
 from ..estimators.selection import DEFAULT_TOL, separation
-from ..scoring.consistency import nan_statistic, summarize
+from ..scoring.consistency import BLIND_SPOTS, nan_statistic, summarize
 from ..scoring.ranking import bootstrap_scores, correlations, rank_scores, tied_at_top
 from ..types import CTEKitWarning
 from .performance import PERFORMANCE_METRICS, PERFORMANCE_STATISTIC, performance_metric_for
@@ -92,7 +92,8 @@ def summarize_results(
         ``code``, ``scope``, ``reason``; empty when clean), ``guards`` (the guard values), and
         with labels ``performance``, ``f1``, ``map``, ``rank_performance``),
         ``recommended`` (the top unflagged model, None when every model is flagged),
-        ``verdict`` (a sentence when no model can be recommended), ``bank_note`` (a sentence when
+        ``verdict`` (a sentence when no model can be recommended), ``blind_spot`` (with a recommendation,
+        what the consistency cannot see: :data:`~cte_kit.scoring.consistency.BLIND_SPOTS`; else None), ``bank_note`` (a sentence when
         the ranking rests on a part of the bank only: the bank disagrees with itself), ``p_best_is_top`` (sampling
         stability: how often the recommended model stays first among the unflagged models when
         images are resampled - it says nothing about validity, which is what the flags are
@@ -157,6 +158,7 @@ def summarize_results(
                                 "can be recommended")
             recommended = None
         entry["recommended"] = names[recommended] if recommended is not None else None
+        entry["blind_spot"] = BLIND_SPOTS.get(consistency) if recommended is not None else None
         entry["bank_note"] = bank_disagreement(guards, consistency, task.guards) if guards else None
         if recommended is None and entry["verdict"] is None:
             entry["verdict"] = "no model has a defined CTE on this target: none can be recommended"

@@ -338,6 +338,8 @@ def format_table(summary: dict) -> str:
             line += (f" Regret: the best model's true {METRIC_NAMES.get(metric, metric)} is {summary['regret']:.3f} "
                      "above the recommended one's.")
         lines += _wrap(line)
+        if summary.get("blind_spot"):
+            lines += _wrap(f"What this score cannot see: {summary['blind_spot']}.")
     if summary.get("bank_note"):
         lines += _wrap(f"Note: {summary['bank_note']}.")
     return "\n".join(lines)
