@@ -33,3 +33,17 @@ def test_build_writes_the_declared_bank_and_resumes(tmp_path):
     build_task_bank("mitochondria", tmp_path, training=quick, n_images=2, scale=0.005, progress=False)
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("*.pt")} == stamps  # kept, not trained again
     assert [e.name for e in task_bank_entries("mitochondria", tmp_path)] == [e.name for e in entries]
+
+
+def test_the_shipped_cell_models_split_dense_tissue_as_the_builder_does_today():
+    """The dense-tissue cell models declare the distance-seeded watershed that ``cte-kit train`` gives a boundary model
+    trained on dense tissue: shipped weights from before that default split cells along gaps in their walls."""
+    from cte_kit.models.instances import default_instance_method
+    from cte_kit.models.unet import UNetModel
+
+    folder = task_bank_dir("cells")
+    for model in TASK_BANKS["cells"].models:
+        if model.pretrained is None:
+            loaded = UNetModel.from_checkpoint(folder / f"{model.name}.pt")
+            # every pixel of the synthetic tissue belongs to a cell: foreground fraction 1
+            assert loaded.instances == default_instance_method(loaded.config.output, 1.0), model.name
