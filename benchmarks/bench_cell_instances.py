@@ -13,8 +13,11 @@ become instances three ways:
 
 A Cellpose model gives its own masks (flows) and connected components of its cell probability. Per
 model and target it prints the mean mAP (DSB2018 definition, IoU 0.5..0.95) and the mean ratio of
-predicted to true objects per image, marks the method the model declares (``*``), and writes the
-rows to ``OUT/cell_instances_<part>.json``. It ends with the two checks of the recipe: on ``ovules``
+predicted to true objects per image, marks the method the model declares (``*``), says where the
+declared method's objects go wrong (:func:`object_errors`: true cells matched at IoU 0.5, inside
+merged objects, or cut; objects that touch no cell), and writes the rows to
+``OUT/cell_instances_<part>.json``. Images are scored whole (a U-Net's network runs on the whole
+image, not in the adapter's tiles). It ends with the two checks of the recipe: on ``ovules``
 the declared method of the ovules-trained models against connected components, and on ``usiigaci``
 the kit U-Net against Cellpose trained on the same images.
 
@@ -39,14 +42,50 @@ from cells_bank import DOMAINS as CELL_DOMAINS  # noqa: E402
 METHODS = ("components", "watershed", "dt_watershed")
 
 
+#: A predicted object merges true cells when it holds at least this share of two of them or more.
+MERGE_SHARE = 0.2
+
+
+def object_errors(truth: np.ndarray, predicted: np.ndarray) -> dict[str, int]:
+    """Where the objects of one image go wrong: true cells matched at IoU >= 0.5, inside a merge (their
+    most-overlapping predicted object holds :data:`MERGE_SHARE` of two true cells or more), or matched worse
+    for another reason (a cut cell, a wrong border); predicted objects touching no true cell (specks)."""
+    from cte_kit.scoring.metrics import contingency
+
+    table = contingency(truth, predicted)
+    true_area, predicted_area = table.row_sums(), table.col_sums()
+    cells = (table.rows > 0) & (table.cols > 0)
+    rows, cols, overlap = table.rows[cells], table.cols[cells], table.counts[cells]
+    iou = overlap / (true_area[rows] + predicted_area[cols] - overlap)
+    held = overlap >= MERGE_SHARE * true_area[rows]
+    merges = np.flatnonzero(np.bincount(cols[held], minlength=table.shape[1]) >= 2)
+    true_ids, predicted_ids = np.flatnonzero(true_area[1:]) + 1, np.flatnonzero(predicted_area[1:]) + 1
+    best_iou = np.zeros(table.shape[0])
+    np.maximum.at(best_iou, rows, iou)
+    # each true cell's most-overlapping predicted object
+    order = np.lexsort((overlap, rows))
+    main = dict(zip(rows[order], cols[order]))
+    matched = best_iou[true_ids] >= 0.5
+    in_merge = np.array([main.get(i, 0) in set(merges) for i in true_ids]) & ~matched
+    touching = np.zeros(table.shape[1], bool)
+    touching[cols] = True
+    return {"true": int(true_ids.size), "matched": int(matched.sum()), "in_merge": int(in_merge.sum()),
+            "other": int((~matched & ~in_merge).sum()), "predicted": int(predicted_ids.size),
+            "merges": int(merges.size), "specks": int((~touching[predicted_ids]).sum())}
+
+
 def score(truth: list[np.ndarray], predicted: list[np.ndarray]) -> dict[str, float]:
-    """Mean mAP and mean ratio of predicted to true objects over images."""
+    """Mean mAP, AP at IoU 0.5 and ratio of predicted to true objects over images, and :func:`object_errors`
+    summed over images."""
     from cte_kit.scoring.metrics import average_precision
 
-    maps = [average_precision(t, p).mean for t, p in zip(truth, predicted)]
+    precisions = [average_precision(t, p) for t, p in zip(truth, predicted)]
     # objects are the non-zero labels: dense tissue may have no background label at all
     ratios = [len(np.unique(p[p > 0])) / max(len(np.unique(t[t > 0])), 1) for t, p in zip(truth, predicted)]
-    return {"mAP": float(np.mean(maps)), "ratio": float(np.mean(ratios))}
+    errors = [object_errors(t, p) for t, p in zip(truth, predicted)]
+    return {"mAP": float(np.mean([ap.mean for ap in precisions])),
+            "AP50": float(np.mean([ap.precision[0] for ap in precisions])), "ratio": float(np.mean(ratios)),
+            **{key: int(sum(e[key] for e in errors)) for key in errors[0]}}
 
 
 def model_rows(model, images, labels) -> dict[str, dict[str, float]]:
@@ -103,6 +142,10 @@ def main(argv=None) -> int:
                 mark = "*" if method == declared else " "
                 cells.append(f"{row['mAP']:15.3f}{mark} {row['ratio']:6.2f}" if row else f"{'-':>16} {'-':>6}")
             print(f"{target:<9} {entry.name:<20} " + " ".join(cells), flush=True)
+            row = rows[declared]
+            print(f"{'':<30}{declared}: AP50 {row['AP50']:.3f}; of {row['true']} true cells {row['matched']} matched "
+                  f"at IoU 0.5, {row['in_merge']} inside {row['merges']} merged objects, {row['other']} cut or "
+                  f"misdrawn; {row['specks']} of {row['predicted']} objects touch no cell", flush=True)
     out = bank / f"cell_instances_{args.part}.json"
     out.write_text(json.dumps(results, indent=2))
 

@@ -46,6 +46,8 @@ def output_maps(model, images) -> list[tuple[np.ndarray, np.ndarray]]:
     """(foreground, boundary) probability maps of a foreground+boundary kit U-Net, one image at a time."""
     maps = []
     for array in model._prepare_all(images, None):
+        # an image above the adapter's tile size comes lazily normalised: read it whole (one image in memory)
+        array = array if isinstance(array, np.ndarray) else array[...]
         tensor, size = model._to_tensor([array])
         with torch.inference_mode():
             sample = model.probability_maps(model.network(tensor), size)[0]
