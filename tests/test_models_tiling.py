@@ -52,7 +52,7 @@ def test_stitched_objects_are_whole_when_no_wider_than_the_margin():
     for window in tile_windows(labels.shape, tiling):
         stitcher.add(window, _cut(labels, probability)(window))
     stitched = stitcher.result()
-    assert np.array_equal(stitched.probability, probability) and stitched.labels.dtype == np.int32
+    assert np.array_equal(stitched.probability, probability) and stitched.labels.dtype == np.uint16
     assert _same_objects(stitched.labels, labels)
     # an object wider than the margin (a band across every seam) is split at seams, but no pixel is lost
     band = np.zeros((100, 100), np.int32)
@@ -61,6 +61,26 @@ def test_stitched_objects_are_whole_when_no_wider_than_the_margin():
     for window in tile_windows(band.shape, Tiling(size=48, margin=8, align=4)):
         stitcher.add(window, _cut(band, band.astype(np.float32))(window))
     assert np.array_equal(stitcher.result().labels > 0, band > 0)
+
+
+def test_stitched_labels_take_the_smallest_type_that_holds_their_ids():
+    # 67 600 one-pixel objects (260 x 260, two pixels apart): more than uint16 holds
+    dots = np.zeros((520, 520), np.int32)
+    dots[::2, ::2] = np.arange(1, 260 * 260 + 1).reshape(260, 260)
+    tiling = Tiling(size=128, margin=8, align=4)
+    stitcher = Stitcher(dots.shape)
+    for window in tile_windows(dots.shape, tiling):
+        stitcher.add(window, _cut(dots, (dots > 0).astype(np.float32))(window))
+    labels = stitcher.result().labels
+    assert labels.dtype == np.int32 and labels.max() == 260 * 260 and _same_objects(labels, dots)
+    # tiles whose ids are large (a library that numbers objects sparsely) widen the ids to int32 while
+    # stitching (each tile's fit uint16, their sum does not); the few objects they make are numbered 1..N in uint16
+    sparse = np.where(dots[:64, :64] > 0, dots[:64, :64] * 5, 0)
+    stitcher = Stitcher(sparse.shape)
+    for window in tile_windows(sparse.shape, Tiling(size=32, margin=8, align=4)):
+        stitcher.add(window, _cut(sparse, (sparse > 0).astype(np.float32))(window))
+    labels = stitcher.result().labels
+    assert labels.dtype == np.uint16 and labels.max() == 32 * 32 and _same_objects(labels, sparse)
 
 
 @pytest.fixture(scope="module")

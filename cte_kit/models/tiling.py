@@ -151,6 +151,11 @@ class LazyImage:
         return total / float(np.prod(self.shape))
 
 
+def _smallest_ids(largest: int) -> type:
+    """The label type of stitched ids up to ``largest``: uint16 while it holds them, else int32."""
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.int32
+
+
 class Stitcher:
     """One prediction of a whole image, assembled from the predictions of its tiles as they come.
 
@@ -160,7 +165,7 @@ class Stitcher:
 
     Notes
     -----
-    Tiles must come in the order of :func:`tile_windows` (row by row). ``probability`` and the
+    Tiles must come in the order of :func:`tile_windows` (row by row). ``probability`` (float32) and the
     foreground are pasted from the cores. Objects keep their tile's labels inside its core; across a
     seam, two 8-connected pixels are one object when the later tile, which sees both with the full
     margin of context, gives them one label.
@@ -182,15 +187,18 @@ class Stitcher:
             self.probability[window.core] = tile.probability[window.inner]
         if tile.labels is None:
             return
-        if self.labels is None:
-            self.labels = np.zeros(self.shape, np.int32)
         tile_labels = np.asarray(tile.labels)
+        top = int(tile_labels.max(initial=0))
+        if self.labels is None:
+            self.labels = np.zeros(self.shape, _smallest_ids(self._next - 1 + top))
+        elif self._next - 1 + top > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(np.int32)  # more ids than uint16 holds: widened once
         core = tile_labels[window.inner]
         offset = self._next - 1
-        self.labels[window.core] = np.where(core > 0, core + offset, 0)
+        self.labels[window.core] = np.where(core > 0, core.astype(np.int64) + offset, 0)
         ids = np.unique(core)
-        self._present.append(ids[ids > 0] + offset)
-        self._next += int(tile_labels.max(initial=0))
+        self._present.append(ids[ids > 0].astype(np.int64) + offset)
+        self._next += top
         (top, left), origin = (window.core[0].start, window.core[1].start), (window.tile[0].start, window.tile[1].start)
         rows, columns = window.core
         # the seams above and to the left: the tiles there came first (row by row)
@@ -220,7 +228,11 @@ class Stitcher:
                 self._joined.append(np.stack([ours[both], theirs[both]]))
 
     def result(self) -> Prediction:
-        """The whole image's prediction, once every tile was added; objects numbered 1..N."""
+        """The whole image's prediction, once every tile was added; objects numbered 1..N.
+
+        The labels are uint16 while N < 65 536 (a large image's labels take half the memory of
+        int32), int32 beyond.
+        """
         if self.labels is not None:
             from scipy.sparse import coo_matrix
             from scipy.sparse.csgraph import connected_components
@@ -232,9 +244,13 @@ class Stitcher:
             for ids in self._present:
                 present[ids] = True
             roots = np.unique(component[present])
-            lookup = np.zeros(self._next, np.int32)
-            lookup[present] = np.searchsorted(roots, component[present]).astype(np.int32) + 1
-            for start in range(0, self.shape[0], 256):  # band by band: a whole-image take copies the labels twice
-                self.labels[start:start + 256] = lookup[self.labels[start:start + 256]]
+            kind = _smallest_ids(len(roots))
+            lookup = np.zeros(self._next, kind)
+            lookup[present] = np.searchsorted(roots, component[present]).astype(kind) + 1
+            # band by band: a whole-image take copies the labels twice
+            numbered = self.labels if self.labels.dtype == kind else np.empty(self.shape, kind)
+            for start in range(0, self.shape[0], 256):
+                numbered[start:start + 256] = lookup[self.labels[start:start + 256]]
+            self.labels = numbered
             self._joined, self._present = [], []
         return Prediction(probability=self.probability, labels=self.labels)
