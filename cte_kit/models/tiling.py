@@ -162,6 +162,9 @@ class Stitcher:
     Parameters
     ----------
     shape : (H, W)
+    probability : bool
+        Whether to stitch the tiles' probability maps when they have labels too (False: the
+        stitched prediction has labels only; a tile without labels always gives its map).
 
     Notes
     -----
@@ -171,8 +174,9 @@ class Stitcher:
     margin of context, gives them one label.
     """
 
-    def __init__(self, shape: tuple[int, int]):
+    def __init__(self, shape: tuple[int, int], probability: bool = True):
         self.shape = (int(shape[0]), int(shape[1]))
+        self._keep_probability = probability
         self.probability: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self._next = 1
@@ -181,7 +185,7 @@ class Stitcher:
 
     def add(self, window: Window, tile: Prediction) -> None:
         """Take one tile's prediction (its arrays have the shape of ``window.tile``)."""
-        if tile.probability is not None:
+        if tile.probability is not None and (self._keep_probability or tile.labels is None):
             if self.probability is None:
                 self.probability = np.zeros(self.shape, np.float32)
             self.probability[window.core] = tile.probability[window.inner]

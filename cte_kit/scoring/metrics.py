@@ -94,9 +94,9 @@ def check_probability(array, name: str = "probability", shape: tuple[int, ...] |
     if shape is not None and array.shape != tuple(shape):
         raise ValueError(f"{name}: shape {array.shape} does not match {tuple(shape)}")
     if array.dtype != bool and array.size:
-        if not np.isfinite(array).all():
+        low, high = array.min(), array.max()  # NaN and infinities reach the extremes: no mask of the map is made
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{name}: probability map contains NaN or infinite values")
-        low, high = array.min(), array.max()
         if low < 0 or high > 1:
             raise ValueError(
                 f"{name}: probabilities must lie in [0, 1], got range [{low:g}, {high:g}] "
