@@ -73,9 +73,9 @@ def test_stitched_labels_take_the_smallest_type_that_holds_their_ids():
         stitcher.add(window, _cut(dots, (dots > 0).astype(np.float32))(window))
     labels = stitcher.result().labels
     assert labels.dtype == np.int32 and labels.max() == 260 * 260 and _same_objects(labels, dots)
-    # tiles whose ids are large (a library that numbers objects sparsely) widen the ids to int32 while
-    # stitching (each tile's fit uint16, their sum does not); the few objects they make are numbered 1..N in uint16
-    sparse = np.where(dots[:64, :64] > 0, dots[:64, :64] * 5, 0)
+    # tiles whose ids are far apart (a library that numbers objects sparsely) stitch in uint16: ids are
+    # given to the objects of each core, not taken from the tile
+    sparse = np.where(dots[:64, :64] > 0, dots[:64, :64] * 1000, 0)
     stitcher = Stitcher(sparse.shape)
     for window in tile_windows(sparse.shape, Tiling(size=32, margin=8, align=4)):
         stitcher.add(window, _cut(sparse, (sparse > 0).astype(np.float32))(window))

@@ -169,9 +169,10 @@ class Stitcher:
     Notes
     -----
     Tiles must come in the order of :func:`tile_windows` (row by row). ``probability`` (float32) and the
-    foreground are pasted from the cores. Objects keep their tile's labels inside its core; across a
-    seam, two 8-connected pixels are one object when the later tile, which sees both with the full
-    margin of context, gives them one label.
+    foreground are pasted from the cores. The objects of a core are numbered after those of the
+    earlier tiles, in the order of their tile's labels; across a seam, two 8-connected pixels are
+    one object when the later tile, which sees both with the full margin of context, gives them
+    one label.
     """
 
     def __init__(self, shape: tuple[int, int], probability: bool = True):
@@ -181,7 +182,6 @@ class Stitcher:
         self.labels: np.ndarray | None = None
         self._next = 1
         self._joined: list[np.ndarray] = []  # (2, n) pairs of ids that are one object
-        self._present: list[np.ndarray] = []  # the ids written into cores
 
     def add(self, window: Window, tile: Prediction) -> None:
         """Take one tile's prediction (its arrays have the shape of ``window.tile``)."""
@@ -192,17 +192,17 @@ class Stitcher:
         if tile.labels is None:
             return
         tile_labels = np.asarray(tile.labels)
-        top = int(tile_labels.max(initial=0))
-        if self.labels is None:
-            self.labels = np.zeros(self.shape, _smallest_ids(self._next - 1 + top))
-        elif self._next - 1 + top > np.iinfo(self.labels.dtype).max:
-            self.labels = self.labels.astype(np.int32)  # more ids than uint16 holds: widened once
         core = tile_labels[window.inner]
-        offset = self._next - 1
-        self.labels[window.core] = np.where(core > 0, core.astype(np.int64) + offset, 0)
         ids = np.unique(core)
-        self._present.append(ids[ids > 0].astype(np.int64) + offset)
-        self._next += top
+        ids = ids[ids > 0]
+        largest = self._next - 1 + ids.size
+        if self.labels is None:
+            self.labels = np.zeros(self.shape, _smallest_ids(largest))
+        elif largest > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(np.int32)  # more ids than uint16 holds: widened once
+        # the core's objects get the next ids, in the order of their tile ids
+        self.labels[window.core] = np.where(core > 0, np.searchsorted(ids, core) + self._next, 0)
+        self._next += ids.size
         (top, left), origin = (window.core[0].start, window.core[1].start), (window.tile[0].start, window.tile[1].start)
         rows, columns = window.core
         # the seams above and to the left: the tiles there came first (row by row)
@@ -244,9 +244,7 @@ class Stitcher:
             pairs = np.concatenate(self._joined, axis=1) if self._joined else np.zeros((2, 0), np.int64)
             graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(self._next, self._next))
             _, component = connected_components(graph, directed=False)
-            present = np.zeros(self._next, bool)
-            for ids in self._present:
-                present[ids] = True
+            present = np.arange(self._next) > 0  # every id below _next was written into a core
             roots = np.unique(component[present])
             kind = _smallest_ids(len(roots))
             lookup = np.zeros(self._next, kind)
@@ -256,5 +254,5 @@ class Stitcher:
             for start in range(0, self.shape[0], 256):
                 numbered[start:start + 256] = lookup[self.labels[start:start + 256]]
             self.labels = numbered
-            self._joined, self._present = [], []
+            self._joined = []
         return Prediction(probability=self.probability, labels=self.labels)

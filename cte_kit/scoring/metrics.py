@@ -238,8 +238,8 @@ class Contingency:
 
 
 #: Pixels counted at a time by :func:`contingency`: the pair codes of a chunk, not of the whole image, are
-#: in memory (a 2048 x 2048 image is one chunk; an 8192 x 8192 section is sixteen).
-CONTINGENCY_CHUNK = 1 << 22
+#: in memory (at most about 30 MB; a 1024 x 1024 image is one chunk, an 8192 x 8192 section 64).
+CONTINGENCY_CHUNK = 1 << 20
 
 
 def contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None = None) -> Contingency:
