@@ -50,6 +50,7 @@ def test_image_statistics_and_agreement_by_hand():
     stats = image_statistics(labels > 0, labels)
     assert stats.foreground_fraction == pytest.approx(8 / 20)
     assert stats.n_objects == 2 and stats.median_object_size == 4.0
+    assert stats.typical_object_size == 6.0  # 8 foreground pixels: the median one lies in the object of 6
     assert foreground_agreement(labels > 0, labels == 7) == pytest.approx(6 / 8)
     assert foreground_agreement(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
     assert np.isnan(image_statistics(np.zeros((2, 2), bool), np.zeros((2, 2), int)).median_object_size)
@@ -367,15 +368,35 @@ def test_nuclei_guards_are_unchanged_by_the_tasks():
 def test_specks_are_not_mitochondria():
     from cte_kit.estimators.tasks import TASKS
 
-    mito = {image: _sparse_objects(seed, 0.05, radius=7) for seed, image in enumerate("abc")}  # areas ~150 px
+    mito = {image: _sparse_objects(seed, 0.05, radius=9) for seed, image in enumerate("abc")}  # areas ~250 px
     specks = {image: _sparse_objects(10 + seed, 0.05, radius=2) for seed, image in enumerate("abc")}  # ~13 px
     predictions = {"mito": mito, "specks": specks}
     guards = compute_guards(list(predictions), list("abc"), lambda model, image: predictions[model][image],
                             TASKS["mitochondria"].guards)
     assert guards["mito"].flags == ()
     assert [f.code for f in guards["specks"].flags] == ["implausible"]
-    assert "finds objects of median area 13 px where this task's objects measure 100 px or more" in \
-        guards["specks"].flags[0].reason
+    assert "finds objects of typical area 13 px" in guards["specks"].flags[0].reason
+    assert "where this task's objects measure 200 px or more" in guards["specks"].flags[0].reason
+
+
+def test_a_few_specks_beside_the_objects_are_not_a_speck_model():
+    """Objects of ~250 px and twice as many 1-3 px specks: the plain median object area is a speck's,
+    but nearly all the foreground lies in objects (hand-computed below)."""
+    from cte_kit.estimators.tasks import TASKS
+
+    predictions = {}
+    for seed, image in enumerate("abc"):
+        foreground, labels = _sparse_objects(seed, 0.05, radius=9)
+        rng = np.random.default_rng(20 + seed)
+        background = np.flatnonzero(~ndi.binary_dilation(foreground, iterations=2))
+        specks = rng.choice(background, 2 * labels.max(), replace=False)
+        labels.flat[specks] = labels.max() + 1 + np.arange(specks.size)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert np.median(sizes[sizes > 0]) == 1  # the plain median sees only the specks
+        predictions[image] = (labels > 0, labels)
+    guards = compute_guards(["mito"], list("abc"), lambda model, image: predictions[image], TASKS["mitochondria"].guards)
+    assert guards["mito"].typical_object_size > 200 and guards["mito"].object_size == 1
+    assert guards["mito"].flags == ()
 
 
 def test_a_model_too_unstable_to_follow_is_not_recommended():

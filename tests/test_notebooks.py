@@ -334,9 +334,26 @@ _CTE_KIT_FIGURES = []
 def _cte_kit_check(figure, where):
     _CTE_KIT_FIGURES.extend(f"{where}: {problem}" for problem in _figure_problems(figure))
 
+_CTE_KIT_GROWTH = []  # (peak memory this cell added, in MB; the cell's first line)
+
+
+def _cte_kit_peak_mb():
+    try:
+        status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+        return int(status["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):
+        return 0.0
+
+
+_CTE_KIT_LAST_PEAK = [_cte_kit_peak_mb()]
+
+
 def _cte_kit_after_cell(result):
     import matplotlib.pyplot as plt
     where = "cell " + repr((result.info.raw_cell.strip().splitlines() or [""])[0][:60])
+    peak = _cte_kit_peak_mb()
+    _CTE_KIT_GROWTH.append((round(peak - _CTE_KIT_LAST_PEAK[0]), where))
+    _CTE_KIT_LAST_PEAK[0] = peak
     for number in plt.get_fignums():
         _cte_kit_check(plt.figure(number), where)
         plt.close(number)
@@ -359,7 +376,8 @@ def _cte_kit_report():
     return {"cpu_s": times.user + times.system + times.children_user + times.children_system,
             "kernel_peak_bytes": int(status["VmHWM"].split()[0]) * 1024 if "VmHWM" in status else None,
             "waited_s": int(schedstat[1]) / 1e9 if schedstat else None,
-            "figure_problems": _CTE_KIT_FIGURES}
+            "figure_problems": _CTE_KIT_FIGURES,
+            "peak_growth": sorted(_CTE_KIT_GROWTH, reverse=True)[:4]}
 print("CTE_KIT_USAGE " + _json.dumps(_cte_kit_report()))
 """
 
@@ -466,6 +484,7 @@ def fast_run(request, tmp_path_factory):
         MEASURED[path.name] = {"wall_s": round(run["wall_s"], 1), "own_s": round(own, 1),
                                "cpu_s": round(run["cpu_s"], 1), "peak_mb": round(peak / 1e6),
                                "kernel_peak_mb": round((run["kernel_peak_bytes"] or 0) / 1e6),
+                               "peak_growth_mb": run.get("peak_growth", []),
                                "load": [round(value, 1) for value in run["load"]]}
         BUDGETS_FILE.write_text(json.dumps(MEASURED, indent=1))
         print(f"{path.name}: {MEASURED[path.name]}")
@@ -508,7 +527,8 @@ def test_notebook_fits_its_time_and_memory_budget(fast_run):
         f"load {measured['load']}); the budget is {TIME_BUDGET:.0f} s")
     assert measured["peak_mb"] * 1e6 <= MEMORY_BUDGET, (
         f"{name}: the kernel and its workers peaked at {measured['peak_mb']} MB in fast mode; the budget is "
-        f"{MEMORY_BUDGET / 1e6:.0f} MB (Binder gives 2 GB)")
+        f"{MEMORY_BUDGET / 1e6:.0f} MB (Binder gives 2 GB); the cells that raised the kernel's peak most (MB): "
+        f"{measured['peak_growth_mb']}")
 
 
 @pytest.mark.notebooks

@@ -17,7 +17,7 @@ def test_each_shipped_bank_declares_its_task_and_holds_its_design(task):
 
 
 def test_targets_hold_the_tasks_objects():
-    em = task_target("mitochondria", 2)  # the bank's shape: a few mitochondria of 100 px and more per section
+    em = task_target("mitochondria", 2)  # the bank's shape: a few mitochondria of 200 px and more per section
     assert all(0 < (labels > 0).mean() < 0.2 for labels in em.labels)  # sparse mitochondria
     tissue = task_target("cells", 2, shape=(64, 64))
     assert all((labels > 0).all() for labels in tissue.labels)  # dense: every pixel is a cell

@@ -414,7 +414,7 @@ def generate_tissue(domain: SyntheticTissueDomain, n_images: int, shape: tuple[i
 
 
 #: EM sections like a serial-section TEM of neurites at ~5 nm per pixel: dark membranes, dark mitochondria
-#: 0.1-0.2 um across (100 px and more, as :data:`cte_kit.estimators.tasks.TASKS` expects of mitochondria).
+#: 0.1-0.2 um across (several hundred px, as :data:`cte_kit.estimators.tasks.TASKS` expects of mitochondria).
 EM_SSTEM = SyntheticTissueDomain(name="em_sstem", cell_size=60.0, wall=2.5, wall_contrast=-0.7, mitochondria=2.0,
                                  mito_radius=(10.0, 20.0), mito_elongation=2.5, mito_contrast=-0.4, grain=0.2,
                                  snr=7.0, blur=1.0)
