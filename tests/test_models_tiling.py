@@ -161,3 +161,20 @@ def test_a_tile_size_that_leaves_no_core_is_refused_when_the_model_loads():
     with pytest.raises(ValueError, match="tile_size 112 leaves no core inside margins of 56 pixels: use a tile_size of at least 120"):
         UNetModel(name="m", network=network, config=config, tile_size=112)
     assert UNetModel(name="m", network=network, config=config, tile_size=120)._tiling().core == 8
+
+
+def test_pairs_without_probability_keep_the_labels_and_stitch_no_map(image):
+    network, config = _network(3)
+    tiled = UNetModel(name="m", network=network, config=config, tile_size=96)
+    for perturbation in (InputPerturbation("gamma", 0.7), FeatureDropout(0.3)):
+        (full,), (lean,) = (tiled.predict_pairs([image], perturbation, image_ids=[3], probability=keep)
+                            for keep in (True, False))
+        for a, b in ((full.clean, lean.clean), (full.perturbed[0], lean.perturbed[0])):
+            assert a.probability is not None and b.probability is None
+            np.testing.assert_array_equal(a.labels, b.labels)
+    # a prediction without labels keeps its map: it is its foreground
+    stitcher = Stitcher((10, 10), probability=False)
+    for window in tile_windows((10, 10), Tiling(size=8, margin=2)):
+        shape = tuple(part.stop - part.start for part in window.tile)
+        stitcher.add(window, Prediction(probability=np.full(shape, 0.7, np.float32)))
+    assert np.array_equal(stitcher.result().probability, np.full((10, 10), 0.7, np.float32))
