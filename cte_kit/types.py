@@ -44,7 +44,8 @@ class Prediction:
         Foreground probability in [0, 1] (semantic output; StarDist's object probability,
         Cellpose's sigmoid of cell probability).
     labels : (H, W) int32 ndarray or None
-        Instance labels, 0 = background.
+        Instance labels, 0 = background (uint16 for a large image stitched from tiles with fewer
+        than 65 536 objects: :class:`cte_kit.models.tiling.Stitcher`).
     """
 
     probability: np.ndarray | None = None

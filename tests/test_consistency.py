@@ -91,6 +91,23 @@ def test_semantic_consistency_is_symmetric_and_bounded():
     assert 0.0 <= soft_consistency(u, v) <= hard_consistency(u, v) <= 1.0
 
 
+def test_semantic_consistency_in_row_bands_is_the_whole_images(monkeypatch):
+    from cte_kit.scoring import consistency
+
+    rng = np.random.default_rng(5)
+    u = ndi.gaussian_filter(rng.random((300, 70)), 2).astype(np.float32)
+    v = np.clip(u + rng.normal(0, 0.02, u.shape), 0, 1).astype(np.float32)
+    u, v = (u - u.min()) / (u.max() - u.min()), (v - v.min()) / (v.max() - v.min())
+    monkeypatch.setattr(consistency, "BAND_ROWS", 64)  # five bands, the last one short
+    # independent whole-image references: IoU of the masks, and eq. 4 summed at once
+    fg_u, fg_v = u > 0.5, v > 0.5
+    union = np.count_nonzero(fg_u | fg_v)
+    assert hard_consistency(u, v) == np.count_nonzero(fg_u & fg_v) / union
+    both = fg_u & fg_v
+    assert soft_consistency(u, v) == pytest.approx(np.sqrt(u[both].astype(float) * v[both]).sum() / union, rel=1e-12)
+    assert np.isnan(hard_consistency(u * 0, v * 0)) and np.isnan(soft_consistency(u * 0, v * 0))
+
+
 def test_soft_equals_hard_for_bool_masks_and_identical_masks_score_one():
     masks = U > 0.5, V > 0.5
     assert soft_consistency(*masks) == pytest.approx(hard_consistency(*masks))

@@ -197,3 +197,28 @@ def test_contingency_hand_counts_and_keep_mask():
     np.testing.assert_array_equal(table.row_sums(), [2, 2, 2])
     kept = contingency(u, v, keep=np.array([[False, True, True], [True, False, False]]))
     assert dict(zip(zip(kept.rows, kept.cols), kept.counts)) == {(1, 3): 1, (1, 0): 1, (2, 3): 1}
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_contingency_counted_in_chunks_is_the_table_of_the_whole_image(monkeypatch, sparse):
+    from cte_kit.scoring import metrics
+
+    rng = np.random.default_rng(3)
+    u = label(ndi.binary_opening(rng.random((120, 90)) < 0.6)).astype(np.int32)
+    v = label(ndi.binary_opening(rng.random((120, 90)) < 0.6)).astype(np.uint16)
+    if sparse:  # ids far beyond the pixel count: the table compacts them to their ranks
+        u = np.where(u > 0, u.astype(np.int64) * 10**7 + 3, 0)
+    keep = rng.random(u.shape) < 0.8
+    whole = [contingency(u, v), contingency(u, v, keep)]
+    monkeypatch.setattr(metrics, "CONTINGENCY_CHUNK", 1000)  # eleven chunks, cut across rows
+    for (table, reference), mask in zip(zip([contingency(u, v), contingency(u, v, keep)], whole), (None, keep)):
+        assert table.shape == reference.shape and (table.compacted is not None) == sparse
+        for field in ("rows", "cols", "counts"):
+            np.testing.assert_array_equal(getattr(table, field), getattr(reference, field))
+        # and against an independent count of the (u, v) pairs
+        pairs, counts = np.unique(np.stack([u[mask].ravel() if mask is not None else u.ravel(),
+                                            v[mask].ravel() if mask is not None else v.ravel()]), axis=1,
+                                  return_counts=True)
+        row_ids, col_ids = table.ids
+        assert {(int(a), int(b)): int(n) for a, b, n in zip(row_ids[table.rows], col_ids[table.cols], table.counts)} == \
+            {(int(a), int(b)): int(n) for (a, b), n in zip(pairs.T, counts)}

@@ -52,7 +52,7 @@ def test_stitched_objects_are_whole_when_no_wider_than_the_margin():
     for window in tile_windows(labels.shape, tiling):
         stitcher.add(window, _cut(labels, probability)(window))
     stitched = stitcher.result()
-    assert np.array_equal(stitched.probability, probability) and stitched.labels.dtype == np.int32
+    assert np.array_equal(stitched.probability, probability) and stitched.labels.dtype == np.uint16
     assert _same_objects(stitched.labels, labels)
     # an object wider than the margin (a band across every seam) is split at seams, but no pixel is lost
     band = np.zeros((100, 100), np.int32)
@@ -61,6 +61,26 @@ def test_stitched_objects_are_whole_when_no_wider_than_the_margin():
     for window in tile_windows(band.shape, Tiling(size=48, margin=8, align=4)):
         stitcher.add(window, _cut(band, band.astype(np.float32))(window))
     assert np.array_equal(stitcher.result().labels > 0, band > 0)
+
+
+def test_stitched_labels_take_the_smallest_type_that_holds_their_ids():
+    # 67 600 one-pixel objects (260 x 260, two pixels apart): more than uint16 holds
+    dots = np.zeros((520, 520), np.int32)
+    dots[::2, ::2] = np.arange(1, 260 * 260 + 1).reshape(260, 260)
+    tiling = Tiling(size=128, margin=8, align=4)
+    stitcher = Stitcher(dots.shape)
+    for window in tile_windows(dots.shape, tiling):
+        stitcher.add(window, _cut(dots, (dots > 0).astype(np.float32))(window))
+    labels = stitcher.result().labels
+    assert labels.dtype == np.int32 and labels.max() == 260 * 260 and _same_objects(labels, dots)
+    # tiles whose ids are far apart (a library that numbers objects sparsely) stitch in uint16: ids are
+    # given to the objects of each core, not taken from the tile
+    sparse = np.where(dots[:64, :64] > 0, dots[:64, :64] * 1000, 0)
+    stitcher = Stitcher(sparse.shape)
+    for window in tile_windows(sparse.shape, Tiling(size=32, margin=8, align=4)):
+        stitcher.add(window, _cut(sparse, (sparse > 0).astype(np.float32))(window))
+    labels = stitcher.result().labels
+    assert labels.dtype == np.uint16 and labels.max() == 32 * 32 and _same_objects(labels, sparse)
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +161,20 @@ def test_a_tile_size_that_leaves_no_core_is_refused_when_the_model_loads():
     with pytest.raises(ValueError, match="tile_size 112 leaves no core inside margins of 56 pixels: use a tile_size of at least 120"):
         UNetModel(name="m", network=network, config=config, tile_size=112)
     assert UNetModel(name="m", network=network, config=config, tile_size=120)._tiling().core == 8
+
+
+def test_pairs_without_probability_keep_the_labels_and_stitch_no_map(image):
+    network, config = _network(3)
+    tiled = UNetModel(name="m", network=network, config=config, tile_size=96)
+    for perturbation in (InputPerturbation("gamma", 0.7), FeatureDropout(0.3)):
+        (full,), (lean,) = (tiled.predict_pairs([image], perturbation, image_ids=[3], probability=keep)
+                            for keep in (True, False))
+        for a, b in ((full.clean, lean.clean), (full.perturbed[0], lean.perturbed[0])):
+            assert a.probability is not None and b.probability is None
+            np.testing.assert_array_equal(a.labels, b.labels)
+    # a prediction without labels keeps its map: it is its foreground
+    stitcher = Stitcher((10, 10), probability=False)
+    for window in tile_windows((10, 10), Tiling(size=8, margin=2)):
+        shape = tuple(part.stop - part.start for part in window.tile)
+        stitcher.add(window, Prediction(probability=np.full(shape, 0.7, np.float32)))
+    assert np.array_equal(stitcher.result().probability, np.full((10, 10), 0.7, np.float32))

@@ -62,6 +62,21 @@ def test_clean_predictions_round_trip(tmp_path):
             assert store.clean_prediction("m@1", key)[1].dtype == np.int32
 
 
+def test_large_labels_are_stored_band_by_band_as_the_npy_file_numpy_writes(tmp_path):
+    import io
+    import zlib
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3000, (2300, 2000)).astype(np.int32)  # more rows than one band of 4 Mpx
+    with ResultStore(tmp_path / "s.sqlite") as store:
+        store.write(predictions={("m@1", "big#1"): (labels > 0, labels)})
+        (stored,) = store._db.execute("SELECT labels FROM predictions").fetchone()
+        assert np.array_equal(store.clean_prediction("m@1", "big#1")[1], labels)
+    expected = io.BytesIO()
+    np.save(expected, labels.astype(np.uint16), allow_pickle=False)
+    assert zlib.decompress(stored) == expected.getvalue()
+
+
 def test_a_corrupt_prediction_is_a_clear_error(tmp_path):
     path = tmp_path / "s.sqlite"
     with ResultStore(path) as store:

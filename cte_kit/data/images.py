@@ -139,7 +139,8 @@ def percentile_range(image, low: float = 1.0, high: float = 99.8) -> tuple:
     """
     if not (0.0 <= low < high <= 100.0):
         raise ValueError(f"need 0 <= low < high <= 100, got percentiles ({low}, {high})")
-    p_low, p_high = np.percentile(np.asarray(image, dtype=np.float32), [low, high])
+    # partitioned in place in its own float32 copy: one copy of the image, not two
+    p_low, p_high = np.percentile(np.array(image, dtype=np.float32), [low, high], overwrite_input=True)
     return p_low, p_high
 
 

@@ -32,7 +32,7 @@ from ..types import InputTypeError, Prediction, PredictionPair, content_name, im
 from .layers import LayerMap
 from .tiling import LazyImage, Stitcher, Tiling, tile_windows
 
-__all__ = ["ModelTraits", "SegmentationModel", "NotGreyBoxError"]
+__all__ = ["ModelTraits", "SegmentationModel", "NotGreyBoxError", "without_probability"]
 
 
 class NotGreyBoxError(InputTypeError):
@@ -215,13 +215,15 @@ class SegmentationModel(abc.ABC):
         """How the adapter cuts an image too large to predict at once (None: whole, or the library tiles)."""
         return None
 
-    def _in_tiles(self, run, batch: Sequence[np.ndarray], seeds: Sequence[int] | None = None) -> tuple[list, ...]:
+    def _in_tiles(self, run, batch: Sequence[np.ndarray], seeds: Sequence[int] | None = None,
+                  probability: bool = True) -> tuple[list, ...]:
         """``run(batch, seeds)`` (a tuple of lists of Prediction, one per image), with every image larger than
-        :meth:`_tiling` predicted tile by tile, each tile with its image's seed, and stitched."""
+        :meth:`_tiling` predicted tile by tile, each tile with its image's seed, and stitched; ``probability``
+        False leaves the probability maps out of predictions that have labels (:func:`without_probability`)."""
         tiling = self._tiling()
         large = [i for i, array in enumerate(batch) if tiling is not None and tiling.applies(array.shape)]
         if not large:
-            return run(batch, seeds)
+            return tuple([without_probability(p, probability) for p in output] for output in run(batch, seeds))
         small = [i for i in range(len(batch)) if i not in large]
         found: list[list] = []
         if small:
@@ -229,13 +231,13 @@ class SegmentationModel(abc.ABC):
             found = [[None] * len(batch) for _ in outputs]
             for kind, predictions in enumerate(outputs):
                 for i, prediction in zip(small, predictions):
-                    found[kind][i] = prediction
+                    found[kind][i] = without_probability(prediction, probability)
         for i in large:
             stitchers = None
             for window in tile_windows(batch[i].shape, tiling):
                 outputs = run([np.ascontiguousarray(batch[i][window.tile])], None if seeds is None else [seeds[i]])
                 if stitchers is None:
-                    stitchers = [Stitcher(batch[i].shape[:2]) for _ in outputs]
+                    stitchers = [Stitcher(batch[i].shape[:2], probability) for _ in outputs]
                     found = found or [[None] * len(batch) for _ in outputs]
                 for stitcher, (prediction,) in zip(stitchers, outputs):
                     stitcher.add(window, prediction)
@@ -243,9 +245,9 @@ class SegmentationModel(abc.ABC):
                 found[kind][i] = stitcher.result()
         return tuple(found)
 
-    def _forward(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
+    def _forward(self, batch: Sequence[np.ndarray], probability: bool = True) -> list[Prediction]:
         """:meth:`_predict_normalised`, large images in tiles."""
-        return self._in_tiles(lambda images, _: (self._predict_normalised(images),), batch)[0]
+        return self._in_tiles(lambda images, _: (self._predict_normalised(images),), batch, probability=probability)[0]
 
     def _predict_feature_pairs(
         self, batch: Sequence[np.ndarray], dropout: FeatureDropout, seeds: Sequence[int]
@@ -328,6 +330,7 @@ class SegmentationModel(abc.ABC):
         names: Sequence[str] | None = None,
         clean: Sequence[Prediction] | None = None,
         prepared: Sequence[np.ndarray] | None = None,
+        probability: bool = True,
     ) -> list[PredictionPair]:
         """Clean and perturbed predictions of each image.
 
@@ -352,6 +355,10 @@ class SegmentationModel(abc.ABC):
         prepared : sequence of (H, W) or (H, W, C) float32 arrays, optional
             These images as :meth:`prepare` returns them, when the caller has them already (the
             runner prepares a chunk once for all its settings): they are not normalised again.
+        probability : bool
+            False: the predictions that have instance labels come without their probability maps
+            (:func:`without_probability`), which a large image never holds whole then; for callers that
+            read only labels and the foreground (hard and instance consistency, not soft).
 
         Returns
         -------
@@ -383,18 +390,18 @@ class SegmentationModel(abc.ABC):
                     if needs_clean:
                         batch_clean, batch_perturbed = self._in_tiles(
                             lambda images, tile_seeds: self._predict_feature_pairs(images, perturbation, tile_seeds),
-                            batch, seeds)
+                            batch, seeds, probability)
                     else:
                         (batch_perturbed,) = self._in_tiles(
                             lambda images, tile_seeds: (self._predict_feature_perturbed(images, perturbation, tile_seeds),),
-                            batch, seeds)
+                            batch, seeds, probability)
                 else:
                     shifted = [_perturbed(perturbation, array, s) for array, s in zip(batch, seeds)]
                     # Two calls of at most batch_size images, not one call of both halves: on a CPU a kit
                     # U-Net costs 16 % more per image at batch 8 than at 4 (its activations leave the
                     # caches), and the clean predictions are those of predict() bit for bit.
-                    batch_clean = self._forward(batch) if needs_clean else None
-                    batch_perturbed = self._forward(shifted)
+                    batch_clean = self._forward(batch, probability) if needs_clean else None
+                    batch_perturbed = self._forward(shifted, probability)
                 for position, index in enumerate(indices):
                     if needs_clean:
                         known[index] = batch_clean[position]
@@ -406,6 +413,15 @@ class SegmentationModel(abc.ABC):
             raise ValueError("pass a sequence of images, e.g. [image], not a single 2D array")
         names = list(names) if names is not None else [f"image {i}" for i in range(len(images))]
         return [self.prepare(image, name) for image, name in zip(images, names)]
+
+
+def without_probability(prediction: Prediction, probability: bool = False) -> Prediction:
+    """A prediction without its probability map where it has instance labels (unless ``probability``).
+
+    Its foreground is then its labels' (:func:`~cte_kit.scoring.consistency.prediction_foreground`), as it
+    was; what needs the map (soft consistency, F1 of a map) must keep it.
+    """
+    return prediction if probability or prediction.labels is None else Prediction(labels=prediction.labels)
 
 
 def _perturbed(perturbation: InputPerturbation, array, seed: int):

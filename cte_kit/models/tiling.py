@@ -151,46 +151,58 @@ class LazyImage:
         return total / float(np.prod(self.shape))
 
 
+def _smallest_ids(largest: int) -> type:
+    """The label type of stitched ids up to ``largest``: uint16 while it holds them, else int32."""
+    return np.uint16 if largest <= np.iinfo(np.uint16).max else np.int32
+
+
 class Stitcher:
     """One prediction of a whole image, assembled from the predictions of its tiles as they come.
 
     Parameters
     ----------
     shape : (H, W)
+    probability : bool
+        Whether to stitch the tiles' probability maps when they have labels too (False: the
+        stitched prediction has labels only; a tile without labels always gives its map).
 
     Notes
     -----
-    Tiles must come in the order of :func:`tile_windows` (row by row). ``probability`` and the
-    foreground are pasted from the cores. Objects keep their tile's labels inside its core; across a
-    seam, two 8-connected pixels are one object when the later tile, which sees both with the full
-    margin of context, gives them one label.
+    Tiles must come in the order of :func:`tile_windows` (row by row). ``probability`` (float32) and the
+    foreground are pasted from the cores. The objects of a core are numbered after those of the
+    earlier tiles, in the order of their tile's labels; across a seam, two 8-connected pixels are
+    one object when the later tile, which sees both with the full margin of context, gives them
+    one label.
     """
 
-    def __init__(self, shape: tuple[int, int]):
+    def __init__(self, shape: tuple[int, int], probability: bool = True):
         self.shape = (int(shape[0]), int(shape[1]))
+        self._keep_probability = probability
         self.probability: np.ndarray | None = None
         self.labels: np.ndarray | None = None
         self._next = 1
         self._joined: list[np.ndarray] = []  # (2, n) pairs of ids that are one object
-        self._present: list[np.ndarray] = []  # the ids written into cores
 
     def add(self, window: Window, tile: Prediction) -> None:
         """Take one tile's prediction (its arrays have the shape of ``window.tile``)."""
-        if tile.probability is not None:
+        if tile.probability is not None and (self._keep_probability or tile.labels is None):
             if self.probability is None:
                 self.probability = np.zeros(self.shape, np.float32)
             self.probability[window.core] = tile.probability[window.inner]
         if tile.labels is None:
             return
-        if self.labels is None:
-            self.labels = np.zeros(self.shape, np.int32)
         tile_labels = np.asarray(tile.labels)
         core = tile_labels[window.inner]
-        offset = self._next - 1
-        self.labels[window.core] = np.where(core > 0, core + offset, 0)
         ids = np.unique(core)
-        self._present.append(ids[ids > 0] + offset)
-        self._next += int(tile_labels.max(initial=0))
+        ids = ids[ids > 0]
+        largest = self._next - 1 + ids.size
+        if self.labels is None:
+            self.labels = np.zeros(self.shape, _smallest_ids(largest))
+        elif largest > np.iinfo(self.labels.dtype).max:
+            self.labels = self.labels.astype(np.int32)  # more ids than uint16 holds: widened once
+        # the core's objects get the next ids, in the order of their tile ids
+        self.labels[window.core] = np.where(core > 0, np.searchsorted(ids, core) + self._next, 0)
+        self._next += ids.size
         (top, left), origin = (window.core[0].start, window.core[1].start), (window.tile[0].start, window.tile[1].start)
         rows, columns = window.core
         # the seams above and to the left: the tiles there came first (row by row)
@@ -220,7 +232,11 @@ class Stitcher:
                 self._joined.append(np.stack([ours[both], theirs[both]]))
 
     def result(self) -> Prediction:
-        """The whole image's prediction, once every tile was added; objects numbered 1..N."""
+        """The whole image's prediction, once every tile was added; objects numbered 1..N.
+
+        The labels are uint16 while N < 65 536 (a large image's labels take half the memory of
+        int32), int32 beyond.
+        """
         if self.labels is not None:
             from scipy.sparse import coo_matrix
             from scipy.sparse.csgraph import connected_components
@@ -228,13 +244,15 @@ class Stitcher:
             pairs = np.concatenate(self._joined, axis=1) if self._joined else np.zeros((2, 0), np.int64)
             graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(self._next, self._next))
             _, component = connected_components(graph, directed=False)
-            present = np.zeros(self._next, bool)
-            for ids in self._present:
-                present[ids] = True
+            present = np.arange(self._next) > 0  # every id below _next was written into a core
             roots = np.unique(component[present])
-            lookup = np.zeros(self._next, np.int32)
-            lookup[present] = np.searchsorted(roots, component[present]).astype(np.int32) + 1
-            for start in range(0, self.shape[0], 256):  # band by band: a whole-image take copies the labels twice
-                self.labels[start:start + 256] = lookup[self.labels[start:start + 256]]
-            self._joined, self._present = [], []
+            kind = _smallest_ids(len(roots))
+            lookup = np.zeros(self._next, kind)
+            lookup[present] = np.searchsorted(roots, component[present]).astype(kind) + 1
+            # band by band: a whole-image take copies the labels twice
+            numbered = self.labels if self.labels.dtype == kind else np.empty(self.shape, kind)
+            for start in range(0, self.shape[0], 256):
+                numbered[start:start + 256] = lookup[self.labels[start:start + 256]]
+            self.labels = numbered
+            self._joined = []
         return Prediction(probability=self.probability, labels=self.labels)

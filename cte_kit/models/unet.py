@@ -203,9 +203,12 @@ class UNetModel(SegmentationModel):
     tile_size : int or None
         An image larger than this on either side is predicted in overlapping tiles of at most this
         side and stitched (:mod:`cte_kit.models.tiling`), so memory does not grow with the image;
-        None predicts every image whole. 512 (with the default margin, 26 to 116 pixels for 3 to 5
-        levels) keeps a tile's feature maps in cache: per pixel it ran faster than 1024 px tiles
-        or a whole 2048 px image on one CPU thread (``benchmarks/bench_large_images.py``).
+        None predicts every image whole. 1024, measured on a 4096 x 4096 section with the two demo
+        U-Nets (3 levels, margin 26 px) on 2 torch threads: 0.7-0.9 CPU s per megapixel, as the
+        whole image (0.7) and 768 px tiles, where 512 px tiles took 1.6-1.8 (the margins add only
+        26 % to a 512 tile: torch's convolutions ran slower per pixel on the smaller tiles); the
+        network's memory for one tile, about 0.6 GB above the loaded kit at 768 or 1024 px and 0.2 GB
+        at 512, is what the speed costs (``benchmarks/bench_large_images.py``, README "Large images").
     tile_overlap : int, optional
         Context around each tile's core (pixels); default: the network's receptive-field radius,
         with which the stitched probability equals the whole image's.
@@ -217,7 +220,7 @@ class UNetModel(SegmentationModel):
     min_size: int = 0
     scale: float = 1.0
     device: str = "cpu"
-    tile_size: int | None = 512
+    tile_size: int | None = 1024
     tile_overlap: int | None = None
 
     def __post_init__(self):

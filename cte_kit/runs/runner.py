@@ -251,6 +251,7 @@ def _execute(units: Sequence[Unit | EstimateUnit], store: ResultStore, backend, 
                 objects=result.objects)
             report.failures.extend(result.failures)
             bar.update(1)
+            del result  # the writer holds the unit's arrays until they are written; the next unit computes without them
         if writing is not None:
             report.n_written += writing.result()
     bar.close()

@@ -165,9 +165,19 @@ class UnitResult:
 
 
 def _kept(model: SegmentationModel, prediction: Prediction) -> tuple[np.ndarray, np.ndarray]:
+    """``((H, W) bool foreground, (H, W) int labels)`` of a prediction, as the store keeps them."""
     foreground = prediction_foreground(prediction) > model.threshold
-    labels = prediction.labels if prediction.labels is not None else connected_components(foreground, 0.5)
-    return foreground, np.asarray(labels, dtype=np.int32)
+    return foreground, _labels(model, prediction, foreground)
+
+
+def _labels(model: SegmentationModel, prediction: Prediction, foreground: np.ndarray | None = None) -> np.ndarray:
+    """A prediction's instance labels in their own integer type (a stitched large image's are uint16: an int32
+    copy would double them), or the components of its foreground."""
+    if prediction.labels is None:
+        foreground = prediction_foreground(prediction) > model.threshold if foreground is None else foreground
+        return connected_components(foreground, 0.5)
+    labels = np.asarray(prediction.labels)
+    return labels if labels.dtype.kind in "iu" else labels.astype(np.int32)
 
 
 def _score_batch(model: SegmentationModel, unit: Unit,
@@ -180,9 +190,11 @@ def _score_batch(model: SegmentationModel, unit: Unit,
     clean = kept = None
     # normalised once for every setting
     prepared = [model.prepare(image, name) for image, name in zip(images, names)] if unit.settings else None
+    soft = any("soft" in setting.consistencies for setting in unit.settings)
     for setting in unit.settings:
+        # without soft consistency nothing reads a probability map of a prediction with labels: none is kept
         pairs = model.predict_pairs(images, setting.perturbation, seed=setting.seed, n_pert=setting.n_pert,
-                                    image_ids=ids, names=names, clean=clean, prepared=prepared)
+                                    image_ids=ids, names=names, clean=clean, prepared=prepared, probability=soft)
         if clean is None:  # every later setting reuses these clean predictions
             clean = [pair.clean for pair in pairs]
             kept = [_kept(model, p) for p in clean]
@@ -192,8 +204,9 @@ def _score_batch(model: SegmentationModel, unit: Unit,
                           for i, v in zip(indices, values[consistency]))
         for i, (_, labels), pair in zip(indices, kept, pairs):
             # the objects the store keeps, matched with the objects the perturbed predictions make of the same pixels
-            found = mean_best_iou(labels, [_kept(model, p)[1] for p in pair.perturbed])
+            found = mean_best_iou(labels, [_labels(model, p) for p in pair.perturbed])
             objects.append(ObjectValues(unit.model_key, unit.image_keys[i], setting.objects_key(), setting.seed, *found))
+        pairs = pair = None  # the next setting's perturbed predictions take their place, not their side
     if clean is None and unit.predictions:
         kept = [_kept(model, p) for p in model.predict(images, names)]
     return scores, dict(zip((unit.image_keys[i] for i in indices), kept)) if kept is not None else {}, objects

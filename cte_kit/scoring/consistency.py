@@ -77,13 +77,19 @@ DEFAULT_STATISTIC = "mean"
 TIE_BREAK_WEIGHT = 1e-6
 
 
+#: Rows per band in which the semantic consistencies sum over pixels: a large image's masks and
+#: temporaries are made one band at a time, never whole.
+BAND_ROWS = 512
+
+
 # -- semantic consistency ---------------------------------------------------------------------
-def _binarise_pair(u, v, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Validated maps and their foregrounds ``{u > t}``, ``{v > t}``."""
+def _check_pair(u, v, threshold: float) -> tuple[np.ndarray, np.ndarray, float]:
     u = check_probability(u, name="u")
-    v = check_probability(v, name="v", shape=u.shape)
-    threshold = check_threshold(threshold)
-    return u, v, u > threshold, v > threshold
+    return u, check_probability(v, name="v", shape=u.shape), check_threshold(threshold)
+
+
+def _bands(height: int):
+    return (slice(start, start + BAND_ROWS) for start in range(0, height, BAND_ROWS))
 
 
 def foreground_union(u, v, threshold: float = 0.5) -> np.ndarray:
@@ -99,8 +105,8 @@ def foreground_union(u, v, threshold: float = 0.5) -> np.ndarray:
     -------
     (H, W) bool ndarray
     """
-    _, _, fg_u, fg_v = _binarise_pair(u, v, threshold)
-    return fg_u | fg_v
+    u, v, threshold = _check_pair(u, v, threshold)
+    return (u > threshold) | (v > threshold)
 
 
 def hard_consistency(u, v, threshold: float = 0.5) -> float:
@@ -121,8 +127,11 @@ def hard_consistency(u, v, threshold: float = 0.5) -> float:
     float
         In [0, 1]; NaN when neither map has foreground (``M`` empty).
     """
-    _, _, fg_u, fg_v = _binarise_pair(u, v, threshold)
-    intersection, union = mask_overlap(fg_u, fg_v)
+    u, v, threshold = _check_pair(u, v, threshold)
+    intersection = union = 0
+    for rows in _bands(u.shape[0]):  # integer counts: the same in bands as whole
+        both, either = mask_overlap(u[rows] > threshold, v[rows] > threshold)
+        intersection, union = intersection + both, union + either
     return intersection / union if union else float("nan")
 
 
@@ -145,12 +154,14 @@ def soft_consistency(u, v, threshold: float = 0.5) -> float:
     float
         In [0, 1] (at most the hard consistency); NaN when ``M`` is empty.
     """
-    u, v, fg_u, fg_v = _binarise_pair(u, v, threshold)
-    both, union = fg_u & fg_v, np.count_nonzero(fg_u | fg_v)
-    if not union:
-        return float("nan")
-    agreed = np.sqrt(u[both].astype(np.float64) * v[both].astype(np.float64))
-    return float(agreed.sum()) / union
+    u, v, threshold = _check_pair(u, v, threshold)
+    total, union = 0.0, 0
+    for rows in _bands(u.shape[0]):  # float64 sums of bands: equal to one sum up to rounding
+        fg_u, fg_v = u[rows] > threshold, v[rows] > threshold
+        both = fg_u & fg_v
+        union += np.count_nonzero(fg_u | fg_v)
+        total += float(np.sqrt(u[rows][both].astype(np.float64) * v[rows][both].astype(np.float64)).sum())
+    return total / union if union else float("nan")
 
 
 # -- instance consistency ---------------------------------------------------------------------

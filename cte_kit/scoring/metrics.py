@@ -94,9 +94,9 @@ def check_probability(array, name: str = "probability", shape: tuple[int, ...] |
     if shape is not None and array.shape != tuple(shape):
         raise ValueError(f"{name}: shape {array.shape} does not match {tuple(shape)}")
     if array.dtype != bool and array.size:
-        if not np.isfinite(array).all():
+        low, high = array.min(), array.max()  # NaN and infinities reach the extremes: no mask of the map is made
+        if not (np.isfinite(low) and np.isfinite(high)):
             raise ValueError(f"{name}: probability map contains NaN or infinite values")
-        low, high = array.min(), array.max()
         if low < 0 or high > 1:
             raise ValueError(
                 f"{name}: probabilities must lie in [0, 1], got range [{low:g}, {high:g}] "
@@ -216,6 +216,16 @@ class Contingency:
     cols: np.ndarray
     counts: np.ndarray
     shape: tuple[int, int]
+    #: ``(row ids, column ids)``: the label of each row and column index, where they are compact codes
+    #: (None: the indices are the labels).
+    compacted: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(row ids, column ids)``: the label of each row and column index of the table."""
+        if self.compacted is not None:
+            return self.compacted
+        return np.arange(self.shape[0], dtype=np.int64), np.arange(self.shape[1], dtype=np.int64)
 
     def row_sums(self) -> np.ndarray:
         """(shape[0],) int64: pixels of each row label (0 for absent ids)."""
@@ -227,10 +237,17 @@ class Contingency:
         return np.bincount(self.cols, weights=self.counts, minlength=self.shape[1]).astype(np.int64)
 
 
+#: Pixels counted at a time by :func:`contingency`: the pair codes of a chunk, not of the whole image, are
+#: in memory (at most about 30 MB; a 1024 x 1024 image is one chunk, an 8192 x 8192 section 64).
+CONTINGENCY_CHUNK = 1 << 20
+
+
 def contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None = None) -> Contingency:
     """Contingency table of two label images: one ``np.bincount`` of pixel pair codes.
 
-    (``np.unique`` replaces the bincount when the codes are too sparse for a dense count.)
+    (``np.unique`` replaces the bincount when the codes are too sparse for a dense count.) Images
+    larger than :data:`CONTINGENCY_CHUNK` pixels are counted chunk by chunk and the counts added:
+    the table is the same, and memory holds one chunk's codes.
 
     Parameters
     ----------
@@ -245,8 +262,35 @@ def contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None = None) ->
     """
     u, v = np.ravel(u), np.ravel(v)
     keep = None if keep is None else np.ravel(keep)
-    n_kept = u.size if keep is None else int(np.count_nonzero(keep))
     n_u, n_v = int(u.max(initial=0)) + 1, int(v.max(initial=0)) + 1
+    if u.size <= CONTINGENCY_CHUNK:
+        return _contingency(u, v, keep, n_u, n_v)
+    parts = [_contingency(u[start:start + CONTINGENCY_CHUNK], v[start:start + CONTINGENCY_CHUNK],
+                          None if keep is None else keep[start:start + CONTINGENCY_CHUNK])
+             for start in range(0, u.size, CONTINGENCY_CHUNK)]
+    # every chunk's cells by their ids, then the cells of equal ids added, in (row, column) order
+    rows = np.concatenate([part.ids[0][part.rows] for part in parts])
+    cols = np.concatenate([part.ids[1][part.cols] for part in parts])
+    counts = np.concatenate([part.counts for part in parts])
+    order = np.lexsort((cols, rows))
+    rows, cols, counts = rows[order], cols[order], counts[order]
+    starts = np.flatnonzero(np.r_[True, (rows[1:] != rows[:-1]) | (cols[1:] != cols[:-1])])
+    rows, cols, counts = rows[starts], cols[starts], np.add.reduceat(counts, starts)
+    if _is_dense(n_u * n_v, u.size):
+        return Contingency(rows, cols, counts, (n_u, n_v))
+    # as the whole image would be counted: ids compacted to their ranks among the ids present (0 first)
+    u_ids, v_ids = np.union1d(rows, [0]), np.union1d(cols, [0])
+    return Contingency(np.searchsorted(u_ids, rows), np.searchsorted(v_ids, cols), counts, (len(u_ids), len(v_ids)),
+                       (u_ids, v_ids))
+
+
+def _contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None, n_u: int | None = None,
+                 n_v: int | None = None) -> Contingency:
+    """:func:`contingency` of flat arrays counted at once (``n_u``, ``n_v``: their largest ids + 1, if known)."""
+    n_kept = u.size if keep is None else int(np.count_nonzero(keep))
+    if n_u is None:
+        n_u, n_v = int(u.max(initial=0)) + 1, int(v.max(initial=0)) + 1
+    ids = None
     if _is_dense(n_u * n_v, u.size):
         # Small ids (the usual case): pair codes of the raw labels, in int32 while they fit
         # (half the memory traffic of int64). Excluded pixels get code 0, which is not counted.
@@ -260,7 +304,7 @@ def contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None = None) ->
         if keep is not None:
             u, v = u[keep], v[keep]
         (u, u_ids), (v, v_ids) = relabel(u), relabel(v)
-        n_u, n_v = len(u_ids), len(v_ids)
+        n_u, n_v, ids = len(u_ids), len(v_ids), (u_ids.astype(np.int64), v_ids.astype(np.int64))
         joint = u * n_v + v
     # Code 0, background in both images, is most of a microscopy image: count only the other
     # codes (selecting them first is cheaper than counting them all) and infer cell (0, 0).
@@ -269,7 +313,7 @@ def contingency(u: np.ndarray, v: np.ndarray, keep: np.ndarray | None = None) ->
     if n_kept > joint.size:
         cells, counts = np.concatenate(([0], cells)), np.concatenate(([n_kept - joint.size], counts))
     rows, cols = np.divmod(cells, n_v)
-    return Contingency(rows.astype(np.int64), cols.astype(np.int64), counts.astype(np.int64), (n_u, n_v))
+    return Contingency(rows.astype(np.int64), cols.astype(np.int64), counts.astype(np.int64), (n_u, n_v), ids)
 
 
 def _ordered_pairs(sizes: np.ndarray) -> int:

@@ -101,10 +101,8 @@ def best_iou(labels, other) -> tuple[np.ndarray, np.ndarray]:
     objects = (table.rows > 0) & (table.cols > 0)
     rows, cols, overlap = table.rows[objects], table.cols[objects], table.counts[objects]
     np.maximum.at(best, np.searchsorted(rows_present, rows), overlap / (areas[rows] + other_areas[cols] - overlap))
-    if table.shape[0] == int(labels.max(initial=0)) + 1:
-        return rows_present.astype(np.int64), best
-    # the table compacted ids too large for a dense count: its rows are the sorted ids' ranks
-    return np.unique(labels[labels > 0]).astype(np.int64), best
+    # a table that compacted ids too large for a dense count has the sorted ids' ranks as rows
+    return table.ids[0][rows_present], best
 
 
 def mean_best_iou(labels, others: Sequence) -> tuple[np.ndarray, np.ndarray]:
