@@ -336,22 +336,22 @@ def _cte_kit_check(figure, where):
 _CTE_KIT_GROWTH = []  # (peak memory this cell added, in MB; the cell's first line)
 
 
-def _cte_kit_peak_mb():
+def _cte_kit_peak_bytes():  # the kernel's peak resident memory (VmHWM); None where /proc does not give it
     try:
         status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-        return int(status["VmHWM"].split()[0]) / 1024
+        return int(status["VmHWM"].split()[0]) * 1024
     except (OSError, KeyError):
-        return 0.0
+        return None
 
 
-_CTE_KIT_LAST_PEAK = [_cte_kit_peak_mb()]
+_CTE_KIT_LAST_PEAK = [_cte_kit_peak_bytes() or 0]
 
 
 def _cte_kit_after_cell(result):
     import matplotlib.pyplot as plt
     where = "cell " + repr((result.info.raw_cell.strip().splitlines() or [""])[0][:60])
-    peak = _cte_kit_peak_mb()
-    _CTE_KIT_GROWTH.append((round(peak - _CTE_KIT_LAST_PEAK[0]), where))
+    peak = _cte_kit_peak_bytes() or 0
+    _CTE_KIT_GROWTH.append((round((peak - _CTE_KIT_LAST_PEAK[0]) / 2**20), where))
     _CTE_KIT_LAST_PEAK[0] = peak
     for number in plt.get_fignums():
         _cte_kit_check(plt.figure(number), where)
@@ -368,12 +368,10 @@ _get_ipython().display_formatter.formatters["text/plain"].for_type(_Figure, _cte
 _REPORT = """
 import json as _json, os as _os
 def _cte_kit_report():
-    status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line) \
-        if _os.path.exists("/proc/self/status") else {}
     schedstat = open("/proc/self/schedstat").read().split() if _os.path.exists("/proc/self/schedstat") else None
     times = _os.times()
     return {"cpu_s": times.user + times.system + times.children_user + times.children_system,
-            "kernel_peak_bytes": int(status["VmHWM"].split()[0]) * 1024 if "VmHWM" in status else None,
+            "kernel_peak_bytes": _cte_kit_peak_bytes(),
             "waited_s": int(schedstat[1]) / 1e9 if schedstat else None,
             "figure_problems": _CTE_KIT_FIGURES,
             "peak_growth": sorted(_CTE_KIT_GROWTH, reverse=True)[:4]}

@@ -223,7 +223,7 @@ class SegmentationModel(abc.ABC):
         tiling = self._tiling()
         large = [i for i, array in enumerate(batch) if tiling is not None and tiling.applies(array.shape)]
         if not large:
-            return tuple([without_probability(p, probability) for p in output] for output in run(batch, seeds))
+            return tuple([without_probability(p, keep=probability) for p in output] for output in run(batch, seeds))
         small = [i for i in range(len(batch)) if i not in large]
         found: list[list] = []
         if small:
@@ -231,7 +231,7 @@ class SegmentationModel(abc.ABC):
             found = [[None] * len(batch) for _ in outputs]
             for kind, predictions in enumerate(outputs):
                 for i, prediction in zip(small, predictions):
-                    found[kind][i] = without_probability(prediction, probability)
+                    found[kind][i] = without_probability(prediction, keep=probability)
         for i in large:
             stitchers = None
             for window in tile_windows(batch[i].shape, tiling):
@@ -415,13 +415,13 @@ class SegmentationModel(abc.ABC):
         return [self.prepare(image, name) for image, name in zip(images, names)]
 
 
-def without_probability(prediction: Prediction, probability: bool = False) -> Prediction:
-    """A prediction without its probability map where it has instance labels (unless ``probability``).
+def without_probability(prediction: Prediction, keep: bool = False) -> Prediction:
+    """A prediction without its probability map where it has instance labels (unchanged if ``keep``).
 
     Its foreground is then its labels' (:func:`~cte_kit.scoring.consistency.prediction_foreground`), as it
     was; what needs the map (soft consistency, F1 of a map) must keep it.
     """
-    return prediction if probability or prediction.labels is None else Prediction(labels=prediction.labels)
+    return prediction if keep or prediction.labels is None else Prediction(labels=prediction.labels)
 
 
 def _perturbed(perturbation: InputPerturbation, array, seed: int):
