@@ -323,13 +323,15 @@ METRIC_FOR = {"hard": "f1", "soft": "f1", "instance": "map"}
 
 
 def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, usable_metric: str = "f1",
-                    usable_from: float = USABLE_F1, recommend_from: float | None = None):
+                    usable_from: float = USABLE_F1, task: str = "nuclei"):
     """Per option and kind: point correlations (all / usable), bootstrap replicates over images, the top pick and
     its regret (the best model's true score minus the pick's; NaN when nothing is recommended).
 
     A model is usable when its true ``usable_metric`` (median over images) reaches ``usable_from``. With the guards,
-    nothing is recommended when every model is flagged or the top unflagged model's score is below
-    ``recommend_from`` (default: the nuclei task's ``Task.recommend_from``), as the kit's summaries do."""
+    nothing is recommended where the kit's summaries recommend nothing: the guards' verdict
+    (``cte_kit.estimators.guards.bank_verdict``: every model flagged, or one left that no consensus checked) or a
+    top unflagged score below the task's ``Task.recommend_from``."""
+    from cte_kit.estimators.guards import bank_verdict
     from cte_kit.estimators.tasks import task_defaults
     from cte_kit.evaluation.summary import regret
 
@@ -337,7 +339,7 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, u
     all_columns = np.arange(n_images)
     truth = {m: np.nanmedian(tables.perf[m], axis=1) for m in ("f1", "map")}
     usable = truth[usable_metric] >= usable_from
-    recommend_from = task_defaults("nuclei").recommend_from if recommend_from is None else recommend_from
+    task = task_defaults(task)
     draws = np.random.default_rng(seed).integers(0, n_images, size=(n_boot, n_images))
     results = {}
     for option in options:
@@ -352,15 +354,14 @@ def evaluate_target(options, tables: TargetTables, n_boot: int, seed: int = 0, u
                 boot["all"][b] = _correlate(s, t)
                 boot["usable"][b] = _correlate(s[usable], t[usable])
             top = int(np.nanargmax(score)) if np.isfinite(score).any() else None
-            no_recommendation = bool(option.guards and (tables.flagged(kind).all() or top is None
-                                                        or score[top] < recommend_from))
+            no_recommendation = bool(option.guards and (bank_verdict(tables.guards, kind, task.guards) is not None
+                                                        or top is None or score[top] < task.recommend_from))
             results[(option.name, kind)] = {
                 "regret": math.nan if no_recommendation else regret(truth[metric], top),
                 "score": score, "point": point, "boot": boot,
                 "top": tables.models[top] if top is not None else None,
                 "top_usable": bool(usable[top]) if top is not None else False,
                 "top_flagged": bool(tables.flagged(kind)[top]) if top is not None else False,
-                # with the guards, a bank whose every model is flagged gets no recommendation
                 "no_recommendation": no_recommendation,
             }
     return results, {"f1": truth["f1"], "map": truth["map"], "usable": usable}

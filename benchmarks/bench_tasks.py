@@ -277,7 +277,7 @@ def main(argv=None) -> int:
             per_target[target], truths[target] = evaluate_target(options, tables, args.n_boot,
                                                                  usable_metric=protocol.usable_metric,
                                                                  usable_from=protocol.usable_from,
-                                                                 recommend_from=task.recommend_from)
+                                                                 task=protocol.task)
         print(f"[{target}] evaluated {len(options)} options in {time.perf_counter() - started:.0f} s", flush=True)
     write_report(protocol, options, per_target, truths, tables_by_target, out, args)
     return 0

@@ -75,7 +75,7 @@ def test_the_task_is_never_assumed_silently():
 def _guards(fraction):
     return ModelGuards(name="m", n_images=1, foreground_fraction=fraction, consensus_fraction=fraction,
                        empty_images=0.0, objects_per_image=1, consensus_objects=1, object_size=10,
-                       consensus_object_size=10, largest_object_fraction=0.1, solidity=0.9, typical_object_size=10,
+                       consensus_object_size=10, largest_object_fraction=0.1, solidity=0.9, typical_object_size=10, size_spread=1.0,
                        agreement_iou=1.0, agreement_f1=1.0, bank_agreement_iou=1.0)
 
 

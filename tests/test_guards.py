@@ -51,9 +51,25 @@ def test_image_statistics_and_agreement_by_hand():
     assert stats.foreground_fraction == pytest.approx(8 / 20)
     assert stats.n_objects == 2 and stats.median_object_size == 4.0
     assert stats.typical_object_size == 6.0  # 8 foreground pixels: the median one lies in the object of 6
+    assert stats.size_spread == 3.0  # pixels 2 and 6 of 8 (the quartiles) lie in the objects of 2 and 6
     assert foreground_agreement(labels > 0, labels == 7) == pytest.approx(6 / 8)
     assert foreground_agreement(np.zeros((2, 2), bool), np.zeros((2, 2), bool)) == 1.0
     assert np.isnan(image_statistics(np.zeros((2, 2), bool), np.zeros((2, 2), int)).median_object_size)
+
+
+def test_size_spread_is_the_ratio_of_the_area_weighted_quartiles():
+    """Against numpy: the areas of the objects of the foreground pixels, their quantiles (inverted CDF)."""
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 80), np.int32)
+    for index in range(1, 13):  # rectangles of random sizes, some overwriting others
+        y, x, h, w = rng.integers(0, 50), rng.integers(0, 70), rng.integers(1, 20), rng.integers(1, 20)
+        labels[y : y + h, x : x + w] = index
+    areas = np.bincount(labels.ravel())[labels[labels > 0]]
+    quartile = lambda q: np.quantile(areas, q, method="inverted_cdf")  # noqa: E731
+    stats = image_statistics(labels > 0, labels)
+    assert stats.size_spread == pytest.approx(quartile(0.75) / quartile(0.25))
+    assert stats.typical_object_size == quartile(0.5)
+    assert np.isnan(image_statistics(np.zeros((3, 3), bool), np.zeros((3, 3), int)).size_spread)
 
 
 def _discs(shape=(64, 64), centres=((16, 16), (40, 44), (16, 48))):
@@ -209,11 +225,12 @@ def test_a_bank_that_fails_the_same_way_gets_no_recommendation():
     assert all([f.code for f in g.flags] == ["one-region"] for g in guards.values())
     assert "marks 70 % of the image as foreground, mostly as one region covering 70 % of it" in guards["m0"].flags[0].reason
     assert "none of them can be recommended" in bank_verdict(guards, "hard")
-    # the one model that segments the nuclei is not outvoted by the failing majority
+    # the one model that segments the nuclei is not outvoted by the failing majority; alone, with no
+    # consensus to check it, it is named but not recommended
     nuclei = ~background
     predictions["works"] = (nuclei, nuclei.astype(np.int32))
     guards = compute_guards(list(predictions), ["a", "b"], lambda model, image: predictions[model])
-    assert guards["works"].flags == () and bank_verdict(guards, "hard") is None
+    assert guards["works"].flags == () and bank_verdict(guards, "hard").startswith("only works passes the guards")
     # a membrane map is one connected mesh but only a fifth of the image: not degenerate
     mesh = np.zeros((60, 60), bool)
     mesh[::6] = mesh[:, ::6] = True
@@ -413,3 +430,93 @@ def test_a_model_too_unstable_to_follow_is_not_recommended():
     assert summarize_results(rows, n_boot=0)[0]["recommended"] == "steady"  # CTE alone still names one
     rows[0]["cte"] = 0.55
     assert summarize_results(rows, n_boot=0, guards=guards)[0]["recommended"] == "steady"
+
+
+def _touching_discs(radius, rng, shape=(240, 240)):
+    """Discs of ``radius`` +- 10 % on a grid, in 3 x 3 clusters of touching discs (left half of the image)
+    and alone (right half): (instances, the connected components a model that merges touching objects finds)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    index = 0
+    step, gap = int(1.8 * radius), 4 * radius  # neighbours in a cluster overlap a little: they touch
+    for y0 in range(radius + 2, shape[0] - 5 * radius, 3 * step + gap):
+        for x0 in range(radius + 2, shape[1] // 2 - 5 * radius, 3 * step + gap):  # clusters: discs touch
+            for dy in range(3):
+                for dx in range(3):
+                    index += 1
+                    r = radius * rng.uniform(0.9, 1.0)
+                    labels[(yy - y0 - dy * step) ** 2 + (xx - x0 - dx * step) ** 2 <= r ** 2] = index
+    for y0 in range(radius + 2, shape[0] - radius, gap):
+        for x0 in range(shape[1] // 2 + radius, shape[1] - radius, gap):  # alone
+            index += 1
+            r = radius * rng.uniform(0.9, 1.1)
+            labels[(yy - y0) ** 2 + (xx - x0) ** 2 <= r ** 2] = index
+    return labels, measure.label(labels > 0, connectivity=1)
+
+
+@pytest.mark.parametrize("task, radius", [("nuclei", 6), ("cells", 10), ("mitochondria", 9)])
+def test_a_model_that_merges_touching_objects_is_flagged_for_instances(task, radius):
+    """A model that finds each object and one that merges the touching ones into clumps: the same foreground,
+    so only the instance ranking must not trust the second; no bank is needed to see it. The mitochondria task
+    ranks the foreground and leaves the check out (EM profiles of one section differ in size more than nuclei)."""
+    from cte_kit.estimators.tasks import TASKS
+
+    rng = np.random.default_rng(7)
+    pairs = [_touching_discs(radius, rng) for _ in range(3)]
+    assert all(clumps.max() < labels.max() for labels, clumps in pairs)
+    predictions = {"objects": [(labels > 0, labels) for labels, _ in pairs],
+                   "clumps": [(clumps > 0, clumps) for _, clumps in pairs]}
+    for name in predictions:  # each alone: the check needs no bank
+        guards = compute_guards([name], list("abc"), _loader(predictions, list("abc")), TASKS[task].guards)[name]
+        if name == "objects":
+            assert guards.flags == () and guards.size_spread < 1.5
+        elif task == "mitochondria":
+            assert guards.flags == () and guards.size_spread > 5
+        else:
+            assert [f.code for f in guards.flags] == ["clumps"] and guards.size_spread > 5
+            assert guards.flags_for("hard") == () and guards.flags_for("instance") == guards.flags
+            assert "it merges touching objects into clumps" in guards.flags[0].reason
+            assert guards.plausible  # its foreground still votes in the consensus
+
+
+def test_dense_tissue_with_merged_neighbours_is_flagged_and_the_cells_are_not():
+    from cte_kit.data.synthetic import DENSE_TISSUE, generate_tissue
+    from cte_kit.estimators.tasks import TASKS
+
+    tissue = generate_tissue(DENSE_TISSUE, 3, shape=(192, 192), seed=4)
+    cells = [c.astype(np.int32) for c in tissue.cells]
+    clumped = []
+    for c in cells:  # in the left half, the cells whose centres share a 64 px block become one clump
+        centres = ndi.center_of_mass(np.ones_like(c), c, np.arange(1, c.max() + 1))
+        block = np.arange(c.max() + 1)
+        for index, (cy, cx) in enumerate(centres, start=1):
+            if cx < 96:
+                block[index] = c.max() + 1 + int(cy // 64) * 2 + int(cx // 64)
+        clumped.append(measure.label(block[c], connectivity=1))
+    predictions = {"cells": [(c > 0, c) for c in cells], "clumps": [(c > 0, c) for c in clumped],
+                   "cells_again": [(c > 0, c) for c in cells]}
+    images = list(tissue.names)
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), TASKS["cells"].guards)
+    assert _codes(guards) == {"cells": [], "clumps": ["clumps"], "cells_again": []}
+
+
+def test_a_lone_model_no_consensus_checked_is_not_recommended():
+    truth = _discs()
+    flooding = (np.ones_like(truth, bool), np.ones_like(truth))
+    predictions = {"lone": (truth > 0, truth), **{f"floods{i}": flooding for i in range(3)}}
+    guards = compute_guards(list(predictions), ["a"], lambda model, image: predictions[model])
+    assert [name for name, g in guards.items() if g.plausible] == ["lone"]
+    verdict = bank_verdict(guards, "hard")
+    assert verdict.startswith("only lone passes the guards") and "none can be recommended" in verdict
+    rows = [{"model": model, "image": "a", "perturbation": "gamma:0.7", "consistency": "hard", "seed": 0, "n_pert": 1,
+             "cte": 0.9, "f1": np.nan, "iou": np.nan, "map": np.nan, "ap50": np.nan} for model in predictions]
+    summary = summarize_results(rows, n_boot=0, guards=guards)[0]
+    assert summary["recommended"] is None and summary["verdict"] == verdict
+    # two survivors: CTE chooses between them; a bank too small for a consensus keeps its one model
+    predictions["second"] = (truth > 0, truth)
+    rows.append({**rows[0], "model": "second", "cte": 0.95})
+    guards = compute_guards(list(predictions), ["a"], lambda model, image: predictions[model])
+    assert bank_verdict(guards, "hard") is None
+    assert summarize_results(rows, n_boot=0, guards=guards)[0]["recommended"] == "second"
+    small = {name: predictions[name] for name in ("lone", "floods0")}
+    assert bank_verdict(compute_guards(list(small), ["a"], lambda model, image: small[model]), "hard") is None

@@ -168,6 +168,21 @@ def test_brightness_is_not_undone_by_cellposes_normalisation(model, images):
     assert not np.array_equal(pairs[0].clean.probability, pairs[0].perturbed[0].probability)
 
 
+@pytest.mark.parametrize("kind, strength", [("noise", 0.05), ("contrast", 0.7), ("brightness", 0.2), ("gamma", 0.7)])
+def test_a_perturbation_leaves_the_empty_nuclear_channel_empty(model, images, kind, strength):
+    """A grey image is [image, zeros] for Cellpose: the perturbation is the one of the grey image alone (the
+    perturbation applied to the first channel by itself, same seed), and the second channel stays zero."""
+    perturbation = InputPerturbation(kind, strength)
+    laid_out = model.prepare(images[0])
+    assert laid_out.shape[-1] == 2 and not laid_out[..., 1].any() and laid_out[..., 0].any()
+    perturbed = model.perturb_input(perturbation, laid_out, seed=11)
+    assert not perturbed[..., 1].any()
+    expected = perturbation.apply(np.ascontiguousarray(laid_out[..., :1]), np.random.default_rng(11))
+    np.testing.assert_array_equal(perturbed[..., :1], expected)
+    if kind == "contrast":  # scaled about the image's mean, not the mean the zero channel halves
+        np.testing.assert_allclose(perturbed[..., 0].mean(), laid_out[..., 0].mean(), rtol=1e-5)
+
+
 def test_bank_entry_channels_and_diameter(tiny_cellpose_file):
     entry = BankEntry("cp", "cellpose", path=str(tiny_cellpose_file),
                       settings={"channels": [0, 0], "diameter": 17, "cellprob_threshold": -1.0, "percentiles": [1, 99.8]})

@@ -8,6 +8,10 @@ predictions the estimator already makes, never at a label:
 * the **foreground fraction** of every image, against the bank's consensus on the same image
   (the median over models);
 * **objects per image** and the **median object size**, against the consensus;
+* the **spread of object sizes**: objects of one kind differ in area by a modest factor, so a
+  model whose larger objects are many times its smaller ones (area-weighted) merges touching
+  objects into clumps - a failure consistency cannot see (a clump stays a clump when the image is
+  perturbed) and the bank's object count can miss (nuclei and cells);
 * **agreement with the other models**: each model's foreground against the majority vote of
   the *other* models (IoU), and its objects against the connected components of that vote
   (object F1 at IoU 0.5) - a leave-one-out pseudo ground truth in which a model is never
@@ -125,6 +129,19 @@ class GuardConfig:
         (the labels of vnc_mito and epfl_mito on 256 px tiles: typical object area 210 and 923 px
         or more on 95 % of the tiles, median 2180 and 2160 px); images at another resolution need
         resampling, or a config of their own.
+    clump_spread : float or None
+        A model whose objects' size spread (:class:`ImageStatistics`, median over images) exceeds
+        this merges touching objects into clumps and is flagged ``clumps`` (instance scope, whatever
+        the bank says; None: no such check). Objects of one kind differ by a modest factor: in the
+        labels of the shared nuclei and cell datasets (the six DSB2018 groups, usiigaci_cells,
+        ovules_mini; 716 images) the median spread over a dataset's images is 1.4-2.3, 99 % of the
+        images stay below 3.4 and the largest is 5.2; 5 is twice every dataset's median. A clump of
+        k cells is k times a cell, so a model that merges some neighbours and not others goes
+        beyond it: on usiigaci_cells the two models that merge most cells reach 6.8 and 8.1, the
+        two that separate them 1.8 and 2.2. It does not depend on the bank, so a bank that merges as
+        a whole is caught too. Mitochondria in EM sections mix round and long profiles (labels of
+        vnc_mito and epfl_mito: medians 2.6 and 2.9, up to 6.6 on one section), so the mitochondria
+        task, which ranks the foreground, leaves it out.
     agreement_ratio : float
         An IoU with the others' consensus below this fraction of the bank's median IoU is an
         outlier.
@@ -144,6 +161,7 @@ class GuardConfig:
     network_solidity: float | None = None
     foreground: tuple[float, float] | None = None
     min_object_area: float | None = None
+    clump_spread: float | None = 5.0
     agreement_ratio: float = 0.5
     count_ratio: float = 3.0
 
@@ -162,6 +180,8 @@ class GuardConfig:
             raise ValueError(f"region_foreground must lie in [0, 1), got {self.region_foreground}")
         if self.min_object_area is not None and self.min_object_area <= 0:
             raise ValueError(f"min_object_area must be > 0, got {self.min_object_area}")
+        if self.clump_spread is not None and self.clump_spread <= 1:
+            raise ValueError(f"clump_spread must be > 1 (a ratio of object areas), got {self.clump_spread}")
         if self.foreground is not None:
             low, high = self.foreground
             if not 0 <= low < high <= 1:
@@ -181,6 +201,8 @@ class GuardConfig:
             parts.append(f"foreground mostly in objects smaller than {self.min_object_area:g} px (specks)")
         if self.network_solidity is not None:
             parts.append("networks (membranes) instead of objects")
+        if self.clump_spread is not None:
+            parts.append(f"objects whose sizes spread over {self.clump_spread:g}x (clumps of merged objects)")
         return ", ".join(parts)
 
 
@@ -192,7 +214,7 @@ class Flag:
     ----------
     code : str
         ``'floods'``, ``'one-region'``, ``'network'``, ``'implausible'``, ``'empty'``, ``'disagrees'``,
-        ``'over-splits'`` or ``'merges'``.
+        ``'over-splits'``, ``'merges'`` or ``'clumps'``.
     scope : {'all', 'instance'}
         What it concerns: the foreground (every consistency) or the objects only.
     reason : str
@@ -212,9 +234,12 @@ class ImageStatistics:
     """What one clean prediction looks like: foreground fraction, object count, median object area,
     the area of the largest object as a fraction of the image, the solidity of the foreground
     (how much of their convex hulls its regions fill, area-weighted; NaN without a region to judge)
-    and the typical object area (the area of the object that holds the median foreground pixel:
+    the typical object area (the area of the object that holds the median foreground pixel:
     half of the foreground lies in objects at least this large, so a few specks beside the objects
-    do not change it, where they can halve the plain median)."""
+    do not change it, where they can halve the plain median) and the size spread (the area of the
+    object holding the 75th-percentile foreground pixel over that of the object holding the 25th,
+    objects sorted by area: 1 when all objects have one size; specks hold too little of the
+    foreground to move it)."""
 
     foreground_fraction: float
     n_objects: int
@@ -222,6 +247,7 @@ class ImageStatistics:
     largest_object_fraction: float
     solidity: float = float("nan")
     typical_object_size: float = float("nan")
+    size_spread: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -245,6 +271,8 @@ class ModelGuards:
     typical_object_size : float
         Median over images of the typical object area (pixels; the area-weighted median, see
         :class:`ImageStatistics`).
+    size_spread : float
+        Median over images of the objects' size spread (:class:`ImageStatistics`).
     largest_object_fraction : float
         Median over images of the largest object's area as a fraction of the image.
     solidity : float
@@ -273,6 +301,7 @@ class ModelGuards:
     largest_object_fraction: float
     solidity: float
     typical_object_size: float
+    size_spread: float
     agreement_iou: float
     agreement_f1: float
     bank_agreement_iou: float
@@ -308,7 +337,7 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
     Returns
     -------
     ImageStatistics
-        ``median_object_size`` and ``typical_object_size`` are NaN without objects.
+        ``median_object_size``, ``typical_object_size`` and ``size_spread`` are NaN without objects.
     """
     foreground = _check_mask(foreground, "foreground")
     labels = np.asarray(labels)
@@ -319,9 +348,11 @@ def image_statistics(foreground: np.ndarray, labels: np.ndarray) -> ImageStatist
     if not sizes.size:
         return ImageStatistics(float(foreground.mean()), 0, float("nan"), 0.0, _solidity(foreground))
     cumulative = np.cumsum(sizes)
-    typical = sizes[np.searchsorted(cumulative, cumulative[-1] / 2)]
+    # the object that holds the foreground pixel of rank q (pixels ordered by their object's area)
+    typical, lower, upper = (sizes[np.searchsorted(cumulative, cumulative[-1] * q)] for q in (0.5, 0.25, 0.75))
     return ImageStatistics(float(foreground.mean()), int(sizes.size), float(np.median(sizes)),
-                           float(sizes[-1]) / labels.size, _solidity(foreground), float(typical))
+                           float(sizes[-1]) / labels.size, _solidity(foreground), float(typical),
+                           float(upper / lower))
 
 
 #: Regions smaller than this share of the image are left out of the solidity: a speck is its own hull.
@@ -358,11 +389,14 @@ def image_flags(own: ImageStatistics, consensus_fraction: float = float("nan"), 
     Returns
     -------
     tuple of Flag
-        ``floods`` / ``one-region`` whatever the bank says; against the bank ``floods``, ``empty``
-        (no foreground where the bank finds some), ``over-splits`` and ``merges``.
+        ``floods`` / ``one-region`` / ``clumps`` whatever the bank says; against the bank ``floods``,
+        ``empty`` (no foreground where the bank finds some), ``over-splits`` and ``merges``.
     """
     # one empty image is not degenerate in itself (the image may hold nothing): only against the bank
-    flags = list(_absolute_flags({**_own_values([own], config), "empty_images": 0.0}, config))
+    values = {**_own_values([own], config), "empty_images": 0.0}
+    flags = list(_absolute_flags(values, config))
+    if not flags:
+        flags.extend(_object_flags(values, config))
     if n_voters < config.min_models or not np.isfinite(consensus_fraction):
         return tuple(flags)
     if own.foreground_fraction < config.empty_fraction <= consensus_fraction:
@@ -516,8 +550,9 @@ def compute_guards(
         )
         relative = _relative_flags(values, _mean(record["empty_where_bank_not"]), len(plausible), config)
         known = {flag.code for flag in absolute[name]}
-        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known),
-                                   plausible=not absolute[name])
+        objects = () if absolute[name] else _object_flags(values, config)
+        guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known)
+                                   + objects, plausible=not absolute[name])
     return guards
 
 
@@ -532,6 +567,7 @@ def _own_values(statistics: Sequence[ImageStatistics], config: GuardConfig) -> d
         largest_object_fraction=_median([v.largest_object_fraction for v in statistics]),
         solidity=_median([v.solidity for v in statistics]),
         typical_object_size=_median([v.typical_object_size for v in statistics]),
+        size_spread=_median([v.size_spread for v in statistics]),
     )
 
 
@@ -593,6 +629,17 @@ def _absolute_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[F
                                            f"measure {config.min_object_area:g} px or more: it segments specks, not "
                                            "the task's objects (images at another resolution need resampling)"),)
     return ()
+
+
+def _object_flags(values: Mapping[str, float], config: GuardConfig) -> tuple[Flag, ...]:
+    """Flags on the objects that need no bank: sizes spread as clumps of merged objects do."""
+    spread = values["size_spread"]
+    if config.clump_spread is None or not np.isfinite(spread) or spread <= config.clump_spread:
+        return ()
+    return (Flag("clumps", "instance", f"finds objects of very uneven size: a quarter of its foreground lies in objects "
+                                       f"{spread:.1f} times the area of those holding another quarter (area-weighted "
+                                       f"quartiles; objects of one kind stay under {config.clump_spread:g}x) - it "
+                                       "merges touching objects into clumps"),)
 
 
 def _relative_flags(values: dict, empty_share: float, n_voters: int, config: GuardConfig) -> tuple[Flag, ...]:
@@ -691,9 +738,35 @@ def bank_disagreement(guards: Mapping[str, ModelGuards], consistency: str = "har
     return "; ".join(sentences) if sentences else None
 
 
-def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard") -> str | None:
-    """A sentence when no model of the bank can be recommended for ``consistency``, else None."""
+def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard",
+                 config: GuardConfig = GuardConfig()) -> str | None:
+    """A sentence when no model of the bank can be recommended for ``consistency``, else None.
+
+    None can be when every model is flagged, and when a bank of at least ``config.min_models``
+    models leaves one unflagged model that no consensus checked (fewer plausible models than a
+    consensus needs): CTE then had nothing to rank it against and the checks that need no bank
+    are all that speaks for it - the cells banks with neither target's own models leave a nuclei
+    model alone this way, with an mAP of 0.00 on both targets. Two survivors are still ranked:
+    CTE chooses between them.
+
+    Parameters
+    ----------
+    guards : mapping of str to ModelGuards
+    consistency : str
+    config : GuardConfig
+        Its ``min_models``.
+
+    Returns
+    -------
+    str or None
+    """
     if guards and all(g.flags_for(consistency) for g in guards.values()):
         return ("every model of the bank is flagged: none of them can be recommended for this target; "
                 "its outputs look degenerate or the bank does not agree on what the objects are")
+    unflagged = [name for name, g in guards.items() if not g.flags_for(consistency)]
+    plausible = sum(g.plausible for g in guards.values())
+    if len(unflagged) == 1 and plausible < config.min_models <= len(guards):
+        return (f"only {unflagged[0]} passes the guards, and fewer models than a consensus needs look plausible: "
+                f"CTE had nothing to rank it against and it was checked against the task's expectations only - "
+                f"none can be recommended; look at {unflagged[0]}'s output before using it")
     return None

@@ -114,7 +114,7 @@ TASKS: dict[str, Task] = {
              consistencies=("hard",),
              perturbations={"hard": "gamma:0.7", "soft": "gamma:0.7", "instance": "gamma:0.7"},
              statistic="mean", guards=GuardConfig(foreground=(0.005, 0.35), flood_fraction=0.5, network_solidity=0.5,
-                                                   min_object_area=200.0),
+                                                   min_object_area=200.0, clump_spread=None),
              paper_perturbation="dropout:0.05", paper_statistic="median",
              evidence="leave-one-target-out on vnc_mito and epfl_mito (benchmarks/bench_tasks.py mitochondria)"),
         Task("cells", "cells in light microscopy, dense tissue included: every pixel may belong to a cell",

@@ -150,7 +150,9 @@ def summarize_results(
                 item["p_top"] = float(boot.p_top[i])
             model_rows.append(item)
         recommended = int(np.argmin(np.where(eligible, ranks, np.inf))) if eligible.any() else None
-        entry["verdict"] = bank_verdict(guards, consistency) if guards else None
+        entry["verdict"] = bank_verdict(guards, consistency, task.guards) if guards else None
+        if entry["verdict"] is not None:
+            recommended = None
         if guards is not None and recommended is not None and cte[recommended] < task.recommend_from:
             entry["verdict"] = (f"the most consistent unflagged model, {names[recommended]}, keeps only "
                                 f"{cte[recommended]:.2f} of its prediction under {perturbation} ({consistency} "

@@ -290,6 +290,25 @@ class SegmentationModel(abc.ABC):
             return array.astype(np.float32)
         return normalize_percentile(array, *self.percentiles)
 
+    def perturb_input(self, perturbation: InputPerturbation, array, seed: int):
+        """One input perturbation of a prepared image, as :meth:`predict_pairs` feeds it to the network.
+
+        Parameters
+        ----------
+        perturbation : InputPerturbation
+        array : (H, W) or (H, W, C) float32 ndarray, or LazyImage
+            What :meth:`prepare` returned.
+        seed : int
+            The image's seed for this draw (noise, and a strength drawn per image).
+
+        Returns
+        -------
+        The perturbed image, of the same shape (a LazyImage stays one, perturbed tile by tile).
+        Adapters whose layout adds channels that hold no image override this, so that the
+        perturbation acts on the image alone (Cellpose).
+        """
+        return _perturbed(perturbation, array, seed)
+
     def _batches(self, arrays: Sequence[np.ndarray]):
         """Indices of equally shaped images, in chunks of ``batch_size``."""
         by_shape: dict[tuple, list[int]] = {}
@@ -396,7 +415,7 @@ class SegmentationModel(abc.ABC):
                             lambda images, tile_seeds: (self._predict_feature_perturbed(images, perturbation, tile_seeds),),
                             batch, seeds, probability)
                 else:
-                    shifted = [_perturbed(perturbation, array, s) for array, s in zip(batch, seeds)]
+                    shifted = [self.perturb_input(perturbation, array, s) for array, s in zip(batch, seeds)]
                     # Two calls of at most batch_size images, not one call of both halves: on a CPU a kit
                     # U-Net costs 16 % more per image at batch 8 than at 4 (its activations leave the
                     # caches), and the clean predictions are those of predict() bit for bit.

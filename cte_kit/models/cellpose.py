@@ -10,7 +10,9 @@ the path of a trained model file (``cellpose.train.train_seg`` output)::
 Outputs: the masks of ``CellposeModel.eval`` and the cell probability ``sigmoid(cellprob)``
 (``flows[2]``). The image is normalised by Cellpose's own ``normalize_img`` *before* input
 perturbations, and ``eval`` runs with ``normalize=False``: otherwise Cellpose would undo a
-brightness or contrast perturbation by normalising again.
+brightness or contrast perturbation by normalising again. Input perturbations act on the channels
+that hold the image: a grey image is laid out as ``[image, zeros]`` (no nuclear channel), and the
+empty channel stays empty, as it would had the image been perturbed before Cellpose laid it out.
 
 Grey box (Cellpose 3 only): forward hooks on CPnet's residual blocks scale their output
 channels by one mask per image, the same for every tile Cellpose cuts. A clean + dropout pair
@@ -210,6 +212,21 @@ class CellposeModel(PerImageDropout, SegmentationModel):
         if self.percentiles is not None:
             image = transforms.normalize_img(image, percentile=tuple(self.percentiles), axis=-1)
         return np.ascontiguousarray(image, dtype=np.float32)
+
+    def perturb_input(self, perturbation, array: np.ndarray, seed: int) -> np.ndarray:
+        """The perturbation of the channels that hold the image; the empty ones (all zero) stay zero.
+
+        Noise, brightness and contrast would otherwise fill the empty nuclear channel of a grey image
+        with values the network never saw there (and contrast would scale the image about a mean that
+        the zeros halve); gamma keeps zeros, so it is the same either way.
+        """
+        holds_image = array.reshape(-1, array.shape[-1]).any(axis=0)
+        if holds_image.all() or not holds_image.any():
+            return super().perturb_input(perturbation, array, seed)
+        perturbed = np.zeros_like(array)
+        perturbed[..., holds_image] = super().perturb_input(perturbation, np.ascontiguousarray(array[..., holds_image]),
+                                                            seed)
+        return perturbed
 
     def _predict_normalised(self, batch: Sequence[np.ndarray]) -> list[Prediction]:
         masks, flows, _ = self.cellpose.eval(
