@@ -747,18 +747,7 @@ def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard",
     consensus needs): CTE then had nothing to rank it against and the checks that need no bank
     are all that speaks for it - the cells banks with neither target's own models leave a nuclei
     model alone this way, with an mAP of 0.00 on both targets. Two survivors are still ranked:
-    CTE chooses between them.
-
-    Parameters
-    ----------
-    guards : mapping of str to ModelGuards
-    consistency : str
-    config : GuardConfig
-        Its ``min_models``.
-
-    Returns
-    -------
-    str or None
+    CTE chooses between them. The parameters are :func:`bank_disagreement`'s.
     """
     if guards and all(g.flags_for(consistency) for g in guards.values()):
         return ("every model of the bank is flagged: none of them can be recommended for this target; "
