@@ -12,7 +12,8 @@ from cte_kit import CTEKitWarning
 from cte_kit.cli import main
 from cte_kit.data.synthetic import DEMO_TARGET, generate
 from cte_kit.teaching.demo import demo_checkpoint
-from cte_kit.estimators.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_statistics, leave_one_out_consensus)
+from cte_kit.estimators.guards import (GuardConfig, bank_verdict, compute_guards, foreground_agreement, image_flags,
+                                      image_statistics, leave_one_out_consensus)
 from cte_kit.models.unet import UNetModel, load_checkpoint, save_checkpoint
 from cte_kit.perturb import parse_perturbation
 from cte_kit.evaluation.sweep import read_results, run_sweep, sweep_guards
@@ -477,6 +478,10 @@ def test_a_model_that_merges_touching_objects_is_flagged_for_instances(task, rad
             assert guards.flags_for("hard") == () and guards.flags_for("instance") == guards.flags
             assert "it merges touching objects into clumps" in guards.flags[0].reason
             assert guards.plausible  # its foreground still votes in the consensus
+            labels, clumps = pairs[0]  # and the per-image quality control (cte-kit qc) says it of one image
+            own = image_statistics(clumps > 0, clumps)
+            assert [f.code for f in image_flags(own, config=TASKS[task].guards)] == ["clumps"]
+            assert image_flags(image_statistics(labels > 0, labels), config=TASKS[task].guards) == ()
 
 
 def test_dense_tissue_with_merged_neighbours_is_flagged_and_the_cells_are_not():
