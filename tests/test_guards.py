@@ -525,3 +525,30 @@ def test_a_lone_model_no_consensus_checked_is_not_recommended():
     assert summarize_results(rows, n_boot=0, guards=guards)[0]["recommended"] == "second"
     small = {name: predictions[name] for name in ("lone", "floods0")}
     assert bank_verdict(compute_guards(list(small), ["a"], lambda model, image: small[model]), "hard") is None
+
+
+def test_a_bank_split_into_camps_has_no_foreground_consensus_to_flag_either_camp():
+    """Dense tissue ranked by two cell models (all foreground, right) and two models of cells on a background
+    (6 % and 28 %, wrong): the median, 64 %, is nobody's answer; before, both camps were flagged against it
+    ('floods' and 'empty') and no model could be recommended. A clear majority still flags its outlier."""
+    from cte_kit.data.synthetic import DENSE_TISSUE, generate_tissue
+    from cte_kit.estimators.tasks import TASKS
+
+    tissue = generate_tissue(DENSE_TISSUE, 2, shape=(96, 96), seed=2)
+    cells = [c.astype(np.int32) for c in tissue.cells]
+    sparse = {f: [_sparse_objects(seed, f, shape=(96, 96), radius=3) for seed in range(2)] for f in (0.06, 0.3)}
+    predictions = {"tissue_a": [(c > 0, c) for c in cells], "tissue_b": [(c > 0, c) for c in cells],
+                   "sparse_6": sparse[0.06], "sparse_28": sparse[0.3]}
+    assert [np.mean([m.mean() for m, _ in predictions[n]]) > 0.2 for n in ("sparse_6", "sparse_28")] == [False, True]
+    images = list(tissue.names)
+    config = TASKS["cells"].guards
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), config)
+    assert all(g.plausible for g in guards.values())
+    assert _codes(guards) == {name: [] for name in predictions}
+    assert np.isnan(guards["tissue_a"].consensus_fraction)
+    # three tissue models against one sparse model: a majority, whose outlier is flagged
+    predictions["tissue_c"] = predictions["tissue_a"]
+    del predictions["sparse_28"]
+    guards = compute_guards(list(predictions), images, _loader(predictions, images), config)
+    assert guards["tissue_a"].consensus_fraction == pytest.approx(1.0)
+    assert "empty" in _codes(guards)["sparse_6"] and _codes(guards)["tissue_a"] == []

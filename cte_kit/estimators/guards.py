@@ -505,7 +505,7 @@ def compute_guards(
         if not present:
             continue
         stats = {name: statistics[name][image] for name in present}
-        consensus_fraction = float(np.median([stats[n].foreground_fraction for n in voters]))
+        consensus_fraction = _consensus_fraction([stats[n].foreground_fraction for n in voters], config)
         consensus_objects = float(np.median([stats[n].n_objects for n in voters]))
         sizes = [stats[n].median_object_size for n in voters if stats[n].n_objects]
         consensus_size = float(np.median(sizes)) if sizes else float("nan")
@@ -554,6 +554,16 @@ def compute_guards(
         guards[name] = ModelGuards(**values, flags=absolute[name] + tuple(f for f in relative if f.code not in known)
                                    + objects, plausible=not absolute[name])
     return guards
+
+
+def _consensus_fraction(fractions: Sequence[float], config: GuardConfig) -> float:
+    """The voters' median foreground fraction, where at least half of them lie near it (odds within
+    ``fraction_odds_ratio``); NaN where they split into camps (a dense-tissue model at 100 % and a
+    sparse-cell model at 6 % beside two more of each kind): the median of two camps is nobody's answer,
+    and comparing each camp with it would flag both."""
+    median = float(np.median(fractions))
+    near = [abs(np.log(_odds(f) / _odds(median))) <= np.log(config.fraction_odds_ratio) for f in fractions]
+    return median if 2 * sum(near) >= len(fractions) else float("nan")
 
 
 def _own_values(statistics: Sequence[ImageStatistics], config: GuardConfig) -> dict:
