@@ -6,7 +6,8 @@ very stable under perturbation, so CTE alone can rank it first. The guards look 
 predictions the estimator already makes, never at a label:
 
 * the **foreground fraction** of every image, against the bank's consensus on the same image
-  (the median over models);
+  (the median over models, where at least half of them lie near it: a bank split into camps has
+  no consensus to hold either camp to);
 * **objects per image** and the **median object size**, against the consensus;
 * the **spread of object sizes**: objects of one kind differ in area by a modest factor, so a
   model whose larger objects are many times its smaller ones (area-weighted) merges touching
@@ -80,7 +81,9 @@ class GuardConfig:
     fraction_odds_ratio : float
         A mean foreground fraction whose odds ``f / (1 - f)`` are this many times above (or
         below) the consensus's ... (odds, not the fraction itself: 85 % against 35 % is as
-        wrong as 20 % against 5 %, and a plain ratio would miss the first on dense targets)
+        wrong as 20 % against 5 %, and a plain ratio would miss the first on dense targets).
+        On an image where fewer than half of the voters lie within this ratio of their median,
+        there is no consensus.
     fraction_gap : float
         ... and that is at least this far from it (fraction of the image) is an outlier.
     empty_fraction : float
