@@ -623,8 +623,8 @@ def top_pick_lines(names, per_target, truths, tables_by_target, report) -> list[
     """Which model each option puts first on each target: usable? flagged? ("never confidently wrong")."""
     targets = list(per_target)
     lines = ["", "## Top pick per target (the pick, its true F1 (hard) or mAP (instance) and its regret = the best "
-             f"model's minus the pick's; `unusable`: F1 < {USABLE_F1}; `flagged`: by the guards; `no pick`: every model "
-             "flagged)", "",
+             f"model's minus the pick's; `unusable`: F1 < {USABLE_F1}; `flagged`: by the guards; `no pick`: the kit recommends "
+             "none - every model flagged, one left that no consensus checked, or a consistency below the floor)", "",
              "| option | consistency | " + " | ".join(targets) + " | unusable or flagged picks where a usable model exists "
              "| max regret |", "|---|---|" + "---|" * (len(targets) + 2)]
     report["top_picks"] = {}
