@@ -200,7 +200,7 @@ def test_two_processes_creating_one_store_both_get_it(tmp_path):
 
     context = multiprocessing.get_context("fork")
     barrier, errors = context.Barrier(2), context.Queue()
-    paths = [tmp_path / f"s{i}.sqlite" for i in range(40)]
+    paths = [tmp_path / f"s{i}.sqlite" for i in range(120)]  # the WAL switch raced about once in 600 creations
     workers = [context.Process(target=_open_at_the_barrier, args=(barrier, paths, errors, stagger)) for stagger in (0, 1)]
     for worker in workers:
         worker.start()

@@ -89,7 +89,12 @@ CREATE TABLE IF NOT EXISTS failures (
 
 
 class StoreError(ValueError):
-    """The file is not a cte_kit result store this version can read (another kind, a newer schema, corrupt)."""
+    """The file is not a cte_kit result store this version can read (another kind, a newer schema, corrupt),
+    or another process holds it (``busy``)."""
+
+    def __init__(self, message: str, busy: bool = False):
+        super().__init__(message)
+        self.busy = busy
 
 
 @dataclass(frozen=True)
@@ -311,7 +316,8 @@ class _Connection:
         if not (type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError)):
             return error
         message = str(error)
-        if "locked" in message or "busy" in message:
+        busy = "locked" in message or "busy" in message
+        if busy:
             advice = f"another process holds it (waited {BUSY_TIMEOUT:g} s); wait for it or choose another --out"
         elif "readonly" in message or "read-only" in message:
             advice = "it cannot be written (a read-only file or folder); copy it to a writable folder or choose another --out"
@@ -319,7 +325,7 @@ class _Connection:
             advice = "the disk is full; free some space and run again (what was written is kept)"
         else:
             advice = "the file is corrupt or not a cte_kit result store; move it away or choose another --out"
-        return StoreError(f"result store {self.path}: {message}: {advice}")
+        return StoreError(f"result store {self.path}: {message}: {advice}", busy=busy)
 
     def execute(self, sql: str, parameters: Sequence = ()) -> "_Rows":
         try:
@@ -408,8 +414,23 @@ class ResultStore:
         finally:
             self._db.rollback()
         if not memory:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            self._write_ahead_log()
             self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _write_ahead_log(self) -> None:
+        # The switch to WAL escalates a shared lock to the exclusive one. When another process is
+        # already waiting for that lock (its BEGIN EXCLUSIVE above), SQLite answers "locked" at once
+        # rather than let both wait on each other; that process is done in milliseconds, so try again
+        # until the busy timeout has passed, as any other wait for the file does.
+        deadline = time.monotonic() + BUSY_TIMEOUT
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                return
+            except StoreError as error:
+                if not error.busy or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005)
 
     def _check(self, tables: set[str]) -> None:
         meta = dict(self._db.execute("SELECT key, value FROM meta")) if "meta" in tables else {}
