@@ -140,9 +140,9 @@ class GuardConfig:
         ovules_mini; 716 images) the median spread over a dataset's images is 1.4-2.3, 99 % of the
         images stay below 3.4 and the largest is 5.2; 5 is twice every dataset's median. A clump of
         k cells is k times a cell, so a model that merges some neighbours and not others goes
-        beyond it: on usiigaci_cells the two models that merge most cells reach 6.8 and 8.1, the
-        two that separate them 1.8 and 2.2. It does not depend on the bank, so a bank that merges as
-        a whole is caught too. Mitochondria in EM sections mix round and long profiles (labels of
+        beyond it: on usiigaci_cells the models that merge most cells reach 5.7-8.1, the two that
+        separate them 1.8 (Cellpose) and 2.0 (the kit's recipe). It does not depend on the bank, so
+        a bank that merges as a whole is caught too. Mitochondria in EM sections mix round and long profiles (labels of
         vnc_mito and epfl_mito: medians 2.6 and 2.9, up to 6.6 on one section), so the mitochondria
         task, which ranks the foreground, leaves it out.
     agreement_ratio : float
@@ -236,7 +236,7 @@ class Flag:
 class ImageStatistics:
     """What one clean prediction looks like: foreground fraction, object count, median object area,
     the area of the largest object as a fraction of the image, the solidity of the foreground
-    (how much of their convex hulls its regions fill, area-weighted; NaN without a region to judge)
+    (how much of their convex hulls its regions fill, area-weighted; NaN without a region to judge),
     the typical object area (the area of the object that holds the median foreground pixel:
     half of the foreground lies in objects at least this large, so a few specks beside the objects
     do not change it, where they can halve the plain median) and the size spread (the area of the
@@ -755,12 +755,12 @@ def bank_verdict(guards: Mapping[str, ModelGuards], consistency: str = "hard",
                  config: GuardConfig = GuardConfig()) -> str | None:
     """A sentence when no model of the bank can be recommended for ``consistency``, else None.
 
-    None can be when every model is flagged, and when a bank of at least ``config.min_models``
-    models leaves one unflagged model that no consensus checked (fewer plausible models than a
-    consensus needs): CTE then had nothing to rank it against and the checks that need no bank
-    are all that speaks for it - the cells banks with neither target's own models leave a nuclei
-    model alone this way, with an mAP of 0.00 on both targets. Two survivors are still ranked:
-    CTE chooses between them. The parameters are :func:`bank_disagreement`'s.
+    No model can be recommended when every model is flagged, nor when a bank of at least
+    ``config.min_models`` models leaves one unflagged model that no consensus checked (fewer
+    plausible models than a consensus needs): CTE then had nothing to rank it against and the
+    checks that need no bank are all that speaks for it - the cell bank without the usiigaci models
+    leaves a nuclei model alone this way on usiigaci_cells, with an mAP of 0.00. Two survivors are
+    still ranked: CTE chooses between them. The parameters are :func:`bank_disagreement`'s.
     """
     if guards and all(g.flags_for(consistency) for g in guards.values()):
         return ("every model of the bank is flagged: none of them can be recommended for this target; "
