@@ -353,17 +353,16 @@ def _cte_kit_memory():  # peak resident (VmHWM) and anonymous bytes now; {} wher
         return {}
 
 
-_CTE_KIT_LAST = dict(_cte_kit_memory())
-_CTE_KIT_PEAK = dict(_CTE_KIT_LAST)  # the anonymous peak over cell ends (the sampler sees inside cells)
+_CTE_KIT_PEAK = _cte_kit_memory()  # the anonymous peak over cell ends (the sampler sees inside cells)
 
 
 def _cte_kit_after_cell(result):
     import matplotlib.pyplot as plt
     where = "cell " + repr((result.info.raw_cell.strip().splitlines() or [""])[0][:60])
     for kind, value in _cte_kit_memory().items():
-        _CTE_KIT_PEAK[kind] = max(_CTE_KIT_PEAK.get(kind, 0), value)
-        _CTE_KIT_GROWTH[kind].append((round((_CTE_KIT_PEAK[kind] - _CTE_KIT_LAST.get(kind, 0)) / 2**20), where))
-        _CTE_KIT_LAST[kind] = _CTE_KIT_PEAK[kind]
+        before = _CTE_KIT_PEAK.get(kind, 0)
+        _CTE_KIT_PEAK[kind] = max(before, value)
+        _CTE_KIT_GROWTH[kind].append((round((_CTE_KIT_PEAK[kind] - before) / 2**20), where))
     for number in plt.get_fignums():
         _cte_kit_check(plt.figure(number), where)
         plt.close(number)
