@@ -565,7 +565,8 @@ def _consensus_fraction(fractions: Sequence[float], config: GuardConfig) -> floa
     sparse-cell model at 6 % beside two more of each kind): the median of two camps is nobody's answer,
     and comparing each camp with it would flag both."""
     median = float(np.median(fractions))
-    near = [abs(np.log(_odds(f) / _odds(median))) <= np.log(config.fraction_odds_ratio) for f in fractions]
+    ratio = config.fraction_odds_ratio
+    near = [1 / ratio <= _odds(f) / _odds(median) <= ratio for f in fractions]
     return median if 2 * sum(near) >= len(fractions) else float("nan")
 
 
